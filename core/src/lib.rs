@@ -1,0 +1,25 @@
+//! keyward-core: what every part of keyward shares and nothing device-specific.
+//!
+//! - [`KeyStore`] and [`Backend`]: the one trait each backend crate (PKCS#11, TPM) implements.
+//! - [`KeyId`], [`KeyAlgorithm`], [`PublicKey`]: key references and their public halves.
+//! - [`SignProfile`]: what a signature is for; the backend maps it to exactly one mechanism.
+//! - [`protocol`]: the agent's versioned, length-prefixed socket protocol (spec: `docs/protocol.md`).
+//! - [`Pin`]: a PIN or auth value that is zeroized and never printed.
+//! - [`oaep`], [`verify`], [`private_key`]: pure cryptographic encoding shared by the backends.
+
+pub mod error;
+pub mod key;
+pub mod oaep;
+pub mod pin;
+pub mod private_key;
+pub mod profile;
+pub mod protocol;
+pub mod signature;
+pub mod store;
+pub mod verify;
+
+pub use error::StoreError;
+pub use key::{KeyAlgorithm, KeyId, KeyInfo, PublicKey};
+pub use pin::Pin;
+pub use profile::{SignProfile, TlsScheme};
+pub use store::{Backend, KeyStore, StoreInfo};

@@ -1,0 +1,149 @@
+//! Requests: what a client asks the agent, and [`decode_request`], which turns a frame body
+//! into a [`Request`] or a precise [`RequestError`] (malformed JSON, unsupported version,
+//! unknown operation, invalid fields) that still carries the request id when one was readable.
+
+use serde::{Deserialize, Serialize};
+
+use super::error_code::ErrorCode;
+use super::PROTOCOL_VERSION;
+use crate::key::KeyId;
+
+/// One request frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    /// Protocol version; must be [`PROTOCOL_VERSION`].
+    pub v: u16,
+    /// Chosen by the client, echoed in the reply.
+    pub id: u64,
+    /// What to do.
+    #[serde(flatten)]
+    pub op: Operation,
+}
+
+/// The operations, tagged by `op`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Operation {
+    /// Agent name, protocol version, backend.
+    Hello,
+    /// The keys in the store.
+    ListKeys,
+    /// A key's SubjectPublicKeyInfo and installed certificate.
+    PublicKey {
+        /// The key.
+        key: KeyId,
+    },
+    /// Sign `data` (the message, not a digest) with `key` as `profile` prescribes.
+    Sign {
+        /// The key.
+        key: KeyId,
+        /// `nvflare`, `tls`, or `tls-<scheme>`.
+        profile: String,
+        /// The message.
+        #[serde(with = "super::base64_field")]
+        data: Vec<u8>,
+    },
+    /// Decrypt an RSA-OAEP-SHA-256 ciphertext.
+    Decrypt {
+        /// The key.
+        key: KeyId,
+        /// The ciphertext.
+        #[serde(with = "super::base64_field")]
+        data: Vec<u8>,
+    },
+    /// Backend health and counters.
+    Status,
+}
+
+impl Operation {
+    /// Every `op` name, for telling an unknown operation from a malformed one.
+    pub const NAMES: [&'static str; 6] = ["hello", "list_keys", "public_key", "sign", "decrypt", "status"];
+
+    /// The `op` name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Hello => "hello",
+            Self::ListKeys => "list_keys",
+            Self::PublicKey { .. } => "public_key",
+            Self::Sign { .. } => "sign",
+            Self::Decrypt { .. } => "decrypt",
+            Self::Status => "status",
+        }
+    }
+
+    /// The key the operation uses, if any.
+    pub fn key(&self) -> Option<&KeyId> {
+        match self {
+            Self::PublicKey { key } | Self::Sign { key, .. } | Self::Decrypt { key, .. } => Some(key),
+            Self::Hello | Self::ListKeys | Self::Status => None,
+        }
+    }
+}
+
+/// A request that could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct RequestError {
+    /// The request id, when it could be read.
+    pub id: Option<u64>,
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// Detail for the caller (never echoes request data).
+    pub message: String,
+}
+
+/// Decodes a frame body.
+///
+/// # Errors
+/// [`RequestError`] with code `malformed_request`, `unsupported_version`,
+/// `unknown_operation` or `invalid_request`.
+pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
+    let fail = |id, code, message: String| RequestError { id, code, message };
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| fail(None, ErrorCode::MalformedRequest, format!("frame is not JSON ({})", e.classify_name())))?;
+    let Some(obj) = value.as_object() else {
+        return Err(fail(None, ErrorCode::MalformedRequest, "frame is not a JSON object".into()));
+    };
+    let id = obj.get("id").and_then(serde_json::Value::as_u64);
+    match obj.get("v").and_then(serde_json::Value::as_u64) {
+        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+        Some(v) => {
+            return Err(fail(id, ErrorCode::UnsupportedVersion, format!("protocol version {v} is not supported; this agent speaks {PROTOCOL_VERSION}")))
+        }
+        None => return Err(fail(id, ErrorCode::UnsupportedVersion, "missing protocol version `v`".into())),
+    }
+    if id.is_none() {
+        return Err(fail(None, ErrorCode::InvalidRequest, "missing or non-integer request `id`".into()));
+    }
+    match obj.get("op").and_then(serde_json::Value::as_str) {
+        None => return Err(fail(id, ErrorCode::InvalidRequest, "missing `op`".into())),
+        Some(op) if !Operation::NAMES.contains(&op) => {
+            let shown: String = op.chars().take(40).collect();
+            return Err(fail(id, ErrorCode::UnknownOperation, format!("unknown operation `{shown}`")));
+        }
+        Some(_) => {}
+    }
+    serde_json::from_value(value).map_err(|e| fail(id, ErrorCode::InvalidRequest, strip_serde_detail(&e)))
+}
+
+/// serde's message names the field and the problem; cut it to a readable length.
+fn strip_serde_detail(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let text = text.split(" at line ").next().unwrap_or_default();
+    format!("invalid request: {}", text.chars().take(200).collect::<String>())
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "i/o",
+            serde_json::error::Category::Syntax => "syntax error",
+            serde_json::error::Category::Data => "bad data",
+            serde_json::error::Category::Eof => "ends early",
+        }
+    }
+}

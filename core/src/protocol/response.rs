@@ -1,0 +1,136 @@
+//! Responses: a [`Response`] echoes the request's `v` and `id` and holds either a [`Reply`]
+//! (`"status": "ok"`) or a [`WireError`] (`"status": "error"`), never both.
+
+use serde::{Deserialize, Serialize};
+
+use super::error_code::ErrorCode;
+use crate::key::{KeyAlgorithm, KeyId};
+
+/// One response frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Protocol version.
+    pub v: u16,
+    /// The request's id (0 when the request's id could not be read).
+    pub id: u64,
+    /// The result.
+    #[serde(flatten)]
+    pub outcome: Outcome,
+}
+
+/// Success or failure.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", content = "body", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The operation succeeded.
+    Ok(Reply),
+    /// It failed.
+    Error(WireError),
+}
+
+/// An error on the wire: a stable code and the top-level message only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    /// Stable code.
+    pub code: ErrorCode,
+    /// For people.
+    pub message: String,
+}
+
+/// One key in a `list_keys` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyEntry {
+    /// Name.
+    pub key: KeyId,
+    /// Type.
+    pub algorithm: KeyAlgorithm,
+    /// Created inside the device (not imported).
+    pub generated_on_device: bool,
+    /// A certificate is installed for it.
+    pub has_certificate: bool,
+}
+
+/// Backend health and counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// `ok` or `down`.
+    pub backend_health: String,
+    /// Backend kind.
+    pub backend: String,
+    /// Device description.
+    pub device: String,
+    /// Seconds since the agent started.
+    pub uptime_seconds: u64,
+    /// Connections being served now.
+    pub connections: u64,
+    /// Requests answered successfully since start.
+    pub requests_ok: u64,
+    /// Requests answered with an error since start.
+    pub requests_failed: u64,
+    /// Signatures made since start.
+    pub signatures: u64,
+    /// Decryptions made since start.
+    pub decryptions: u64,
+    /// Worker threads holding a store.
+    pub workers: u64,
+}
+
+/// The successful result of each operation, tagged by `kind`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reply {
+    /// For `hello`.
+    Hello {
+        /// Agent name and version.
+        agent: String,
+        /// Protocol version.
+        protocol: u16,
+        /// Backend kind.
+        backend: String,
+    },
+    /// For `list_keys`.
+    Keys {
+        /// The keys.
+        keys: Vec<KeyEntry>,
+    },
+    /// For `public_key`.
+    PublicKey {
+        /// The key.
+        key: KeyId,
+        /// Its type.
+        algorithm: KeyAlgorithm,
+        /// DER SubjectPublicKeyInfo.
+        #[serde(with = "super::base64_field")]
+        spki_der: Vec<u8>,
+        /// The installed certificate (chain) as PEM, if any.
+        certificate_pem: Option<String>,
+    },
+    /// For `sign`.
+    Signature {
+        /// The profile actually used (`tls` resolved to its scheme).
+        profile: String,
+        /// The signature (DER for ECDSA).
+        #[serde(with = "super::base64_field")]
+        signature: Vec<u8>,
+    },
+    /// For `decrypt`.
+    Plaintext {
+        /// The plaintext.
+        #[serde(with = "super::base64_field")]
+        plaintext: Vec<u8>,
+    },
+    /// For `status`.
+    Status(StatusReport),
+}
+
+impl Response {
+    /// A success reply.
+    pub fn ok(id: u64, reply: Reply) -> Self {
+        Self { v: super::PROTOCOL_VERSION, id, outcome: Outcome::Ok(reply) }
+    }
+
+    /// An error reply.
+    pub fn error(id: u64, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { v: super::PROTOCOL_VERSION, id, outcome: Outcome::Error(WireError { code, message: message.into() }) }
+    }
+}

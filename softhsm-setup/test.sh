@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+#
+# test.sh - run keyward's whole test suite (README command 2; also CI).
+#
+# Purpose:  prepare the machine (system packages, Python venv) and run every
+#           test: build all targets of the workspace, then `cargo test`.
+#
+# Usage:    softhsm-setup/test.sh
+#           Exits non-zero on the first failure.
+#
+# Env vars: CI               when "true", cargo output is uncoloured
+#                            (CARGO_TERM_COLOR=never)
+#           KEYWARD_PYTHON   set by this script to <repo>/.venv/bin/python and
+#                            exported to the tests (a caller's value is replaced)
+#           CARGO_TARGET_DIR, CARGO_*, RUST* are honoured by cargo as usual.
+#
+# Changes on the machine:
+#           installs missing apt packages (install-packages.sh, may use sudo);
+#           creates/updates <repo>/.venv (python-venv.sh, downloads from PyPI);
+#           cargo builds into target/ (downloads crates on first run). Tests
+#           create their own temporary SoftHSM2 tokens; nothing else changes.
+#
+set -euo pipefail
+umask 077
+
+readonly PROG="test"
+readonly TOTAL_STEPS=4
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+step_no=0
+step() {
+    step_no=$((step_no + 1))
+    printf '\n==> [%d/%d] %s\n' "$step_no" "$TOTAL_STEPS" "$*" >&2
+}
+
+case "${1:-}" in
+    -h | --help)
+        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+        exit 0
+        ;;
+esac
+[[ $# -eq 0 ]] || die "takes no arguments (see --help)"
+
+HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+REPO_ROOT="$(cd -- "$HERE/.." && pwd -P)"
+cd -- "$REPO_ROOT"
+
+if [[ "${CI:-}" == "true" ]]; then
+    export CARGO_TERM_COLOR=never
+fi
+
+step "installing missing system packages"
+bash "$HERE/install-packages.sh"
+
+step "preparing the Python venv (cryptography, pytest)"
+KEYWARD_PYTHON="$(bash "$HERE/python-venv.sh" "$REPO_ROOT/.venv")"
+[[ -x "$KEYWARD_PYTHON" ]] || die "python-venv.sh did not return a usable python ($KEYWARD_PYTHON)"
+export KEYWARD_PYTHON
+log "KEYWARD_PYTHON=$KEYWARD_PYTHON"
+
+command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found: install a Rust toolchain >= 1.85 (e.g. https://rustup.rs) and rerun"
+
+step "building the workspace (cargo build --workspace --all-targets)"
+cargo build --workspace --all-targets
+
+step "running the Rust tests (cargo test --workspace -- --test-threads 4)"
+cargo test --workspace -- --test-threads 4
+
+# ---------------------------------------------------------------------------
+# TODO(python tests): once python/ exists, run its pytest suite here with the
+# venv python, and bump TOTAL_STEPS above to 5, e.g.:
+#
+# step "running the Python tests (pytest python/)"
+# "$KEYWARD_PYTHON" -m pytest -q python/
+# ---------------------------------------------------------------------------
+
+log "all tests passed"
