@@ -1,1 +1,18 @@
-//! placeholder
+//! keyward-agent: the `keyward` agent daemon and command line, as a library so that tests
+//! and the benchmark can use the same client and the same pieces.
+//!
+//! - `daemon/`: socket, connections, request execution (knows nothing of PKCS#11 or TPM).
+//! - [`store_handle`]: the bounded queue to the worker threads that own the key stores.
+//! - [`backends`]: the one place that names backend crates.
+//! - [`client`]: the socket client used by the CLI, tests and benchmarks.
+//! - `cli/`: the clap command line.
+
+pub mod audit;
+pub mod backends;
+pub mod certs;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod files;
+pub mod store_handle;

@@ -1,0 +1,142 @@
+//! Installed certificates: `<state_dir>/certs/<key>.pem`, a leaf certificate (optionally
+//! followed by its chain) that must belong to the key. Installing checks that the leaf's
+//! public key is the key's, that it is in its validity period, and that any KeyUsage /
+//! ExtendedKeyUsage allows what NVFlare requires (digitalSignature, clientAuth); writes are
+//! atomic, and a replaced certificate is kept as `<key>.previous.pem`.
+
+use std::path::{Path, PathBuf};
+
+use keyward_core::{KeyId, PublicKey};
+use x509_parser::prelude::*;
+
+/// Why a certificate was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    /// No `CERTIFICATE` PEM block.
+    #[error("no PEM certificate found in `{0}`")]
+    NoCertificate(String),
+    /// The DER did not parse.
+    #[error("certificate {index} in the file does not parse")]
+    Malformed {
+        /// 0 is the leaf.
+        index: usize,
+    },
+    /// The leaf's key is another key.
+    #[error("the certificate's public key is not the public key of `{key}`; it was issued for another key")]
+    KeyMismatch {
+        /// The key.
+        key: KeyId,
+    },
+    /// Not valid now.
+    #[error("the certificate is not valid now (valid from {not_before} to {not_after})")]
+    NotValidNow {
+        /// Start.
+        not_before: String,
+        /// End.
+        not_after: String,
+    },
+    /// KU / EKU forbid client authentication.
+    #[error("the certificate's {0}; NVFlare would reject it")]
+    Usage(&'static str),
+    /// File system error.
+    #[error("cannot write `{path}`")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What an install did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Installed {
+    /// The same certificate was already installed.
+    Unchanged,
+    /// Newly written.
+    New,
+    /// Replaced an older one, kept at the given path.
+    Replaced(PathBuf),
+}
+
+/// The certificate folder.
+#[derive(Clone, Debug)]
+pub struct CertStore {
+    dir: PathBuf,
+}
+
+impl CertStore {
+    /// Certificates in `dir`.
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
+    /// Path of `key`'s certificate.
+    pub fn path(&self, key: &KeyId) -> PathBuf {
+        self.dir.join(format!("{key}.pem"))
+    }
+
+    /// The installed certificate (chain) of `key`, as PEM.
+    pub fn get(&self, key: &KeyId) -> Option<String> {
+        std::fs::read_to_string(self.path(key)).ok()
+    }
+
+    /// Checks and installs `pem_text` for `key` whose public key is `public`.
+    ///
+    /// # Errors
+    /// [`CertError`] naming what is wrong; nothing is written then.
+    pub fn install(&self, key: &KeyId, public: &PublicKey, pem_text: &[u8], source: &Path) -> Result<Installed, CertError> {
+        let blocks: Vec<::pem::Pem> = ::pem::parse_many(pem_text)
+            .map_err(|_| CertError::NoCertificate(source.display().to_string()))?
+            .into_iter()
+            .filter(|p| p.tag() == "CERTIFICATE")
+            .collect();
+        let leaf = blocks.first().ok_or_else(|| CertError::NoCertificate(source.display().to_string()))?;
+        for (index, block) in blocks.iter().enumerate() {
+            X509Certificate::from_der(block.contents()).map_err(|_| CertError::Malformed { index })?;
+        }
+        let (_, cert) = X509Certificate::from_der(leaf.contents()).map_err(|_| CertError::Malformed { index: 0 })?;
+        check_leaf(key, public, &cert)?;
+
+        let canonical: String = blocks.iter().map(::pem::encode).collect();
+        let path = self.path(key);
+        let io_err = |source| CertError::Io { path: path.clone(), source };
+        let previous = std::fs::read_to_string(&path).ok();
+        if previous.as_deref() == Some(canonical.as_str()) {
+            return Ok(Installed::Unchanged);
+        }
+        let mut outcome = Installed::New;
+        if let Some(old) = previous {
+            let keep = self.dir.join(format!("{key}.previous.pem"));
+            crate::files::write_atomic(&keep, old.as_bytes(), 0o644, true).map_err(io_err)?;
+            outcome = Installed::Replaced(keep);
+        }
+        crate::files::write_atomic(&path, canonical.as_bytes(), 0o644, true).map_err(io_err)?;
+        Ok(outcome)
+    }
+}
+
+fn check_leaf(key: &KeyId, public: &PublicKey, cert: &X509Certificate<'_>) -> Result<(), CertError> {
+    if cert.public_key().raw != public.spki_der.as_slice() {
+        return Err(CertError::KeyMismatch { key: key.clone() });
+    }
+    let validity = cert.validity();
+    if !validity.is_valid() {
+        return Err(CertError::NotValidNow {
+            not_before: validity.not_before.to_string(),
+            not_after: validity.not_after.to_string(),
+        });
+    }
+    if let Ok(Some(ku)) = cert.key_usage() {
+        if !ku.value.digital_signature() {
+            return Err(CertError::Usage("KeyUsage lacks digitalSignature"));
+        }
+    }
+    if let Ok(Some(eku)) = cert.extended_key_usage() {
+        if !eku.value.client_auth && !eku.value.any {
+            return Err(CertError::Usage("ExtendedKeyUsage lacks clientAuth"));
+        }
+    }
+    Ok(())
+}

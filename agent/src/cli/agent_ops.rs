@@ -1,0 +1,145 @@
+//! `keyward status | sign | decrypt`: clients of the running agent, for scripts and
+//! debugging. Inputs are bounded; binary outputs go to a file (mode 0600 for plaintext) or
+//! stdout, optionally base64.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use clap::Args;
+use keyward_core::protocol::{Operation, Reply};
+use keyward_core::KeyId;
+
+use crate::client::AgentClient;
+
+/// Largest input `sign` and `decrypt` read (the agent's default frame limit is 1 MiB).
+const MAX_INPUT_BYTES: u64 = 512 * 1024;
+
+/// Arguments of `keyward sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Key name.
+    name: KeyId,
+    /// nvflare, tls (the key's TLS 1.3 scheme), or tls-<scheme> (see docs/protocol.md).
+    #[arg(long)]
+    profile: String,
+    /// Message file (default: stdin).
+    #[arg(long = "in", value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Signature file (default: stdout).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Write base64 instead of raw bytes.
+    #[arg(long)]
+    base64: bool,
+    /// Agent socket (default: from the config).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+/// Arguments of `keyward decrypt`.
+#[derive(Debug, Args)]
+pub struct DecryptArgs {
+    /// Key name.
+    name: KeyId,
+    /// Ciphertext file (default: stdin).
+    #[arg(long = "in", value_name = "FILE")]
+    input: Option<PathBuf>,
+    /// Plaintext file, created 0600 (default: stdout).
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Write base64 instead of raw bytes.
+    #[arg(long)]
+    base64: bool,
+    /// Agent socket (default: from the config).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread().enable_all().build()?)
+}
+
+fn call(socket: &Path, op: Operation) -> Result<Reply> {
+    runtime()?.block_on(async {
+        let mut client = AgentClient::connect(socket).await?;
+        Ok(client.call(op).await?)
+    })
+}
+
+fn read_input(path: Option<&Path>) -> Result<Vec<u8>> {
+    let mut data = Vec::new();
+    match path {
+        Some(p) => std::fs::File::open(p)
+            .with_context(|| format!("opening `{}`", p.display()))?
+            .take(MAX_INPUT_BYTES + 1)
+            .read_to_end(&mut data)?,
+        None => std::io::stdin().take(MAX_INPUT_BYTES + 1).read_to_end(&mut data)?,
+    };
+    if data.len() as u64 > MAX_INPUT_BYTES {
+        bail!("input is larger than {MAX_INPUT_BYTES} bytes");
+    }
+    Ok(data)
+}
+
+fn write_output(path: Option<&Path>, bytes: &[u8], base64: bool, mode: u32) -> Result<()> {
+    let encoded;
+    let bytes = if base64 {
+        encoded = format!("{}\n", base64::engine::general_purpose::STANDARD.encode(bytes));
+        encoded.as_bytes()
+    } else {
+        bytes
+    };
+    match path {
+        Some(p) => crate::files::write_atomic(p, bytes, mode, true).with_context(|| format!("writing `{}`", p.display())),
+        None => Ok(std::io::stdout().write_all(bytes)?),
+    }
+}
+
+/// `keyward status`.
+///
+/// # Errors
+/// When the agent is unreachable or refuses.
+pub fn status(socket: PathBuf, json: bool) -> Result<()> {
+    let Reply::Status(s) = call(&socket, Operation::Status)? else { bail!("unexpected reply to status") };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        println!("agent:       {} (socket {})", "running", socket.display());
+        println!("backend:     {} — {}", s.backend, s.device);
+        println!("health:      {}", s.backend_health);
+        println!("uptime:      {} s", s.uptime_seconds);
+        println!("workers:     {}", s.workers);
+        println!("connections: {}", s.connections);
+        println!("requests:    {} ok, {} failed", s.requests_ok, s.requests_failed);
+        println!("operations:  {} signatures, {} decryptions", s.signatures, s.decryptions);
+    }
+    if s.backend_health != "ok" {
+        bail!("backend is {}", s.backend_health);
+    }
+    Ok(())
+}
+
+/// `keyward sign`.
+///
+/// # Errors
+/// When the agent is unreachable or refuses.
+pub fn sign(socket: PathBuf, args: SignArgs) -> Result<()> {
+    let data = read_input(args.input.as_deref())?;
+    let reply = call(&socket, Operation::Sign { key: args.name, profile: args.profile, data })?;
+    let Reply::Signature { signature, .. } = reply else { bail!("unexpected reply to sign") };
+    write_output(args.out.as_deref(), &signature, args.base64, 0o644)
+}
+
+/// `keyward decrypt`.
+///
+/// # Errors
+/// When the agent is unreachable or refuses.
+pub fn decrypt(socket: PathBuf, args: DecryptArgs) -> Result<()> {
+    let data = read_input(args.input.as_deref())?;
+    let reply = call(&socket, Operation::Decrypt { key: args.name, data })?;
+    let Reply::Plaintext { plaintext } = reply else { bail!("unexpected reply to decrypt") };
+    let plaintext = zeroize::Zeroizing::new(plaintext);
+    write_output(args.out.as_deref(), &plaintext, args.base64, 0o600)
+}

@@ -1,0 +1,141 @@
+//! `keyward key generate | import | list | public`: key management straight on the token.
+//! Import proves itself with a sign-and-verify round trip before `--destroy-source` may
+//! overwrite and remove the source file.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use keyward_core::private_key::PrivateKeyMaterial;
+use keyward_core::{KeyAlgorithm, KeyId, KeyStore, SignProfile, TlsScheme};
+use zeroize::Zeroizing;
+
+use crate::config::Config;
+
+/// `keyward key ...`
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generate a key pair inside the token (refuses if the name is taken).
+    Generate {
+        /// Key name (the token object label).
+        name: KeyId,
+        /// rsa-2048 (NVFlare's default), rsa-3072 or p-256 (TLS only).
+        #[arg(long, default_value = "rsa-2048", value_parser = super::parse_algorithm)]
+        algorithm: KeyAlgorithm,
+    },
+    /// Import an existing PEM private key once, as sensitive and non-extractable.
+    Import {
+        /// Key name.
+        name: KeyId,
+        /// The PEM private key (for NVFlare: startup/client.key).
+        #[arg(long, value_name = "KEY.pem")]
+        from: PathBuf,
+        /// After a successful sign/verify round trip, overwrite and delete the source file.
+        #[arg(long)]
+        destroy_source: bool,
+    },
+    /// List the keys in the token.
+    List,
+    /// Print a key's public key (SubjectPublicKeyInfo, PEM).
+    Public {
+        /// Key name.
+        name: KeyId,
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// DER instead of PEM.
+        #[arg(long)]
+        der: bool,
+    },
+}
+
+/// Opens a store on the token for one CLI command.
+pub(super) fn open_store(config: &Config) -> Result<Box<dyn KeyStore>> {
+    let backend = crate::backends::open_pkcs11(config)?;
+    Ok(Box::new(backend.store()?))
+}
+
+/// Runs a `key` subcommand.
+///
+/// # Errors
+/// Token, PIN and file errors, with context.
+pub fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
+    let mut store = open_store(config)?;
+    match cmd {
+        KeyCommand::Generate { name, algorithm } => {
+            let info = store.generate(&name, algorithm).with_context(|| format!("generating key `{name}`"))?;
+            eprintln!("generated {} key `{}` inside {} (sensitive, not extractable)", info.algorithm, info.id, store.info().device);
+            eprintln!("next: keyward csr {name} --subject \"CN=<site name>,O=<org>\" --out {name}.csr");
+        }
+        KeyCommand::Import { name, from, destroy_source } => import(store.as_mut(), &name, &from, destroy_source)?,
+        KeyCommand::List => {
+            let certs = crate::certs::CertStore::new(config.cert_dir());
+            let keys = store.list()?;
+            if keys.is_empty() {
+                eprintln!("no keys in {}", store.info().device);
+            }
+            println!("{:<24} {:<9} {:<10} certificate", "NAME", "ALGORITHM", "ORIGIN");
+            for k in keys {
+                let origin = if k.generated_on_device { "generated" } else { "imported" };
+                let cert = if certs.get(&k.id).is_some() { "yes" } else { "no" };
+                println!("{:<24} {:<9} {:<10} {cert}", k.id.as_str(), k.algorithm.name(), origin);
+            }
+        }
+        KeyCommand::Public { name, out, der } => {
+            let public = store.public_key(&name)?;
+            let bytes = if der { public.spki_der.clone() } else { public.to_pem().into_bytes() };
+            match out {
+                Some(path) => crate::files::write_atomic(&path, &bytes, 0o644, true)
+                    .with_context(|| format!("writing `{}`", path.display()))?,
+                None => std::io::stdout().write_all(&bytes)?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn import(store: &mut dyn KeyStore, name: &KeyId, from: &Path, destroy_source: bool) -> Result<()> {
+    let text = Zeroizing::new(std::fs::read(from).with_context(|| format!("reading `{}`", from.display()))?);
+    let material = PrivateKeyMaterial::from_pem(&text).with_context(|| format!("parsing `{}`", from.display()))?;
+    let expected = material.public_key().clone();
+    store.import(name, &material).with_context(|| format!("importing `{}` as `{name}`", from.display()))?;
+    drop(material);
+
+    // Prove the token holds the same key: its public key matches and it signs verifiably.
+    let public = store.public_key(name)?;
+    if public != expected {
+        bail!("the token's public key for `{name}` differs from the imported file; not touching the source file");
+    }
+    let profile = if public.algorithm.is_rsa() { SignProfile::Nvflare } else { SignProfile::Tls(TlsScheme::EcdsaP256Sha256) };
+    let probe = b"keyward import round trip";
+    let signature = store.sign(name, profile, probe)?;
+    keyward_core::verify::verify(&public, profile, probe, &signature)
+        .context("the imported key's signature does not verify; not touching the source file")?;
+    eprintln!("imported `{}` as {} key `{name}` (sensitive, not extractable); sign/verify round trip OK", from.display(), public.algorithm);
+
+    if destroy_source {
+        destroy(from, text.len())?;
+        eprintln!("overwrote and removed `{}`", from.display());
+    } else {
+        eprintln!(
+            "WARNING: `{}` still exists and is a full copy of this key. Anyone who reads it can act as this site.\n         Remove it (keyward key import ... --destroy-source, or shred -u) once you no longer need it.",
+            from.display()
+        );
+    }
+    Ok(())
+}
+
+/// Overwrites the file with zeros, syncs, and unlinks it. (On copy-on-write or journaling
+/// file systems and SSDs the old blocks may survive; docs/security.md says so.)
+fn destroy(path: &Path, len: usize) -> Result<()> {
+    let mut file = std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening `{}`", path.display()))?;
+    file.write_all(&vec![0u8; len.max(4096)])?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::remove_file(path).with_context(|| format!("removing `{}`", path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! `keyward serve`: log in to the token once, start the store workers, bind the socket,
+//! serve until SIGTERM or SIGINT, then drain: stop accepting, let in-flight requests finish
+//! (bounded by `limits.shutdown_grace_ms`), stop the workers, remove the socket.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+
+use crate::audit::AuditLog;
+use crate::certs::CertStore;
+use crate::config::Config;
+use crate::daemon::{bind_socket, serve, Access, Agent, Stats};
+use crate::store_handle::StoreHandle;
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+/// Runs the agent until a termination signal.
+///
+/// # Errors
+/// Start-up failures: PIN, token, socket, audit log.
+pub fn run(config: Config) -> Result<()> {
+    init_logging();
+    let backend = crate::backends::open(&config)?;
+    let (store, workers) = StoreHandle::start(&*backend, config.limits.queue_depth, config.limits.request_timeout())
+        .context("starting key store workers")?;
+    let audit_path = config.audit_log();
+    let audit = AuditLog::open(&audit_path).with_context(|| format!("opening audit log `{}`", audit_path.display()))?;
+    let agent = Arc::new(Agent {
+        store,
+        certs: CertStore::new(config.cert_dir()),
+        audit,
+        limits: config.limits.clone(),
+        access: Access::from_config(&config.access),
+        stats: Stats::default(),
+        started: Instant::now(),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-io").build()?;
+    let result = runtime.block_on(async {
+        let bound = bind_socket(&config.socket, config.access.socket_gid)?;
+        let shutdown = CancellationToken::new();
+        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+        let stopper = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+            stopper.cancel();
+        });
+        tracing::info!(
+            socket = %config.socket.display(),
+            audit = %audit_path.display(),
+            device = %agent.store.info().device,
+            workers = agent.store.workers(),
+            "keyward agent ready"
+        );
+        serve(&bound.listener, Arc::clone(&agent), shutdown).await;
+        drop(bound);
+        anyhow::Ok(())
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    drop(agent);
+    workers.join();
+    drop(backend);
+    tracing::info!("keyward agent stopped");
+    result
+}

@@ -1,0 +1,77 @@
+//! [`AgentClient`]: a client of the agent's socket protocol, used by the CLI, the tests and
+//! the benchmark. It speaks exactly what `docs/protocol.md` describes.
+
+use std::path::Path;
+
+use futures::{SinkExt, StreamExt};
+use keyward_core::protocol::{self, ErrorCode, Operation, Outcome, Reply, Request, Response};
+use tokio::net::UnixStream;
+use tokio_util::codec::{Framed, LengthDelimitedCodec};
+
+/// What can go wrong talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket could not be reached.
+    #[error("cannot connect to the keyward agent at `{path}` (is `keyward serve` running?)")]
+    Connect {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The connection failed mid-exchange.
+    #[error("connection to the agent failed")]
+    Io(#[from] std::io::Error),
+    /// The agent closed the connection without a reply.
+    #[error("the agent closed the connection")]
+    Closed,
+    /// The reply did not parse.
+    #[error("unreadable reply from the agent")]
+    BadReply(#[source] serde_json::Error),
+    /// The agent answered with an error.
+    #[error("agent refused: {message} ({code})")]
+    Agent {
+        /// Stable code.
+        code: ErrorCode,
+        /// Message.
+        message: String,
+    },
+}
+
+/// One connection to the agent.
+pub struct AgentClient {
+    framed: Framed<UnixStream, LengthDelimitedCodec>,
+    next_id: u64,
+}
+
+impl AgentClient {
+    /// Connects to the agent's socket.
+    ///
+    /// # Errors
+    /// [`ClientError::Connect`].
+    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
+        Ok(Self { framed: Framed::new(stream, protocol::codec(16 << 20)), next_id: 1 })
+    }
+
+    /// Sends one request and waits for its reply.
+    ///
+    /// # Errors
+    /// [`ClientError::Agent`] for an error reply; transport errors otherwise.
+    pub async fn call(&mut self, op: Operation) -> Result<Reply, ClientError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request { v: protocol::PROTOCOL_VERSION, id, op };
+        let body = serde_json::to_vec(&request).map_err(ClientError::BadReply)?;
+        self.framed.send(bytes::Bytes::from(body)).await?;
+        let frame = self.framed.next().await.ok_or(ClientError::Closed)??;
+        let response: Response = serde_json::from_slice(&frame).map_err(ClientError::BadReply)?;
+        match response.outcome {
+            Outcome::Ok(reply) => Ok(reply),
+            Outcome::Error(e) => Err(ClientError::Agent { code: e.code, message: e.message }),
+        }
+    }
+}

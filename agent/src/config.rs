@@ -1,0 +1,270 @@
+//! `keyward.toml`: loading (every field named in errors, unknown fields refused), defaults,
+//! resolving relative paths against the config file's folder, and atomic writing for
+//! `keyward init`. The PIN itself is never in the config: only where to read it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the config file.
+pub const CONFIG_ENV: &str = "KEYWARD_CONFIG";
+/// Environment variable naming a PIN file (used when the config names none).
+pub const PIN_FILE_ENV: &str = "KEYWARD_PIN_FILE";
+/// Default config path.
+pub const DEFAULT_CONFIG: &str = "/etc/keyward/keyward.toml";
+/// systemd credential name looked up in `$CREDENTIALS_DIRECTORY` when nothing else is set.
+pub const DEFAULT_PIN_CREDENTIAL: &str = "keyward-pin";
+
+/// The whole config file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The agent's Unix socket.
+    pub socket: PathBuf,
+    /// Where certificates (`certs/<key>.pem`) live.
+    pub state_dir: PathBuf,
+    /// Audit log (JSON lines). Default: `<state_dir>/audit.log`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<PathBuf>,
+    /// Who may connect.
+    #[serde(default)]
+    pub access: AccessConfig,
+    /// Limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The key store.
+    pub backend: BackendConfig,
+}
+
+/// Who may use the socket.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Peer uids allowed. Empty (the default): only the uid that runs the agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_uids: Vec<u32>,
+    /// Peer primary gids allowed, in addition to `allowed_uids`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_gids: Vec<u32>,
+    /// When set, the socket is made group `socket_gid` with mode 0660 (and its folder 0750),
+    /// so that group's members can reach it; otherwise socket 0600 in a 0700 folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket_gid: Option<u32>,
+}
+
+/// Resource limits, with safe defaults.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request frame in bytes.
+    pub max_frame_bytes: usize,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// How long a connection may take to deliver its next whole frame.
+    pub read_timeout_ms: u64,
+    /// How long a backend operation may take.
+    pub request_timeout_ms: u64,
+    /// Requests waiting for a worker before `busy` is answered.
+    pub queue_depth: usize,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: keyward_core::protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_connections: 256,
+            read_timeout_ms: 30_000,
+            request_timeout_ms: 10_000,
+            queue_depth: 1024,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// `read_timeout_ms` as a duration.
+    pub fn read_timeout(&self) -> Duration {
+        Duration::from_millis(self.read_timeout_ms)
+    }
+    /// `request_timeout_ms` as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Which backend holds the keys (`type = "pkcs11"`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// A PKCS#11 token.
+    Pkcs11 {
+        /// Module path.
+        module: PathBuf,
+        /// Token label or `pkcs11:` URI.
+        token: String,
+        /// File holding the user PIN (mode 0600 or 0400, owned by the agent's user).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin_file: Option<PathBuf>,
+        /// Worker threads, each with its own session. Default: 2.
+        #[serde(default = "default_workers")]
+        workers: usize,
+    },
+}
+
+fn default_workers() -> usize {
+    2
+}
+
+impl Config {
+    /// Where the config is: `--config`, else `$KEYWARD_CONFIG`, else the default.
+    pub fn locate(flag: Option<&Path>) -> PathBuf {
+        flag.map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG))
+    }
+
+    /// Reads and checks a config file; relative paths are taken from the file's folder.
+    ///
+    /// # Errors
+    /// Names the file and the field on any problem.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading config `{}`", path.display()))?;
+        let mut config: Config = toml::from_str(&text).with_context(|| format!("invalid config `{}`", path.display()))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.resolve_paths(&base);
+        config.validate().with_context(|| format!("invalid config `{}`", path.display()))?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.socket);
+        fix(&mut self.state_dir);
+        if let Some(p) = &mut self.audit_log {
+            fix(p);
+        }
+        match &mut self.backend {
+            BackendConfig::Pkcs11 { module, pin_file, .. } => {
+                fix(module);
+                if let Some(p) = pin_file {
+                    fix(p);
+                }
+            }
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let l = &self.limits;
+        if !(64..=16 << 20).contains(&l.max_frame_bytes) {
+            bail!("field `limits.max_frame_bytes` must be between 64 and 16777216");
+        }
+        if l.max_connections == 0 || l.queue_depth == 0 || l.read_timeout_ms == 0 || l.request_timeout_ms == 0 {
+            bail!("fields in `limits` must be greater than zero");
+        }
+        if self.socket.as_os_str().len() > 100 {
+            bail!("field `socket`: path `{}` is too long for a Unix socket (max 100 bytes)", self.socket.display());
+        }
+        let BackendConfig::Pkcs11 { workers, .. } = &self.backend;
+        if !(1..=64).contains(workers) {
+            bail!("field `backend.workers` must be between 1 and 64");
+        }
+        Ok(())
+    }
+
+    /// The audit log path.
+    pub fn audit_log(&self) -> PathBuf {
+        self.audit_log.clone().unwrap_or_else(|| self.state_dir.join("audit.log"))
+    }
+
+    /// The folder of installed certificates.
+    pub fn cert_dir(&self) -> PathBuf {
+        self.state_dir.join("certs")
+    }
+
+    /// Where the PIN comes from: `pin_file`, else `$KEYWARD_PIN_FILE`, else the systemd
+    /// credential `keyward-pin`.
+    ///
+    /// # Errors
+    /// When none is set.
+    pub fn pin_path(&self) -> Result<PathBuf> {
+        let BackendConfig::Pkcs11 { pin_file, .. } = &self.backend;
+        if let Some(p) = pin_file {
+            return Ok(p.clone());
+        }
+        if let Some(p) = std::env::var_os(PIN_FILE_ENV) {
+            return Ok(PathBuf::from(p));
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let p = Path::new(&dir).join(DEFAULT_PIN_CREDENTIAL);
+            if p.exists() {
+                return Ok(p);
+            }
+        }
+        bail!("no PIN source: set `backend.pin_file`, or ${PIN_FILE_ENV}, or a systemd credential `{DEFAULT_PIN_CREDENTIAL}`")
+    }
+
+    /// Writes the config to `path` atomically, refusing to replace an existing file.
+    ///
+    /// # Errors
+    /// When the file exists or cannot be written.
+    pub fn write_new(&self, path: &Path) -> Result<()> {
+        if path.exists() {
+            bail!("config `{}` already exists; not overwriting it (edit it, or choose another --config)", path.display());
+        }
+        let text = format!(
+            "# keyward agent configuration (reference: docs/configuration.md)\n{}",
+            toml::to_string_pretty(self).context("serialising config")?
+        );
+        crate::files::write_atomic(path, text.as_bytes(), 0o600, false)
+            .with_context(|| format!("writing config `{}`", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        let mut c: Config = toml::from_str(text)?;
+        c.resolve_paths(Path::new("/etc/keyward"));
+        c.validate()?;
+        Ok(c)
+    }
+
+    const MINIMAL: &str = r#"
+socket = "run/agent.sock"
+state_dir = "/var/lib/keyward"
+[backend]
+type = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token = "fl-site"
+"#;
+
+    #[test]
+    fn minimal_config_gets_defaults_and_absolute_paths() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.socket, PathBuf::from("/etc/keyward/run/agent.sock"));
+        assert_eq!(c.limits.max_frame_bytes, 1 << 20);
+        assert_eq!(c.audit_log(), PathBuf::from("/var/lib/keyward/audit.log"));
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let err = parse(&format!("{MINIMAL}pin = \"1234\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field `pin`"), "{err:#}");
+    }
+
+    #[test]
+    fn bad_limit_is_named() {
+        let err = parse(&format!("{MINIMAL}[limits]\nmax_frame_bytes = 1\n")).unwrap_err();
+        assert!(err.to_string().contains("limits.max_frame_bytes"));
+    }
+}

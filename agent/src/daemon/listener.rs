@@ -1,0 +1,62 @@
+//! The accept loop: a connection limit (a semaphore; over the limit a client gets a `busy`
+//! reply instead of a silent close), a short back-off when `accept` fails (for example out
+//! of file descriptors), and a graceful stop that waits for in-flight connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::SinkExt;
+use keyward_core::protocol::{self, ErrorCode, Response};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Semaphore;
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{handler, Agent};
+
+/// Serves `listener` until `shutdown` is cancelled, then waits (up to the configured grace
+/// period) for open connections to finish their current request.
+pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(agent.limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
+                Ok(permit) => {
+                    let agent = Arc::clone(&agent);
+                    let shutdown = shutdown.clone();
+                    tracker.spawn(async move {
+                        handler::handle(stream, agent, shutdown).await;
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    tracing::warn!(limit = agent.limits.max_connections, "connection limit reached; refusing a connection");
+                    tracker.spawn(refuse_busy(stream));
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    tracker.close();
+    let grace = Duration::from_millis(agent.limits.shutdown_grace_ms);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(open = tracker.len(), "shutdown grace period over; closing remaining connections");
+    }
+}
+
+async fn refuse_busy(stream: UnixStream) {
+    let mut framed = Framed::new(stream, protocol::codec(protocol::DEFAULT_MAX_FRAME_BYTES));
+    let reply = Response::error(0, ErrorCode::Busy, "too many connections; try again later");
+    if let Ok(body) = serde_json::to_vec(&reply) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(bytes::Bytes::from(body))).await;
+    }
+}

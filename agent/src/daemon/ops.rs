@@ -1,0 +1,177 @@
+//! What each request does: decode, run it on the key store, write one audit record, and
+//! build the reply. The wire gets the error's code and top-level message; the log gets the
+//! whole cause chain under the same request id.
+
+use std::time::Instant;
+
+use keyward_core::error::chain;
+use keyward_core::protocol::{decode_request, ErrorCode, KeyEntry, Operation, Reply, Response, StatusReport};
+use keyward_core::{KeyId, SignProfile, StoreError};
+
+use super::{Agent, Stats};
+use crate::audit::{micros, sha256_hex, AuditRecord, Peer};
+
+/// A failed operation: wire code and message.
+struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        if e.code() == ErrorCode::BackendError || e.code() == ErrorCode::BackendUnavailable {
+            tracing::warn!(error = %chain(&e), "backend failure");
+        }
+        Self { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// Decodes and executes one frame, returning the reply to send.
+pub async fn execute(agent: &Agent, peer: Peer, frame: &[u8], started: Instant) -> Response {
+    let request = match decode_request(frame) {
+        Ok(r) => r,
+        Err(e) => {
+            Stats::bump(&agent.stats.requests_failed);
+            let id = e.id.unwrap_or(0);
+            audit(agent, peer, id, "invalid", None, None, None, e.code.as_str(), started);
+            return Response::error(id, e.code, e.message);
+        }
+    };
+    let id = request.id;
+    let op_name = request.op.name();
+    let key = request.op.key().cloned();
+    let (profile, payload) = match &request.op {
+        Operation::Sign { profile, data, .. } => (Some(profile.clone()), Some(data.as_slice())),
+        Operation::Decrypt { data, .. } => (None, Some(data.as_slice())),
+        _ => (None, None),
+    };
+    let payload_digest = payload.map(|p| (sha256_hex(p), p.len()));
+    let result = run(agent, request.op).await;
+    let (outcome, response, used_profile) = match result {
+        Ok((reply, used_profile)) => {
+            Stats::bump(&agent.stats.requests_ok);
+            ("ok", Response::ok(id, reply), used_profile)
+        }
+        Err(f) => {
+            Stats::bump(&agent.stats.requests_failed);
+            tracing::info!(request_id = id, op = op_name, code = %f.code, message = %f.message, "request failed");
+            (f.code.as_str(), Response::error(id, f.code, f.message), None)
+        }
+    };
+    let shown_profile = used_profile.map(SignProfile::name).or(profile.as_deref());
+    audit(agent, peer, id, op_name, key.as_ref(), shown_profile, payload_digest, outcome, started);
+    response
+}
+
+#[allow(clippy::too_many_arguments)]
+fn audit(
+    agent: &Agent,
+    peer: Peer,
+    request_id: u64,
+    op: &str,
+    key: Option<&KeyId>,
+    profile: Option<&str>,
+    payload: Option<(String, usize)>,
+    outcome: &str,
+    started: Instant,
+) {
+    let (payload_sha256, payload_len) = payload.map_or((None, None), |(d, n)| (Some(d), Some(n)));
+    agent.audit.record(&AuditRecord {
+        peer,
+        request_id,
+        op,
+        key: key.map(KeyId::as_str),
+        profile,
+        payload_sha256,
+        payload_len,
+        outcome,
+        latency_us: micros(started.elapsed()),
+    });
+}
+
+async fn run(agent: &Agent, op: Operation) -> Result<(Reply, Option<SignProfile>), Failure> {
+    let reply = match op {
+        Operation::Hello => Reply::Hello {
+            agent: format!("keyward {}", env!("CARGO_PKG_VERSION")),
+            protocol: keyward_core::protocol::PROTOCOL_VERSION,
+            backend: agent.store.info().backend.to_owned(),
+        },
+        Operation::ListKeys => {
+            let keys = agent.store.call(|s| s.list()).await?;
+            let keys = keys
+                .into_iter()
+                .map(|k| KeyEntry {
+                    has_certificate: agent.certs.get(&k.id).is_some(),
+                    key: k.id,
+                    algorithm: k.algorithm,
+                    generated_on_device: k.generated_on_device,
+                })
+                .collect();
+            Reply::Keys { keys }
+        }
+        Operation::PublicKey { key } => {
+            let id = key.clone();
+            let public = agent.store.call(move |s| s.public_key(&id)).await?;
+            Reply::PublicKey {
+                certificate_pem: agent.certs.get(&key),
+                key,
+                algorithm: public.algorithm,
+                spki_der: public.spki_der,
+            }
+        }
+        Operation::Sign { key, profile, data } => {
+            let (signature, used) = sign(agent, key, profile, data).await?;
+            Stats::bump(&agent.stats.signatures);
+            return Ok((Reply::Signature { profile: used.name().to_owned(), signature }, Some(used)));
+        }
+        Operation::Decrypt { key, data } => {
+            let plaintext = agent.store.call(move |s| s.decrypt(&key, &data)).await?;
+            Stats::bump(&agent.stats.decryptions);
+            Reply::Plaintext { plaintext: plaintext.to_vec() }
+        }
+        Operation::Status => {
+            let health = match agent.store.call(|s| s.check()).await {
+                Ok(()) => "ok".to_owned(),
+                Err(e) => {
+                    tracing::warn!(error = %chain(&e), "backend health check failed");
+                    "down".to_owned()
+                }
+            };
+            let info = agent.store.info();
+            let stats = &agent.stats;
+            Reply::Status(StatusReport {
+                backend_health: health,
+                backend: info.backend.to_owned(),
+                device: info.device.clone(),
+                uptime_seconds: agent.started.elapsed().as_secs(),
+                connections: Stats::get(&stats.connections),
+                requests_ok: Stats::get(&stats.requests_ok),
+                requests_failed: Stats::get(&stats.requests_failed),
+                signatures: Stats::get(&stats.signatures),
+                decryptions: Stats::get(&stats.decryptions),
+                workers: agent.store.workers() as u64,
+            })
+        }
+    };
+    Ok((reply, None))
+}
+
+/// Resolves the profile (plain `tls` needs the key's algorithm) and signs, in one job.
+async fn sign(agent: &Agent, key: KeyId, profile: String, data: Vec<u8>) -> Result<(Vec<u8>, SignProfile), Failure> {
+    let invalid = |message: String| Failure { code: ErrorCode::InvalidRequest, message };
+    let explicit = if profile == "tls" { None } else { Some(profile.parse::<SignProfile>().map_err(invalid)?) };
+    let result = agent
+        .store
+        .call(move |s| {
+            let profile = match explicit {
+                Some(p) => p,
+                None => {
+                    let alg = s.public_key(&key)?.algorithm;
+                    SignProfile::resolve("tls", alg).map_err(|what| StoreError::InvalidInput { what })?
+                }
+            };
+            s.sign(&key, profile, &data).map(|sig| (sig, profile))
+        })
+        .await?;
+    Ok(result)
+}

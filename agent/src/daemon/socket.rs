@@ -1,0 +1,76 @@
+//! Binding the agent's socket safely: the folder is created 0700 (0750 with a socket
+//! group) and must not be writable by others; a live agent already on the path is a
+//! refusal, a stale socket file is removed, and anything else at the path is left alone.
+//! The socket is 0600 (0660 with a socket group). [`BoundSocket`] removes it on drop.
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use tokio::net::UnixListener;
+
+/// A bound listener whose socket file is removed when this is dropped.
+pub struct BoundSocket {
+    /// The listener.
+    pub listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Binds `path` as described in the module doc.
+///
+/// # Errors
+/// When another agent answers there, the folder is unsafe, or binding fails.
+pub fn bind_socket(path: &Path, group: Option<u32>) -> Result<BoundSocket> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    prepare_dir(dir, group)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                bail!("another agent is already serving on `{}`; stop it first", path.display());
+            }
+            std::fs::remove_file(path).with_context(|| format!("removing stale socket `{}`", path.display()))?;
+            tracing::info!(socket = %path.display(), "removed stale socket");
+        }
+        Ok(_) => bail!("`{}` exists and is not a socket; not touching it", path.display()),
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding socket `{}`", path.display()))?;
+    let bound = BoundSocket { listener, path: path.to_owned() };
+    let mode = if let Some(gid) = group {
+        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
+            .with_context(|| format!("setting group {gid} on `{}`", path.display()))?;
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting mode of `{}`", path.display()))?;
+    Ok(bound)
+}
+
+fn prepare_dir(dir: &Path, group: Option<u32>) -> Result<()> {
+    let mode = if group.is_some() { 0o750 } else { 0o700 };
+    if !dir.exists() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating socket folder `{}`", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
+        if let Some(gid) = group {
+            nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(gid)))
+                .with_context(|| format!("setting group {gid} on `{}`", dir.display()))?;
+        }
+    }
+    let meta = std::fs::metadata(dir).with_context(|| format!("reading socket folder `{}`", dir.display()))?;
+    if meta.mode() & 0o022 != 0 && meta.mode() & 0o1000 == 0 {
+        bail!(
+            "socket folder `{}` is writable by group or others (mode {:04o}); use a private folder",
+            dir.display(),
+            meta.mode() & 0o7777
+        );
+    }
+    Ok(())
+}

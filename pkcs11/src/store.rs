@@ -1,0 +1,276 @@
+//! [`Pkcs11Store`]: one session, owned by one worker thread, and the key lookups every
+//! operation shares (label → private key handle and algorithm, cached per session).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use keyward_core::private_key::PrivateKeyMaterial;
+use keyward_core::{KeyAlgorithm, KeyId, KeyInfo, KeyStore, PublicKey, SignProfile, StoreError, StoreInfo};
+use rsa::pkcs8::EncodePublicKey;
+use zeroize::Zeroizing;
+
+use crate::backend::Shared;
+use crate::error::Pkcs11Error;
+
+/// DER of the P-256 curve OID, as `CKA_EC_PARAMS` holds it.
+pub(crate) const P256_OID_DER: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// A private key found on the token.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct FoundKey {
+    pub(crate) handle: ObjectHandle,
+    pub(crate) algorithm: KeyAlgorithm,
+}
+
+/// A session on the token: the [`KeyStore`] for one worker.
+pub struct Pkcs11Store {
+    pub(crate) session: Session,
+    pub(crate) shared: Arc<Shared>,
+    cache: HashMap<KeyId, FoundKey>,
+}
+
+impl std::fmt::Debug for Pkcs11Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Store").field("token", &self.shared.token).finish()
+    }
+}
+
+impl Pkcs11Store {
+    pub(crate) fn open(shared: Arc<Shared>) -> Result<Self, StoreError> {
+        let session = shared
+            .ctx
+            .open_rw_session(shared.slot)
+            .map_err(|e| Pkcs11Error::call("C_OpenSession")(e).into_store_error(&shared.token))?;
+        Ok(Self { session, shared, cache: HashMap::new() })
+    }
+
+    /// Classifies a PKCS#11 error for this token, dropping cached handles when the
+    /// session or device went bad so the next call looks keys up again.
+    pub(crate) fn fail(&mut self, call: &'static str) -> impl FnOnce(cryptoki::error::Error) -> StoreError + '_ {
+        move |e| {
+            let err = Pkcs11Error::call(call)(e);
+            self.cache.clear();
+            err.into_store_error(&self.shared.token)
+        }
+    }
+
+    pub(crate) fn find_objects(&mut self, template: &[Attribute]) -> Result<Vec<ObjectHandle>, StoreError> {
+        let result = self.session.find_objects(template);
+        result.map_err(self.fail("C_FindObjects"))
+    }
+
+    /// Finds the private key labelled `id`.
+    pub(crate) fn find_private(&mut self, id: &KeyId) -> Result<FoundKey, StoreError> {
+        if let Some(found) = self.cache.get(id) {
+            return Ok(*found);
+        }
+        let handles = self.find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(id.as_str().as_bytes().to_vec()),
+        ])?;
+        let handle = match handles.as_slice() {
+            [] => return Err(StoreError::KeyNotFound { id: id.clone() }),
+            [one] => *one,
+            many => {
+                return Err(StoreError::Unsupported {
+                    what: format!("{} private keys are labelled `{id}` on the token; keyward needs exactly one", many.len()),
+                })
+            }
+        };
+        let algorithm = self.algorithm_of(handle, id)?;
+        let found = FoundKey { handle, algorithm };
+        self.cache.insert(id.clone(), found);
+        Ok(found)
+    }
+
+    fn algorithm_of(&mut self, handle: ObjectHandle, id: &KeyId) -> Result<KeyAlgorithm, StoreError> {
+        let attrs = self
+            .session
+            .get_attributes(handle, &[AttributeType::KeyType, AttributeType::Modulus, AttributeType::EcParams]);
+        let attrs = attrs.map_err(self.fail("C_GetAttributeValue"))?;
+        let mut key_type = None;
+        let mut modulus_bits = 0;
+        let mut ec_params = Vec::new();
+        for a in attrs {
+            match a {
+                Attribute::KeyType(t) => key_type = Some(t),
+                Attribute::Modulus(m) => modulus_bits = significant_bits(&m),
+                Attribute::EcParams(p) => ec_params = p,
+                _ => {}
+            }
+        }
+        let unsupported = |what: String| StoreError::Unsupported { what: format!("key `{id}`: {what}") };
+        match key_type {
+            Some(KeyType::RSA) => KeyAlgorithm::from_rsa_bits(modulus_bits)
+                .ok_or_else(|| unsupported(format!("RSA-{modulus_bits} (keyward uses RSA-2048 and RSA-3072)"))),
+            Some(KeyType::EC) if ec_params == P256_OID_DER => Ok(KeyAlgorithm::EcP256),
+            Some(KeyType::EC) => Err(unsupported("EC curve other than P-256".into())),
+            other => Err(unsupported(format!("key type {other:?}"))),
+        }
+    }
+
+    /// The public key of a private key, read from the matching public key object (or from
+    /// the public attributes of the private key, which RSA private keys carry).
+    fn read_public(&mut self, id: &KeyId, found: FoundKey) -> Result<PublicKey, StoreError> {
+        let spki_der = match found.algorithm {
+            KeyAlgorithm::EcP256 => {
+                let pubs = self.find_objects(&[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::Label(id.as_str().as_bytes().to_vec()),
+                ])?;
+                let handle = *pubs.first().ok_or_else(|| StoreError::Unsupported {
+                    what: format!("key `{id}` has no public key object on the token"),
+                })?;
+                let attrs = self.session.get_attributes(handle, &[AttributeType::EcPoint]);
+                let point = attrs.map_err(self.fail("C_GetAttributeValue"))?.into_iter().find_map(|a| match a {
+                    Attribute::EcPoint(p) => Some(p),
+                    _ => None,
+                });
+                let point = point.ok_or_else(|| StoreError::backend("reading CKA_EC_POINT", "attribute missing"))?;
+                let raw = unwrap_der_octet_string(&point).unwrap_or(&point);
+                let key = p256::PublicKey::from_sec1_bytes(raw).map_err(|e| StoreError::backend("decoding EC point", e))?;
+                key.to_public_key_der().map_err(|e| StoreError::backend("encoding SPKI", e))?.into_vec()
+            }
+            KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
+                let attrs = self
+                    .session
+                    .get_attributes(found.handle, &[AttributeType::Modulus, AttributeType::PublicExponent]);
+                let (mut n, mut e) = (Vec::new(), Vec::new());
+                for a in attrs.map_err(self.fail("C_GetAttributeValue"))? {
+                    match a {
+                        Attribute::Modulus(m) => n = m,
+                        Attribute::PublicExponent(x) => e = x,
+                        _ => {}
+                    }
+                }
+                let key = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(&n), rsa::BigUint::from_bytes_be(&e))
+                    .map_err(|e| StoreError::backend("decoding RSA public key", e))?;
+                key.to_public_key_der().map_err(|e| StoreError::backend("encoding SPKI", e))?.into_vec()
+            }
+        };
+        Ok(PublicKey { algorithm: found.algorithm, spki_der })
+    }
+
+    fn key_info(&mut self, id: &KeyId, found: FoundKey) -> Result<KeyInfo, StoreError> {
+        let attrs = self.session.get_attributes(found.handle, &[AttributeType::Local]);
+        let local = attrs
+            .map_err(self.fail("C_GetAttributeValue"))?
+            .into_iter()
+            .any(|a| matches!(a, Attribute::Local(true)));
+        Ok(KeyInfo { id: id.clone(), algorithm: found.algorithm, generated_on_device: local })
+    }
+}
+
+/// Bits in a big-endian unsigned integer, ignoring leading zero bytes.
+fn significant_bits(be: &[u8]) -> usize {
+    let skip = be.iter().take_while(|b| **b == 0).count();
+    let rest = &be[skip..];
+    rest.first().map_or(0, |first| rest.len() * 8 - first.leading_zeros() as usize)
+}
+
+/// SoftHSM returns `CKA_EC_POINT` as a DER OCTET STRING (`04 41 04 X Y`); strip the header.
+fn unwrap_der_octet_string(der: &[u8]) -> Option<&[u8]> {
+    match der {
+        [0x04, len, rest @ ..] if usize::from(*len) == rest.len() => Some(rest),
+        _ => None,
+    }
+}
+
+impl KeyStore for Pkcs11Store {
+    fn info(&self) -> StoreInfo {
+        StoreInfo { backend: "pkcs11", device: format!("token `{}` ({})", self.shared.token, self.shared.device) }
+    }
+
+    fn list(&mut self) -> Result<Vec<KeyInfo>, StoreError> {
+        let handles = self.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])?;
+        let mut keys = Vec::new();
+        for handle in handles {
+            let attrs = self.session.get_attributes(handle, &[AttributeType::Label]);
+            let label = attrs.map_err(self.fail("C_GetAttributeValue"))?.into_iter().find_map(|a| match a {
+                Attribute::Label(l) => String::from_utf8(l).ok(),
+                _ => None,
+            });
+            // Objects made by other tools may have labels keyward cannot name; skip them.
+            let Some(id) = label.and_then(|l| KeyId::new(&l).ok()) else { continue };
+            match self.find_private(&id) {
+                Ok(found) => keys.push(self.key_info(&id, found)?),
+                Err(StoreError::Unsupported { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        keys.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(keys)
+    }
+
+    fn generate(&mut self, id: &KeyId, algorithm: KeyAlgorithm) -> Result<KeyInfo, StoreError> {
+        self.refuse_existing(id)?;
+        let found = crate::keygen::generate(self, id, algorithm)?;
+        self.cache.insert(id.clone(), found);
+        self.key_info(id, found)
+    }
+
+    fn import(&mut self, id: &KeyId, key: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
+        self.refuse_existing(id)?;
+        let found = crate::keygen::import(self, id, key)?;
+        self.cache.insert(id.clone(), found);
+        self.key_info(id, found)
+    }
+
+    fn public_key(&mut self, id: &KeyId) -> Result<PublicKey, StoreError> {
+        let found = self.find_private(id)?;
+        self.read_public(id, found)
+    }
+
+    fn sign(&mut self, id: &KeyId, profile: SignProfile, msg: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let found = self.find_private(id)?;
+        crate::sign::sign(self, found, profile, msg)
+    }
+
+    fn decrypt(&mut self, id: &KeyId, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        let found = self.find_private(id)?;
+        crate::decrypt::decrypt(self, id, found, ciphertext)
+    }
+
+    fn check(&mut self) -> Result<(), StoreError> {
+        let info = self.session.get_session_info();
+        info.map(|_| ()).map_err(self.fail("C_GetSessionInfo"))
+    }
+}
+
+impl Pkcs11Store {
+    /// Refuses when any object already carries this label or keyward's id for it.
+    fn refuse_existing(&mut self, id: &KeyId) -> Result<(), StoreError> {
+        self.cache.remove(id);
+        let by_label = self.find_objects(&[Attribute::Label(id.as_str().as_bytes().to_vec())])?;
+        if !by_label.is_empty() {
+            return Err(StoreError::KeyExists { id: id.clone(), detail: format!("{} object(s) with label `{id}`", by_label.len()) });
+        }
+        let by_id = self.find_objects(&[Attribute::Id(crate::keygen::object_id(id))])?;
+        if !by_id.is_empty() {
+            return Err(StoreError::KeyExists { id: id.clone(), detail: "an object with the same CKA_ID".into() });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_modulus_bits() {
+        assert_eq!(significant_bits(&[0x00, 0x80, 0x00]), 16);
+        assert_eq!(significant_bits(&[0x01]), 1);
+        assert_eq!(significant_bits(&[]), 0);
+    }
+
+    #[test]
+    fn unwraps_softhsm_ec_point() {
+        let mut der = vec![0x04, 65, 0x04];
+        der.extend([7u8; 64]);
+        assert_eq!(unwrap_der_octet_string(&der).map(<[u8]>::len), Some(65));
+        assert_eq!(unwrap_der_octet_string(&[0x04, 5, 1]), None);
+    }
+}
