@@ -1,0 +1,116 @@
+//! [`AgentProcess`]: the real `keyward serve` as a child process, its stderr in a log file,
+//! ready once its socket answers `status`; dropped with SIGTERM (then SIGKILL after 5 s).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use keyward_agent::client::AgentClient;
+
+use crate::softhsm::Site;
+
+/// A running agent.
+pub struct AgentProcess {
+    child: Option<Child>,
+    /// Its socket.
+    pub socket: PathBuf,
+    /// Its stderr log.
+    pub log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `keyward serve` for `site` and waits until it answers.
+    pub fn start(site: &Site) -> Self {
+        let agent = Self::spawn(site);
+        agent.wait_ready(Duration::from_secs(20));
+        agent
+    }
+
+    /// Starts `keyward serve` without waiting (for tests that expect it to fail).
+    pub fn spawn(site: &Site) -> Self {
+        let log = site.path(&format!("agent-{}.log", rand::random::<u32>()));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = site
+            .command()
+            .arg("serve")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn keyward serve");
+        Self { child: Some(child), socket: site.socket.clone(), log }
+    }
+
+    /// The child's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        loop {
+            let ready = rt.block_on(async {
+                let Ok(mut c) = AgentClient::connect(&self.socket).await else { return false };
+                c.call(keyward_core::protocol::Operation::Hello).await.is_ok()
+            });
+            if ready {
+                return;
+            }
+            assert!(start.elapsed() < limit, "agent not ready after {limit:?}; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the agent to exit by itself (up to `limit`).
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("child");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(start.elapsed() < limit, "agent still running after {limit:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends SIGTERM and waits for exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        if let Some(child) = &self.child {
+            let _ = nix_kill(child.id(), nix::sys::signal::Signal::SIGTERM);
+        }
+        self.wait_exit(Duration::from_secs(10))
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The socket path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+}
+
+fn nix_kill(pid: u32, signal: nix::sys::signal::Signal) -> nix::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| nix::Error::EINVAL)?;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal)
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = nix_kill(child.id(), nix::sys::signal::Signal::SIGTERM);
+                let start = Instant::now();
+                while child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(5) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Locating the binaries and tools tests run: the built `keyward`, openssl, the project's
+//! Python venv.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The `keyward` binary: `$KEYWARD_BIN`, else next to this test executable in `target/`.
+pub fn keyward_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("KEYWARD_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("keyward");
+    assert!(
+        bin.exists(),
+        "`{}` not found: build it first (cargo build -p keyward-agent, or softhsm-setup/test.sh), or set KEYWARD_BIN",
+        bin.display()
+    );
+    bin
+}
+
+/// The Python with `cryptography` installed: `$KEYWARD_PYTHON`, else `<repo>/.venv/bin/python`.
+pub fn python() -> PathBuf {
+    let p = std::env::var_os("KEYWARD_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
+    assert!(p.exists(), "Python venv `{}` missing: run softhsm-setup/python-venv.sh", p.display());
+    p
+}
+
+/// Runs openssl with `args`, returning its output (never panics on a non-zero exit).
+pub fn openssl(args: &[&str]) -> Output {
+    Command::new("openssl").args(args).output().expect("openssl is installed (softhsm-setup/install-packages.sh)")
+}
+
+/// Runs a Python snippet with arguments; returns the output.
+pub fn run_python(code: &str, args: &[&str]) -> Output {
+    Command::new(python()).arg("-c").arg(code).args(args).output().expect("python runs")
+}
+
+/// Asserts a command succeeded, showing its output when not.
+pub fn assert_success(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
