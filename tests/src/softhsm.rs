@@ -177,3 +177,18 @@ pub fn private_key_listing(hsm: &SoftHsm, label: &str) -> String {
         .unwrap_or_else(|| panic!("no private key `{label}` in:\n{text}"))
         .to_owned()
 }
+
+/// Runs `token-probe` on the private key `label` and returns its JSON report.
+pub fn probe_private_key(hsm: &SoftHsm, label: &str) -> serde_json::Value {
+    let bin = crate::tools::sibling_bin("token-probe");
+    let out = Command::new(bin)
+        .env("SOFTHSM2_CONF", &hsm.conf)
+        .arg(&hsm.module)
+        .arg(&hsm.label)
+        .arg(&hsm.pin_file)
+        .arg(label)
+        .output()
+        .expect("run token-probe");
+    assert_success(&out, "token-probe");
+    serde_json::from_slice(&out.stdout).expect("token-probe prints JSON")
+}

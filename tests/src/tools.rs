@@ -11,18 +11,23 @@ pub fn workspace_root() -> PathBuf {
 
 /// The `keyward` binary: `$KEYWARD_BIN`, else next to this test executable in `target/`.
 pub fn keyward_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("KEYWARD_BIN") {
-        return PathBuf::from(p);
+    match std::env::var_os("KEYWARD_BIN") {
+        Some(p) => PathBuf::from(p),
+        None => sibling_bin("keyward"),
     }
+}
+
+/// A binary of this workspace built into the same `target/<profile>/` as the running one.
+pub fn sibling_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
-    let bin = dir.join("keyward");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "`{}` not found: build it first (cargo build -p keyward-agent, or softhsm-setup/test.sh), or set KEYWARD_BIN",
+        "`{}` not found: build the workspace first (cargo build --workspace --all-targets, or softhsm-setup/test.sh)",
         bin.display()
     );
     bin

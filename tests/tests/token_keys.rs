@@ -1,0 +1,150 @@
+//! Keys on a real SoftHSM2 token: attributes read back after generate and import, no
+//! overwrite of an existing key, import with and without `--destroy-source`.
+
+use keyward_tests::softhsm::{pkcs11_tool, private_key_listing, probe_private_key};
+use keyward_tests::tools::assert_success;
+use keyward_tests::{openssl, Site};
+
+fn access_line(listing: &str) -> String {
+    listing.lines().find(|l| l.trim_start().starts_with("Access:")).unwrap_or_default().to_owned()
+}
+
+/// `pkcs11-tool --read-object --type privkey` must produce nothing: no output file, no key
+/// on stdout, and a refusal on stderr (OpenSC 0.23 refuses with exit status 0).
+fn assert_private_key_cannot_be_read(site: &Site, name: &str) {
+    let out_file = site.path(&format!("{name}.extracted"));
+    let read = pkcs11_tool(
+        &site.hsm,
+        &["--read-object", "--type", "privkey", "--label", name, "--output-file", out_file.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&read.stderr);
+    assert!(
+        !out_file.exists() || std::fs::metadata(&out_file).unwrap().len() == 0,
+        "pkcs11-tool wrote the private key of `{name}` to a file"
+    );
+    assert!(read.stdout.is_empty(), "pkcs11-tool printed something for `{name}`: {read:?}");
+    assert!(!read.status.success() || stderr.contains("not (yet) supported") || stderr.contains("error"), "{read:?}");
+}
+
+#[test]
+fn generated_keys_are_sensitive_never_extractable_and_cannot_be_read() {
+    let site = Site::new();
+    site.generate("site-1", "rsa-2048");
+    site.generate("tls-ec", "p-256");
+    for name in ["site-1", "tls-ec"] {
+        let listing = private_key_listing(&site.hsm, name);
+        let access = access_line(&listing);
+        for attr in ["sensitive", "always sensitive", "never extractable", "local"] {
+            assert!(access.contains(attr), "`{name}` lacks `{attr}`: {listing}");
+        }
+        assert!(!access.contains(", extractable"), "{listing}");
+        assert_private_key_cannot_be_read(&site, name);
+        let probe = probe_private_key(&site.hsm, name);
+        for (attr, want) in [("sensitive", true), ("extractable", false), ("never_extractable", true), ("always_sensitive", true), ("private", true), ("local", true)] {
+            assert_eq!(probe[attr], want, "`{name}` {attr}: {probe}");
+        }
+        assert_eq!(probe["secret_attributes_returned"], 0, "{probe}");
+    }
+    let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
+    assert!(list.contains("site-1") && list.contains("rsa-2048") && list.contains("generated"), "{list}");
+    assert!(list.contains("tls-ec") && list.contains("p-256"), "{list}");
+}
+
+#[test]
+fn generate_over_an_existing_name_fails_and_the_old_key_still_signs() {
+    let site = Site::new();
+    site.generate("site-1", "rsa-2048");
+    let before = std::fs::read(site.public_pem("site-1")).unwrap();
+
+    let again = site.keyward(&["key", "generate", "site-1", "--algorithm", "p-256"]);
+    assert_eq!(again.status.code(), Some(5), "exit code for key exists");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already exists") && stderr.contains("site-1"), "{stderr}");
+
+    assert_eq!(std::fs::read(site.public_pem("site-1")).unwrap(), before, "public key changed");
+    let agent = keyward_tests::AgentProcess::start(&site);
+    let msg = site.path("msg");
+    std::fs::write(&msg, b"site-1nonce").unwrap();
+    let sig = site.path("sig");
+    site.keyward_ok(&["sign", "site-1", "--profile", "nvflare", "--in", msg.to_str().unwrap(), "--out", sig.to_str().unwrap()]);
+    let pem = site.public_pem("site-1");
+    let out = openssl(&[
+        "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:222", "-sigopt", "rsa_mgf1_md:sha256",
+        "-verify", pem.to_str().unwrap(), "-signature", sig.to_str().unwrap(), msg.to_str().unwrap(),
+    ]);
+    assert_success(&out, "openssl verify of the old key's signature");
+    drop(agent);
+}
+
+fn make_pem_key(site: &Site, name: &str, kind: &str) -> std::path::PathBuf {
+    let path = site.path(name);
+    let args: Vec<&str> = match kind {
+        // What `nvflare provision` writes: PKCS#1 "BEGIN RSA PRIVATE KEY".
+        "rsa" => vec!["genrsa", "-traditional", "-out", path.to_str().unwrap(), "2048"],
+        _ => vec!["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", path.to_str().unwrap()],
+    };
+    assert_success(&openssl(&args), "openssl key generation");
+    path
+}
+
+fn spki_of_pem_key(key: &std::path::Path) -> Vec<u8> {
+    let out = openssl(&["pkey", "-in", key.to_str().unwrap(), "-pubout", "-outform", "DER"]);
+    assert_success(&out, "openssl pkey -pubout");
+    out.stdout
+}
+
+#[test]
+fn import_with_destroy_source_removes_the_file_and_the_key_signs() {
+    let site = Site::new();
+    let key = make_pem_key(&site, "client.key", "rsa");
+    assert!(std::fs::read_to_string(&key).unwrap().contains("BEGIN RSA PRIVATE KEY"));
+    let expected_spki = spki_of_pem_key(&key);
+
+    let out = site.keyward_ok(&["key", "import", "site-1", "--from", key.to_str().unwrap(), "--destroy-source"]);
+    assert!(!key.exists(), "source key file still exists");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("round trip OK") && stderr.contains("removed"), "{stderr}");
+
+    let listing = private_key_listing(&site.hsm, "site-1");
+    let access = access_line(&listing);
+    assert!(access.contains("sensitive"), "{listing}");
+    assert!(!access.contains(", extractable"), "{listing}");
+    assert!(!access.contains("local"), "an imported key must not claim to be born on the token: {listing}");
+    assert_private_key_cannot_be_read(&site, "site-1");
+    let probe = probe_private_key(&site.hsm, "site-1");
+    for (attr, want) in [("sensitive", true), ("extractable", false), ("local", false)] {
+        assert_eq!(probe[attr], want, "imported key {attr}: {probe}");
+    }
+    assert_eq!(probe["secret_attributes_returned"], 0, "{probe}");
+
+    let der = site.path("site-1.der");
+    site.keyward_ok(&["key", "public", "site-1", "--der", "--out", der.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&der).unwrap(), expected_spki, "token public key differs from the imported file");
+    let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
+    assert!(list.contains("imported"), "{list}");
+}
+
+#[test]
+fn import_without_destroy_source_keeps_the_file_and_says_so() {
+    let site = Site::new();
+    let key = make_pem_key(&site, "ec.key", "ec");
+    let out = site.keyward_ok(&["key", "import", "ec-1", "--from", key.to_str().unwrap()]);
+    assert!(key.exists());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("still exists"), "{stderr}");
+    // A second import under the same name is refused and changes nothing.
+    let again = site.keyward(&["key", "import", "ec-1", "--from", key.to_str().unwrap(), "--destroy-source"]);
+    assert_eq!(again.status.code(), Some(5));
+    assert!(key.exists(), "a refused import must not destroy the source");
+}
+
+#[test]
+fn import_refuses_a_file_that_is_not_a_private_key() {
+    let site = Site::new();
+    let not_key = site.path("cert.pem");
+    std::fs::write(&not_key, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").unwrap();
+    let out = site.keyward(&["key", "import", "x", "--from", not_key.to_str().unwrap(), "--destroy-source"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not an unencrypted private key"), "{out:?}");
+    assert!(not_key.exists());
+}
