@@ -88,12 +88,13 @@ impl Site {
         site
     }
 
-    /// Appends TOML to the config (tests that need other limits or access rules).
-    pub fn append_config(&self, toml_text: &str) {
-        let mut text = std::fs::read_to_string(&self.config).expect("config");
-        text.push('\n');
-        text.push_str(toml_text);
-        std::fs::write(&self.config, text).expect("write config");
+    /// Sets `[table] key = value` in the config (tests that need other limits or access).
+    pub fn set_config(&self, table: &str, key: &str, value: toml::Value) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let mut doc: toml::Table = toml::from_str(&text).expect("config parses");
+        let section = doc.entry(table).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        section.as_table_mut().expect("table").insert(key.to_owned(), value);
+        std::fs::write(&self.config, toml::to_string(&doc).expect("serialise")).expect("write config");
     }
 
     /// A `keyward` command with this site's environment.

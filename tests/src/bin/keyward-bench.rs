@@ -1,1 +1,513 @@
-fn main(){}
+//! `keyward-bench`: signing throughput and latency on a fresh SoftHSM2 token, in one run,
+//! for RSA-2048 (`nvflare` profile) and ECDSA P-256 (`tls-ecdsa-p256-sha256`) with 1 and
+//! 2 concurrent clients, along three paths:
+//!
+//! - `raw cryptoki`: each thread its own session, `C_Sign` in a loop (the limit);
+//! - `KeyStore`: `Pkcs11Backend::store()` per thread and `KeyStore::sign`;
+//! - `agent`: the real `keyward serve`, one `AgentClient` connection per client thread,
+//!   sequential requests.
+//!
+//! Usage: `cargo run --release -p keyward-tests --bin keyward-bench -- [--quick] [--seconds N]`
+//! (or `softhsm-setup/bench.sh`). It prints a Markdown table for `docs/benchmarks.md` and
+//! never asserts a speed; CI runs `--quick` only so the bench keeps working.
+//!
+//! The in-process paths need `SOFTHSM2_CONF` in the environment of the process that loads
+//! the module. The token (and so the config path) is created at run time, and `set_var`
+//! is unsound once threads exist, so those paths run in a child: this binary re-executed
+//! with `--in-process ...` and `SOFTHSM2_CONF` set through `Command::env`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use keyward_agent::client::AgentClient;
+use keyward_core::protocol::{Operation, Reply};
+use keyward_core::{KeyId, KeyStore, Pin, SignProfile, TlsScheme};
+use keyward_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
+use keyward_tests::{AgentProcess, Site};
+use sha2::Digest;
+
+/// What every request signs: the size of an NVFlare challenge (client CN + nonce).
+const MESSAGE: &[u8] = b"site-1:3f9c2a7e51d84b06a1c3e5f7092b4d6e8f1a3c5e7092b4d6e8f1a3c5e7";
+
+/// A key and the profile it is measured with.
+#[derive(Clone, Copy)]
+struct Case {
+    /// Key name on the token (also what `keyward key generate` was given).
+    key: &'static str,
+    /// `--algorithm` for `keyward key generate`.
+    algorithm: &'static str,
+    profile: SignProfile,
+    title: &'static str,
+}
+
+const CASES: [Case; 2] = [
+    Case { key: "rsa", algorithm: "rsa-2048", profile: SignProfile::Nvflare, title: "RSA-2048 `nvflare`" },
+    Case {
+        key: "ec",
+        algorithm: "p-256",
+        profile: SignProfile::Tls(TlsScheme::EcdsaP256Sha256),
+        title: "P-256 `tls-ecdsa-p256-sha256`",
+    },
+];
+
+const CLIENTS: [usize; 2] = [1, 2];
+
+/// The measured paths, in the order they run for each case.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path_ {
+    Cryptoki,
+    KeyStore,
+    Agent,
+}
+
+impl Path_ {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Cryptoki => "cryptoki",
+            Self::KeyStore => "keystore",
+            Self::Agent => "agent",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Self::Cryptoki => "raw cryptoki",
+            Self::KeyStore => "KeyStore (in-process)",
+            Self::Agent => "agent socket",
+        }
+    }
+}
+
+/// One measurement.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    ops: u64,
+    wall: Duration,
+    p50: Duration,
+    p99: Duration,
+    /// CPU of the signing process (the bench child for in-process paths, the agent for
+    /// the socket path) during the measurement.
+    signer_cpu: Duration,
+    /// CPU of the client process (agent path only).
+    client_cpu: Option<Duration>,
+}
+
+impl Sample {
+    fn ops_per_sec(&self) -> f64 {
+        self.ops as f64 / self.wall.as_secs_f64()
+    }
+
+    fn per_op(&self, cpu: Duration) -> f64 {
+        cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
+    }
+
+    fn to_json(self) -> serde_json::Value {
+        serde_json::json!({
+            "ops": self.ops,
+            "wall_ns": self.wall.as_nanos() as u64,
+            "p50_ns": self.p50.as_nanos() as u64,
+            "p99_ns": self.p99.as_nanos() as u64,
+            "cpu_ns": self.signer_cpu.as_nanos() as u64,
+        })
+    }
+
+    fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let ns = |name: &str| -> Result<u64> { v[name].as_u64().with_context(|| format!("`{name}` in {v}")) };
+        Ok(Self {
+            ops: ns("ops")?,
+            wall: Duration::from_nanos(ns("wall_ns")?),
+            p50: Duration::from_nanos(ns("p50_ns")?),
+            p99: Duration::from_nanos(ns("p99_ns")?),
+            signer_cpu: Duration::from_nanos(ns("cpu_ns")?),
+            client_cpu: None,
+        })
+    }
+}
+
+struct Options {
+    seconds: f64,
+    args: Vec<String>,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--in-process") {
+        return in_process_child(&args[1..]);
+    }
+    let options = parse_options(args)?;
+    run(&options)
+}
+
+fn parse_options(args: Vec<String>) -> Result<Options> {
+    let mut seconds = 5.0;
+    let mut explicit = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--quick" => seconds = 0.5,
+            "--seconds" => {
+                let value = iter.next().context("--seconds needs a number")?;
+                let n: f64 = value.parse().with_context(|| format!("--seconds: `{value}` is not a number"))?;
+                if !(n > 0.0 && n <= 600.0) {
+                    bail!("--seconds must be in (0, 600]");
+                }
+                explicit = Some(n);
+            }
+            "-h" | "--help" => {
+                println!(
+                    "keyward-bench [--quick] [--seconds N]\n\n\
+                     Signing throughput and latency on a fresh SoftHSM2 token: raw cryptoki, KeyStore and\n\
+                     the agent socket, RSA-2048 `nvflare` and P-256, 1 and 2 clients. Prints Markdown.\n\n\
+                     --quick      about 0.5 s per measurement (CI)\n\
+                     --seconds N  seconds per measurement (default 5; overrides --quick)"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument `{other}` (see --help)"),
+        }
+    }
+    Ok(Options { seconds: explicit.unwrap_or(seconds), args })
+}
+
+fn run(options: &Options) -> Result<()> {
+    let duration = Duration::from_secs_f64(options.seconds);
+    eprintln!("keyward-bench: creating a SoftHSM2 token and keys");
+    let site = Site::new();
+    for case in CASES {
+        site.generate(case.key, case.algorithm);
+    }
+    let agent = AgentProcess::start(&site);
+    let agent_pid = agent.pid();
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    let mut rows = Vec::new();
+    for case in CASES {
+        for clients in CLIENTS {
+            for path in [Path_::Cryptoki, Path_::KeyStore, Path_::Agent] {
+                eprintln!("keyward-bench: {} · {clients} client(s) · {}", case.title, path.title());
+                let sample = match path {
+                    Path_::Agent => measure_agent(&agent, case, clients, duration)?,
+                    _ => spawn_in_process(&site, path, case, clients, duration)?,
+                };
+                rows.push((case, clients, path, sample));
+            }
+        }
+    }
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    drop(agent);
+
+    print_report(options, &rows, agent_pid, [load_before.trim(), load_after.trim()]);
+    Ok(())
+}
+
+/// Runs one in-process measurement in a child (see the module docs for why).
+fn spawn_in_process(site: &Site, path: Path_, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+    let exe = std::env::current_exe().context("locating the bench binary")?;
+    let out = Command::new(exe)
+        .env("SOFTHSM2_CONF", &site.hsm.conf)
+        .arg("--in-process")
+        .args([path.arg(), case.key, &clients.to_string(), &duration.as_secs_f64().to_string()])
+        .arg(&site.hsm.module)
+        .arg(&site.hsm.label)
+        .arg(&site.hsm.pin_file)
+        .output()
+        .context("running the in-process phase")?;
+    if !out.status.success() {
+        bail!("in-process phase failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).context("in-process phase output")?;
+    Sample::from_json(&value)
+}
+
+/// The child: `--in-process PATH KEY CLIENTS SECONDS MODULE TOKEN PIN_FILE`; prints one
+/// JSON [`Sample`].
+fn in_process_child(args: &[String]) -> Result<()> {
+    let [path, key, clients, seconds, module, token, pin_file] = args else {
+        bail!("--in-process needs PATH KEY CLIENTS SECONDS MODULE TOKEN PIN_FILE");
+    };
+    let case = *CASES.iter().find(|c| c.key == key).with_context(|| format!("unknown key `{key}`"))?;
+    let clients: usize = clients.parse()?;
+    let duration = Duration::from_secs_f64(seconds.parse()?);
+    let (module, pin_file) = (Path::new(module), Path::new(pin_file));
+    let sample = match path.as_str() {
+        "cryptoki" => raw_cryptoki(module, token, pin_file, case, clients, duration)?,
+        "keystore" => keystore(module, token, pin_file, case, clients, duration)?,
+        other => bail!("unknown in-process path `{other}`"),
+    };
+    println!("{}", sample.to_json());
+    Ok(())
+}
+
+/// The limit: plain cryptoki, one session per thread, the mechanism the profile maps to.
+fn raw_cryptoki(module: &Path, token: &str, pin_file: &Path, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+    let ctx = Pkcs11::new(module)?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+    let slot = ctx
+        .get_slots_with_token()?
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).is_ok_and(|i| i.label().trim_end() == token))
+        .with_context(|| format!("no token `{token}`"))?;
+    // Kept open for the whole run: PKCS#11 drops the login with the last session.
+    let login = ctx.open_rw_session(slot)?;
+    let pin = Pin::from_file(pin_file)?;
+    login.login(UserType::User, Some(&AuthPin::from(pin.expose())))?;
+    drop(pin);
+
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let session = ctx.open_rw_session(slot)?;
+        let handles = session.find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(case.key.as_bytes().to_vec()),
+        ])?;
+        let key = *handles.first().with_context(|| format!("no private key `{}`", case.key))?;
+        let rsa = case.profile == SignProfile::Nvflare;
+        let pss = Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
+            hash_alg: MechanismType::SHA256,
+            mgf: PkcsMgfType::MGF1_SHA256,
+            s_len: 222u64.into(),
+        });
+        workers.push(move || -> Result<()> {
+            let signature = if rsa {
+                session.sign(&pss, key, MESSAGE)?
+            } else {
+                session.sign(&Mechanism::Ecdsa, key, &sha2::Sha256::digest(MESSAGE))?
+            };
+            check_len(signature.len())
+        });
+    }
+    let mut sample = measure(workers, duration, None)?;
+    drop(login);
+    sample.client_cpu = None;
+    Ok(sample)
+}
+
+/// keyward's own store, as the agent's workers use it, without the socket.
+fn keystore(module: &Path, token: &str, pin_file: &Path, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+    let config = Pkcs11Config { module: module.to_owned(), token: TokenSelector::Label(token.to_owned()), workers: clients };
+    let backend = Pkcs11Backend::open(&config, Pin::from_file(pin_file)?)?;
+    let id = KeyId::new(case.key)?;
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let mut store = backend.store()?;
+        let id = id.clone();
+        workers.push(move || -> Result<()> { check_len(store.sign(&id, case.profile, MESSAGE)?.len()) });
+    }
+    measure(workers, duration, None)
+}
+
+/// Through the running agent: one connection per client thread, each with its own
+/// single-threaded runtime, sequential requests.
+fn measure_agent(agent: &AgentProcess, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let mut client = rt.block_on(AgentClient::connect(agent.socket()))?;
+        let key = KeyId::new(case.key)?;
+        let profile = case.profile.name().to_owned();
+        workers.push(move || -> Result<()> {
+            let op = Operation::Sign { key: key.clone(), profile: profile.clone(), data: MESSAGE.to_vec() };
+            match rt.block_on(client.call(op))? {
+                Reply::Signature { signature, .. } => check_len(signature.len()),
+                other => bail!("unexpected reply {other:?}"),
+            }
+        });
+    }
+    measure(workers, duration, Some(agent.pid()))
+}
+
+fn check_len(len: usize) -> Result<()> {
+    if len < 64 {
+        bail!("signature of {len} bytes");
+    }
+    Ok(())
+}
+
+/// Runs each worker on its own thread: a warm-up, then all start together and sign until
+/// `duration` has passed. CPU is read from `/proc` around the measured part: of `server`
+/// when given (the agent; the bench's own CPU is then the client's), else of this process.
+fn measure<W>(workers: Vec<W>, duration: Duration, server: Option<u32>) -> Result<Sample>
+where
+    W: FnMut() -> Result<()> + Send + 'static,
+{
+    let warmup = (duration / 10).clamp(Duration::from_millis(20), Duration::from_millis(500));
+    let barrier = Arc::new(Barrier::new(workers.len() + 1));
+    let threads: Vec<_> = workers
+        .into_iter()
+        .map(|mut work| {
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || -> Result<(Instant, Instant, Vec<u64>)> {
+                let warm_until = Instant::now() + warmup;
+                while Instant::now() < warm_until {
+                    work()?;
+                }
+                barrier.wait();
+                let start = Instant::now();
+                let deadline = start + duration;
+                let mut latencies = Vec::with_capacity(1 << 16);
+                loop {
+                    let t = Instant::now();
+                    work()?;
+                    let end = Instant::now();
+                    latencies.push((end - t).as_nanos() as u64);
+                    if end >= deadline {
+                        return Ok((start, end, latencies));
+                    }
+                }
+            })
+        })
+        .collect();
+    let signer_pid = server.unwrap_or_else(std::process::id);
+    let (signer_before, self_before) = (process_cpu(signer_pid)?, process_cpu(std::process::id())?);
+    barrier.wait();
+    let mut all = Vec::new();
+    let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    for thread in threads {
+        let (start, end, latencies) = thread.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        first = Some(first.map_or(start, |f| f.min(start)));
+        last = Some(last.map_or(end, |l| l.max(end)));
+        all.extend(latencies);
+    }
+    let (signer_after, self_after) = (process_cpu(signer_pid)?, process_cpu(std::process::id())?);
+    let (Some(first), Some(last)) = (first, last) else { bail!("no workers") };
+    all.sort_unstable();
+    Ok(Sample {
+        ops: all.len() as u64,
+        wall: last - first,
+        p50: percentile(&all, 0.50),
+        p99: percentile(&all, 0.99),
+        signer_cpu: signer_after.saturating_sub(signer_before),
+        client_cpu: server.map(|_| self_after.saturating_sub(self_before)),
+    })
+}
+
+/// Nearest-rank percentile of sorted nanoseconds.
+fn percentile(sorted: &[u64], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    Duration::from_nanos(sorted[rank.clamp(1, sorted.len()) - 1])
+}
+
+/// utime + stime of a process (all its threads), from `/proc/<pid>/stat`.
+fn process_cpu(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
+    // Fields after the `(comm)`, which may contain spaces: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).context("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64> { Ok(fields.get(i - 3).context("short /proc stat")?.parse()?) };
+    let total = ticks(14)? + ticks(15)?;
+    Ok(Duration::from_secs_f64(total as f64 / clock_ticks_per_sec() as f64))
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| command_line(&["getconf", "CLK_TCK"]).parse().unwrap_or(100))
+}
+
+/// Runs a command and returns its trimmed stdout, or `?` when it cannot run.
+fn command_line(argv: &[&str]) -> String {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn us(d: Duration) -> String {
+    let us = d.as_secs_f64() * 1e6;
+    if us >= 100.0 {
+        format!("{us:.0}")
+    } else {
+        format!("{us:.1}")
+    }
+}
+
+type Row = (Case, usize, Path_, Sample);
+
+fn find(rows: &[Row], key: &str, clients: usize, path: Path_) -> Option<Sample> {
+    rows.iter().find(|(c, n, p, _)| c.key == key && *n == clients && *p == path).map(|r| r.3)
+}
+
+fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]) {
+    let args = options.args.join(" ");
+    println!("## keyward-bench, SoftHSM2\n");
+    println!("- date: {}", command_line(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]));
+    println!("- command: `cargo run --release -p keyward-tests --bin keyward-bench -- {args}`");
+    println!("- machine: {} × {} (nproc), kernel {}", command_line(&["nproc"]), cpu_model(), command_line(&["uname", "-r"]));
+    println!("- SoftHSM: `{}`", command_line(&["dpkg-query", "-W", "softhsm2"]).replace('\t', " "));
+    println!("- load average before / after: `{}` / `{}`", load[0], load[1]);
+    println!(
+        "- {} s per measurement after a warm-up; message {} bytes; agent pid {agent_pid} with the default 2 workers",
+        options.seconds,
+        MESSAGE.len()
+    );
+    println!();
+    println!("| key / profile | clients | path | ops/s | p50 µs | p99 µs | vs raw | signer CPU µs/op | client CPU µs/op |");
+    println!("|---|--:|---|--:|--:|--:|--:|--:|--:|");
+    for (case, clients, path, s) in rows {
+        let raw = find(rows, case.key, *clients, Path_::Cryptoki).map_or(f64::NAN, |r| r.ops_per_sec());
+        let client = s.client_cpu.map_or_else(|| "–".to_owned(), |c| format!("{:.0}", s.per_op(c)));
+        println!(
+            "| {} | {clients} | {} | {:.0} | {} | {} | {:.1}% | {:.0} | {client} |",
+            case.title,
+            path.title(),
+            s.ops_per_sec(),
+            us(s.p50),
+            us(s.p99),
+            100.0 * s.ops_per_sec() / raw,
+            s.per_op(s.signer_cpu),
+        );
+    }
+    println!();
+    println!("signer CPU: utime+stime of the process that calls C_Sign (the bench child for in-process paths, the agent for the socket path) per operation; client CPU: the bench process driving the agent.");
+    println!();
+    println!("### Targets (issue 3)\n");
+    let ratio = |key: &str, clients: usize| -> Option<f64> {
+        Some(find(rows, key, clients, Path_::Agent)?.ops_per_sec() / find(rows, key, clients, Path_::Cryptoki)?.ops_per_sec())
+    };
+    let verdict = |value: f64, target: f64| if value >= target { "met" } else { "not met" };
+    for (key, name, target) in [("rsa", "RSA-2048", 0.95), ("ec", "P-256", 0.90)] {
+        for clients in CLIENTS {
+            if let Some(r) = ratio(key, clients) {
+                println!(
+                    "- {name}, {clients} client(s): agent = {:.1}% of raw (target ≥ {:.0}%): {}",
+                    100.0 * r,
+                    100.0 * target,
+                    verdict(r, target)
+                );
+            }
+        }
+    }
+    for path in [Path_::Cryptoki, Path_::Agent] {
+        if let (Some(one), Some(two)) = (find(rows, "rsa", 1, path), find(rows, "rsa", 2, path)) {
+            let scale = two.ops_per_sec() / one.ops_per_sec();
+            let target = if path == Path_::Agent { format!(" (target ≥ 1.8×): {}", verdict(scale, 1.8)) } else { String::new() };
+            println!("- RSA-2048 2 clients / 1 client, {}: {scale:.2}×{target}", path.title());
+        }
+    }
+}
