@@ -99,7 +99,8 @@ impl CertStore {
         let (_, cert) = X509Certificate::from_der(leaf.contents()).map_err(|_| CertError::Malformed { index: 0 })?;
         check_leaf(key, public, &cert)?;
 
-        let canonical: String = blocks.iter().map(::pem::encode).collect();
+        let lf = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
+        let canonical: String = blocks.iter().map(|b| ::pem::encode_config(b, lf)).collect();
         let path = self.path(key);
         let io_err = |source| CertError::Io { path: path.clone(), source };
         let previous = std::fs::read_to_string(&path).ok();

@@ -155,7 +155,8 @@ pub struct PublicKey {
 impl PublicKey {
     /// The SubjectPublicKeyInfo as PEM (`BEGIN PUBLIC KEY`).
     pub fn to_pem(&self) -> String {
-        pem::encode(&pem::Pem::new("PUBLIC KEY", self.spki_der.clone()))
+        let lf = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+        pem::encode_config(&pem::Pem::new("PUBLIC KEY", self.spki_der.clone()), lf)
     }
 }
 

@@ -50,7 +50,7 @@ impl Pkcs11Backend {
     /// [`StoreError::PinIncorrect`] / [`StoreError::PinLocked`] naming the token (not
     /// retried); [`StoreError::Unavailable`] when the module or token cannot be found.
     pub fn open(config: &Pkcs11Config, pin: Pin) -> Result<Self, StoreError> {
-        let selector = config.token.to_string();
+        let selector = config.token.name();
         let ctx = Pkcs11::new(&config.module)
             .map_err(|source| Pkcs11Error::LoadModule { path: config.module.clone(), source })
             .map_err(|e| e.into_store_error(&selector))?;

@@ -28,6 +28,16 @@ impl TokenSelector {
     }
 }
 
+impl TokenSelector {
+    /// The label or URI as given, for messages.
+    pub fn name(&self) -> String {
+        match self {
+            Self::Label(l) => l.clone(),
+            Self::Uri(u) => u.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for TokenSelector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

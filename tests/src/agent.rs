@@ -28,10 +28,16 @@ impl AgentProcess {
 
     /// Starts `keyward serve` without waiting (for tests that expect it to fail).
     pub fn spawn(site: &Site) -> Self {
+        Self::spawn_with_env(site, &[])
+    }
+
+    /// As [`AgentProcess::spawn`], with extra environment variables.
+    pub fn spawn_with_env(site: &Site, env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let log = site.path(&format!("agent-{}.log", rand::random::<u32>()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = site
             .command()
+            .envs(env.iter().copied())
             .arg("serve")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -44,6 +50,12 @@ impl AgentProcess {
     /// The child's pid.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// Waits until an agent started with [`AgentProcess::spawn_with_env`] answers; false
+    /// after 20 s.
+    pub fn start_ready_check(agent: &Self) -> bool {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| agent.wait_ready(Duration::from_secs(20)))).is_ok()
     }
 
     fn wait_ready(&self, limit: Duration) {

@@ -16,7 +16,7 @@
 //! is unsound once threads exist, so those paths run in a child: this binary re-executed
 //! with `--in-process ...` and `SOFTHSM2_CONF` set through `Command::env`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
@@ -61,15 +61,15 @@ const CASES: [Case; 2] = [
 
 const CLIENTS: [usize; 2] = [1, 2];
 
-/// The measured paths, in the order they run for each case.
+/// The measured paths (routes to `C_Sign`), in the order they run for each case.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Path_ {
+enum Route {
     Cryptoki,
     KeyStore,
     Agent,
 }
 
-impl Path_ {
+impl Route {
     fn arg(self) -> &'static str {
         match self {
             Self::Cryptoki => "cryptoki",
@@ -192,10 +192,10 @@ fn run(options: &Options) -> Result<()> {
     let mut rows = Vec::new();
     for case in CASES {
         for clients in CLIENTS {
-            for path in [Path_::Cryptoki, Path_::KeyStore, Path_::Agent] {
+            for path in [Route::Cryptoki, Route::KeyStore, Route::Agent] {
                 eprintln!("keyward-bench: {} · {clients} client(s) · {}", case.title, path.title());
                 let sample = match path {
-                    Path_::Agent => measure_agent(&agent, case, clients, duration)?,
+                    Route::Agent => measure_agent(&agent, case, clients, duration)?,
                     _ => spawn_in_process(&site, path, case, clients, duration)?,
                 };
                 rows.push((case, clients, path, sample));
@@ -210,7 +210,7 @@ fn run(options: &Options) -> Result<()> {
 }
 
 /// Runs one in-process measurement in a child (see the module docs for why).
-fn spawn_in_process(site: &Site, path: Path_, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+fn spawn_in_process(site: &Site, path: Route, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let out = Command::new(exe)
         .env("SOFTHSM2_CONF", &site.hsm.conf)
@@ -271,13 +271,14 @@ fn raw_cryptoki(module: &Path, token: &str, pin_file: &Path, case: Case, clients
         ])?;
         let key = *handles.first().with_context(|| format!("no private key `{}`", case.key))?;
         let rsa = case.profile == SignProfile::Nvflare;
-        let pss = Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
-            hash_alg: MechanismType::SHA256,
-            mgf: PkcsMgfType::MGF1_SHA256,
-            s_len: 222u64.into(),
-        });
         workers.push(move || -> Result<()> {
+            // Built per call, as keyward does (`Mechanism` is not `Send`); it is a plain struct.
             let signature = if rsa {
+                let pss = Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
+                    hash_alg: MechanismType::SHA256,
+                    mgf: PkcsMgfType::MGF1_SHA256,
+                    s_len: 222u64.into(),
+                });
                 session.sign(&pss, key, MESSAGE)?
             } else {
                 session.sign(&Mechanism::Ecdsa, key, &sha2::Sha256::digest(MESSAGE))?
@@ -285,10 +286,9 @@ fn raw_cryptoki(module: &Path, token: &str, pin_file: &Path, case: Case, clients
             check_len(signature.len())
         });
     }
-    let mut sample = measure(workers, duration, None)?;
+    let sample = measure(workers, duration, None);
     drop(login);
-    sample.client_cpu = None;
-    Ok(sample)
+    sample
 }
 
 /// keyward's own store, as the agent's workers use it, without the socket.
@@ -347,10 +347,14 @@ where
             let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || -> Result<(Instant, Instant, Vec<u64>)> {
                 let warm_until = Instant::now() + warmup;
-                while Instant::now() < warm_until {
-                    work()?;
+                let mut warm = Ok(());
+                while warm.is_ok() && Instant::now() < warm_until {
+                    warm = work();
                 }
+                // Twice: all warmed up; then go, once the main thread has read the CPU times.
                 barrier.wait();
+                barrier.wait();
+                warm?;
                 let start = Instant::now();
                 let deadline = start + duration;
                 let mut latencies = Vec::with_capacity(1 << 16);
@@ -367,7 +371,8 @@ where
         })
         .collect();
     let signer_pid = server.unwrap_or_else(std::process::id);
-    let (signer_before, self_before) = (process_cpu(signer_pid)?, process_cpu(std::process::id())?);
+    barrier.wait();
+    let cpu_before = (process_cpu(signer_pid), process_cpu(std::process::id()));
     barrier.wait();
     let mut all = Vec::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
@@ -378,6 +383,7 @@ where
         all.extend(latencies);
     }
     let (signer_after, self_after) = (process_cpu(signer_pid)?, process_cpu(std::process::id())?);
+    let (signer_before, self_before) = (cpu_before.0?, cpu_before.1?);
     let (Some(first), Some(last)) = (first, last) else { bail!("no workers") };
     all.sort_unstable();
     Ok(Sample {
@@ -447,9 +453,9 @@ fn us(d: Duration) -> String {
     }
 }
 
-type Row = (Case, usize, Path_, Sample);
+type Row = (Case, usize, Route, Sample);
 
-fn find(rows: &[Row], key: &str, clients: usize, path: Path_) -> Option<Sample> {
+fn find(rows: &[Row], key: &str, clients: usize, path: Route) -> Option<Sample> {
     rows.iter().find(|(c, n, p, _)| c.key == key && *n == clients && *p == path).map(|r| r.3)
 }
 
@@ -470,7 +476,7 @@ fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]
     println!("| key / profile | clients | path | ops/s | p50 µs | p99 µs | vs raw | signer CPU µs/op | client CPU µs/op |");
     println!("|---|--:|---|--:|--:|--:|--:|--:|--:|");
     for (case, clients, path, s) in rows {
-        let raw = find(rows, case.key, *clients, Path_::Cryptoki).map_or(f64::NAN, |r| r.ops_per_sec());
+        let raw = find(rows, case.key, *clients, Route::Cryptoki).map_or(f64::NAN, |r| r.ops_per_sec());
         let client = s.client_cpu.map_or_else(|| "–".to_owned(), |c| format!("{:.0}", s.per_op(c)));
         println!(
             "| {} | {clients} | {} | {:.0} | {} | {} | {:.1}% | {:.0} | {client} |",
@@ -488,7 +494,7 @@ fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]
     println!();
     println!("### Targets (issue 3)\n");
     let ratio = |key: &str, clients: usize| -> Option<f64> {
-        Some(find(rows, key, clients, Path_::Agent)?.ops_per_sec() / find(rows, key, clients, Path_::Cryptoki)?.ops_per_sec())
+        Some(find(rows, key, clients, Route::Agent)?.ops_per_sec() / find(rows, key, clients, Route::Cryptoki)?.ops_per_sec())
     };
     let verdict = |value: f64, target: f64| if value >= target { "met" } else { "not met" };
     for (key, name, target) in [("rsa", "RSA-2048", 0.95), ("ec", "P-256", 0.90)] {
@@ -503,10 +509,10 @@ fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]
             }
         }
     }
-    for path in [Path_::Cryptoki, Path_::Agent] {
+    for path in [Route::Cryptoki, Route::Agent] {
         if let (Some(one), Some(two)) = (find(rows, "rsa", 1, path), find(rows, "rsa", 2, path)) {
             let scale = two.ops_per_sec() / one.ops_per_sec();
-            let target = if path == Path_::Agent { format!(" (target ≥ 1.8×): {}", verdict(scale, 1.8)) } else { String::new() };
+            let target = if path == Route::Agent { format!(" (target ≥ 1.8×): {}", verdict(scale, 1.8)) } else { String::new() };
             println!("- RSA-2048 2 clients / 1 client, {}: {scale:.2}×{target}", path.title());
         }
     }

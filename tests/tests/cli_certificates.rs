@@ -1,0 +1,100 @@
+//! The certificate path with real openssl: a CSR signed inside the token, issued by a
+//! throwaway CA, installed (and refused when it belongs to another key), served by the
+//! agent; `init` never overwrites a config.
+
+use keyward_tests::tools::assert_success;
+use keyward_tests::{openssl, AgentProcess, Site};
+
+fn make_ca(site: &Site) -> (String, String) {
+    let key = site.path("ca.key").display().to_string();
+    let crt = site.path("ca.crt").display().to_string();
+    assert_success(&openssl(&["genrsa", "-out", &key, "2048"]), "CA key");
+    assert_success(
+        &openssl(&[
+            "req", "-x509", "-new", "-key", &key, "-subj", "/CN=test-project", "-days", "2", "-out", &crt, "-addext",
+            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        ]),
+        "CA cert",
+    );
+    (key, crt)
+}
+
+fn issue(site: &Site, ca: &(String, String), csr: &str, out: &str, ext: &str) {
+    let ext_file = site.path(&format!("{out}.ext"));
+    std::fs::write(&ext_file, ext).unwrap();
+    let out_path = site.path(out).display().to_string();
+    assert_success(
+        &openssl(&[
+            "x509", "-req", "-in", csr, "-CA", &ca.1, "-CAkey", &ca.0, "-CAcreateserial", "-days", "1", "-out", &out_path,
+            "-extfile", ext_file.to_str().unwrap(),
+        ]),
+        "issue certificate",
+    );
+}
+
+#[test]
+fn csr_is_signed_in_the_token_and_the_issued_certificate_installs_and_is_served() {
+    let site = Site::new();
+    site.generate("site-1", "rsa-2048");
+    site.generate("other", "p-256");
+    let csr = site.path("site-1.csr").display().to_string();
+    site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1,O=hospital-a", "--out", &csr]);
+    let out = openssl(&["req", "-in", &csr, "-noout", "-verify", "-subject", "-text"]);
+    assert_success(&out, "openssl req -verify");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("CN = site-1") && text.contains("O = hospital-a") && text.contains("DNS:site-1"), "{text}");
+
+    let ca = make_ca(&site);
+    issue(&site, &ca, &csr, "site-1.crt", "subjectAltName=DNS:site-1\n");
+    let crt = site.path("site-1.crt").display().to_string();
+    let out = site.keyward_ok(&["cert", "install", "site-1", &crt]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("installed"));
+    let again = site.keyward_ok(&["cert", "install", "site-1", &crt]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already installed"));
+
+    // The certificate of one key is refused for another, and nothing is written.
+    let wrong = site.keyward(&["cert", "install", "other", &crt]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("not the public key of `other`"), "{wrong:?}");
+    assert!(!site.state_dir.join("certs/other.pem").exists());
+
+    // A certificate whose EKU lacks clientAuth is refused (NVFlare would reject it).
+    issue(&site, &ca, &csr, "server-only.crt", "extendedKeyUsage=serverAuth\n");
+    let eku = site.keyward(&["cert", "install", "site-1", site.path("server-only.crt").to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&eku.stderr).contains("clientAuth"), "{eku:?}");
+
+    // The agent serves the installed certificate with the public key.
+    let _agent = AgentProcess::start(&site);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reply = rt.block_on(async {
+        let mut c = keyward_agent::client::AgentClient::connect(&site.socket).await.unwrap();
+        c.call(keyward_core::protocol::Operation::PublicKey { key: keyward_core::KeyId::new("site-1").unwrap() }).await.unwrap()
+    });
+    let keyward_core::protocol::Reply::PublicKey { certificate_pem, .. } = reply else { panic!("reply") };
+    assert_eq!(certificate_pem.unwrap(), std::fs::read_to_string(&crt).unwrap());
+    let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
+    let line = list.lines().find(|l| l.starts_with("site-1")).unwrap();
+    assert!(line.ends_with("yes"), "{list}");
+}
+
+#[test]
+fn init_refuses_to_overwrite_a_config_and_bad_configs_name_the_field() {
+    let site = Site::new();
+    let before = std::fs::read_to_string(&site.config).unwrap();
+    let again = site.keyward(&[
+        "init", "--backend", "pkcs11", "--module", site.hsm.module.to_str().unwrap(), "--token", "x", "--pin-file",
+        site.hsm.pin_file.to_str().unwrap(),
+    ]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    assert_eq!(std::fs::read_to_string(&site.config).unwrap(), before);
+
+    site.set_config("limits", "max_connections", 0.into());
+    let out = site.keyward(&["key", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("limits") && stderr.contains(site.config.to_str().unwrap()), "{stderr}");
+
+    std::fs::write(&site.config, before.replace("[limits]", "[limits]\nmax_frame_byte = 5")).unwrap();
+    let stderr = String::from_utf8_lossy(&site.keyward(&["serve"]).stderr).into_owned();
+    assert!(stderr.contains("unknown field `max_frame_byte`") && stderr.contains("keyward.toml"), "{stderr}");
+}
