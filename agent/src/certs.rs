@@ -86,7 +86,13 @@ impl CertStore {
     ///
     /// # Errors
     /// [`CertError`] naming what is wrong; nothing is written then.
-    pub fn install(&self, key: &KeyId, public: &PublicKey, pem_text: &[u8], source: &Path) -> Result<Installed, CertError> {
+    pub fn install(
+        &self,
+        key: &KeyId,
+        public: &PublicKey,
+        pem_text: &[u8],
+        source: &Path,
+    ) -> Result<Installed, CertError> {
         let blocks: Vec<::pem::Pem> = ::pem::parse_many(pem_text)
             .map_err(|_| CertError::NoCertificate(source.display().to_string()))?
             .into_iter()

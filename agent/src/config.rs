@@ -133,7 +133,8 @@ impl Config {
     /// Names the file and the field on any problem.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading config `{}`", path.display()))?;
-        let mut config: Config = toml::from_str(&text).with_context(|| format!("invalid config `{}`", path.display()))?;
+        let mut config: Config =
+            toml::from_str(&text).with_context(|| format!("invalid config `{}`", path.display()))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.resolve_paths(&base);
         config.validate().with_context(|| format!("invalid config `{}`", path.display()))?;
@@ -217,7 +218,10 @@ impl Config {
     /// When the file exists or cannot be written.
     pub fn write_new(&self, path: &Path) -> Result<()> {
         if path.exists() {
-            bail!("config `{}` already exists; not overwriting it (edit it, or choose another --config)", path.display());
+            bail!(
+                "config `{}` already exists; not overwriting it (edit it, or choose another --config)",
+                path.display()
+            );
         }
         let text = format!(
             "# keyward agent configuration (reference: docs/configuration.md)\n{}",

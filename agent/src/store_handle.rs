@@ -43,10 +43,12 @@ impl StoreHandle {
     /// The first store that fails to open.
     pub fn start(backend: &dyn Backend, queue_depth: usize, timeout: Duration) -> Result<(Self, Workers), StoreError> {
         let stores = (0..backend.max_workers()).map(|_| backend.open_store()).collect::<Result<Vec<_>, _>>()?;
-        let info = Arc::new(stores.first().map(|s| s.info()).ok_or(StoreError::Unavailable {
-            what: "no worker could be started".into(),
-            source: None,
-        })?);
+        let info = Arc::new(
+            stores
+                .first()
+                .map(|s| s.info())
+                .ok_or(StoreError::Unavailable { what: "no worker could be started".into(), source: None })?,
+        );
         let (jobs, queue) = bounded::<Job>(queue_depth);
         let mut threads = Vec::new();
         for (n, mut store) in stores.into_iter().enumerate() {

@@ -85,9 +85,13 @@ mod tests {
         let k = key.size();
         for msg in [&b""[..], b"k", &[7u8; 190]] {
             let ct = key.to_public_key().encrypt(&mut rand::thread_rng(), rsa::Oaep::new::<Sha256>(), msg).unwrap();
-            let em = rsa::hazmat::rsa_decrypt_and_check(&key, None::<&mut rand::rngs::ThreadRng>, &rsa::BigUint::from_bytes_be(&ct))
-                .unwrap()
-                .to_bytes_be();
+            let em = rsa::hazmat::rsa_decrypt_and_check(
+                &key,
+                None::<&mut rand::rngs::ThreadRng>,
+                &rsa::BigUint::from_bytes_be(&ct),
+            )
+            .unwrap()
+            .to_bytes_be();
             assert_eq!(decode_sha256(&em, k).unwrap().as_slice(), msg);
         }
     }
@@ -96,10 +100,15 @@ mod tests {
     fn rejects_tampered_or_sha1_encodings() {
         let key = key();
         let k = key.size();
-        let ct = key.to_public_key().encrypt(&mut rand::thread_rng(), rsa::Oaep::new::<sha1_stub::Sha1>(), b"x").unwrap();
-        let em = rsa::hazmat::rsa_decrypt_and_check(&key, None::<&mut rand::rngs::ThreadRng>, &rsa::BigUint::from_bytes_be(&ct))
-            .unwrap()
-            .to_bytes_be();
+        let ct =
+            key.to_public_key().encrypt(&mut rand::thread_rng(), rsa::Oaep::new::<sha1_stub::Sha1>(), b"x").unwrap();
+        let em = rsa::hazmat::rsa_decrypt_and_check(
+            &key,
+            None::<&mut rand::rngs::ThreadRng>,
+            &rsa::BigUint::from_bytes_be(&ct),
+        )
+        .unwrap()
+        .to_bytes_be();
         assert_eq!(decode_sha256(&em, k), Err(OaepError));
         assert_eq!(decode_sha256(&[0u8; 256], k), Err(OaepError));
         assert_eq!(decode_sha256(&[1u8; 257], k), Err(OaepError));

@@ -63,7 +63,9 @@ pub enum PrivateKeyError {
     #[error("not a PEM file")]
     NotPem,
     /// A PEM type keyward does not import.
-    #[error("PEM block `{0}` is not an unencrypted private key (expected RSA PRIVATE KEY, PRIVATE KEY or EC PRIVATE KEY)")]
+    #[error(
+        "PEM block `{0}` is not an unencrypted private key (expected RSA PRIVATE KEY, PRIVATE KEY or EC PRIVATE KEY)"
+    )]
     UnsupportedPem(String),
     /// Parsed, but of a kind keyward does not hold.
     #[error("unsupported key: {0}")]
@@ -95,9 +97,8 @@ impl PrivateKeyMaterial {
                 if let Ok(key) = rsa::RsaPrivateKey::from_pkcs8_der(&der) {
                     return Self::from_rsa(&key);
                 }
-                let key = p256::SecretKey::from_pkcs8_der(&der).map_err(|_| {
-                    PrivateKeyError::UnsupportedKey("PKCS#8 key that is neither RSA nor P-256".into())
-                })?;
+                let key = p256::SecretKey::from_pkcs8_der(&der)
+                    .map_err(|_| PrivateKeyError::UnsupportedKey("PKCS#8 key that is neither RSA nor P-256".into()))?;
                 Self::from_p256(&key)
             }
             other => Err(PrivateKeyError::UnsupportedPem(other.to_owned())),
@@ -106,8 +107,9 @@ impl PrivateKeyMaterial {
 
     fn from_rsa(key: &rsa::RsaPrivateKey) -> Result<Self, PrivateKeyError> {
         let bits = key.n().bits();
-        let algorithm = KeyAlgorithm::from_rsa_bits(bits)
-            .ok_or_else(|| PrivateKeyError::UnsupportedKey(format!("RSA-{bits} (keyward holds RSA-2048 and RSA-3072)")))?;
+        let algorithm = KeyAlgorithm::from_rsa_bits(bits).ok_or_else(|| {
+            PrivateKeyError::UnsupportedKey(format!("RSA-{bits} (keyward holds RSA-2048 and RSA-3072)"))
+        })?;
         let primes = key.primes();
         let (Some(p), Some(q), Some(dp), Some(dq), Some(qinv)) =
             (primes.first(), primes.get(1), key.dp(), key.dq(), key.crt_coefficient())
@@ -118,11 +120,7 @@ impl PrivateKeyMaterial {
             return Err(PrivateKeyError::UnsupportedKey("multi-prime RSA".into()));
         }
         let secret = |n: &rsa::BigUint| Zeroizing::new(n.to_bytes_be());
-        let spki_der = key
-            .to_public_key()
-            .to_public_key_der()
-            .map_err(|_| PrivateKeyError::Malformed)?
-            .into_vec();
+        let spki_der = key.to_public_key().to_public_key_der().map_err(|_| PrivateKeyError::Malformed)?.into_vec();
         Ok(Self::Rsa {
             parts: RsaComponents {
                 modulus: key.n().to_bytes_be(),

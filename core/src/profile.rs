@@ -22,7 +22,7 @@ pub enum HashAlgorithm {
 
 impl HashAlgorithm {
     /// Digest length in bytes.
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             Self::Sha256 => 32,
             Self::Sha384 => 48,
@@ -56,13 +56,8 @@ pub enum TlsScheme {
 
 impl TlsScheme {
     /// Every scheme, in preference order.
-    pub const ALL: [TlsScheme; 5] = [
-        Self::EcdsaP256Sha256,
-        Self::RsaPssSha256,
-        Self::RsaPssSha384,
-        Self::RsaPkcs1Sha256,
-        Self::RsaPkcs1Sha384,
-    ];
+    pub const ALL: [TlsScheme; 5] =
+        [Self::EcdsaP256Sha256, Self::RsaPssSha256, Self::RsaPssSha384, Self::RsaPkcs1Sha256, Self::RsaPkcs1Sha384];
 
     /// The hash the scheme uses.
     pub fn hash(self) -> HashAlgorithm {
@@ -131,20 +126,18 @@ impl SignProfile {
     /// [`crate::StoreError::Unsupported`] when the key cannot produce this profile.
     pub fn mechanism(self, alg: KeyAlgorithm) -> Result<SignMechanism, crate::StoreError> {
         if !self.supports(alg) {
-            return Err(crate::StoreError::Unsupported {
-                what: format!("profile `{self}` with a {alg} key"),
-            });
+            return Err(crate::StoreError::Unsupported { what: format!("profile `{self}` with a {alg} key") });
         }
         let rsa = |hash, padding| SignMechanism::Rsa { hash, padding };
         Ok(match self {
             Self::Nvflare => {
                 let bits = alg.rsa_bits().unwrap_or(2048);
-                let salt_len = crate::signature::pss_max_salt_len(bits, HashAlgorithm::Sha256.len());
+                let salt_len = crate::signature::pss_max_salt_len(bits, HashAlgorithm::Sha256.output_len());
                 rsa(HashAlgorithm::Sha256, RsaPadding::Pss { salt_len })
             }
             Self::Tls(TlsScheme::EcdsaP256Sha256) => SignMechanism::EcdsaP256Sha256,
             Self::Tls(s @ (TlsScheme::RsaPssSha256 | TlsScheme::RsaPssSha384)) => {
-                rsa(s.hash(), RsaPadding::Pss { salt_len: s.hash().len() })
+                rsa(s.hash(), RsaPadding::Pss { salt_len: s.hash().output_len() })
             }
             Self::Tls(s) => rsa(s.hash(), RsaPadding::Pkcs1v15),
         })
@@ -201,15 +194,9 @@ mod tests {
     #[test]
     fn nvflare_profile_uses_maximum_salt() {
         let m = SignProfile::Nvflare.mechanism(KeyAlgorithm::Rsa2048).unwrap();
-        assert_eq!(
-            m,
-            SignMechanism::Rsa { hash: HashAlgorithm::Sha256, padding: RsaPadding::Pss { salt_len: 222 } }
-        );
+        assert_eq!(m, SignMechanism::Rsa { hash: HashAlgorithm::Sha256, padding: RsaPadding::Pss { salt_len: 222 } });
         let m = SignProfile::Nvflare.mechanism(KeyAlgorithm::Rsa3072).unwrap();
-        assert_eq!(
-            m,
-            SignMechanism::Rsa { hash: HashAlgorithm::Sha256, padding: RsaPadding::Pss { salt_len: 350 } }
-        );
+        assert_eq!(m, SignMechanism::Rsa { hash: HashAlgorithm::Sha256, padding: RsaPadding::Pss { salt_len: 350 } });
     }
 
     #[test]

@@ -15,10 +15,8 @@ pub fn pss_max_salt_len(mod_bits: usize, hash_len: usize) -> usize {
 /// # Errors
 /// [`crate::StoreError::Backend`] when the input is not a valid 64-byte signature.
 pub fn ecdsa_p256_raw_to_der(raw: &[u8]) -> Result<Vec<u8>, crate::StoreError> {
-    let sig = p256::ecdsa::Signature::from_slice(raw).map_err(|e| crate::StoreError::Backend {
-        op: "ecdsa signature encoding",
-        source: Box::new(e),
-    })?;
+    let sig = p256::ecdsa::Signature::from_slice(raw)
+        .map_err(|e| crate::StoreError::Backend { op: "ecdsa signature encoding", source: Box::new(e) })?;
     Ok(sig.to_der().as_bytes().to_vec())
 }
 

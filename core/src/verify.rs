@@ -30,7 +30,8 @@ pub fn verify(public: &PublicKey, profile: SignProfile, msg: &[u8], sig: &[u8]) 
     let mechanism = profile.mechanism(public.algorithm).map_err(|_| VerifyError::ProfileMismatch(profile))?;
     match mechanism {
         SignMechanism::Rsa { hash, padding } => {
-            let key = rsa::RsaPublicKey::from_public_key_der(&public.spki_der).map_err(|_| VerifyError::BadPublicKey)?;
+            let key =
+                rsa::RsaPublicKey::from_public_key_der(&public.spki_der).map_err(|_| VerifyError::BadPublicKey)?;
             let digest = hash.digest(msg);
             let result = match (padding, hash) {
                 (RsaPadding::Pss { salt_len }, HashAlgorithm::Sha256) => {
@@ -39,8 +40,12 @@ pub fn verify(public: &PublicKey, profile: SignProfile, msg: &[u8], sig: &[u8]) 
                 (RsaPadding::Pss { salt_len }, HashAlgorithm::Sha384) => {
                     key.verify(rsa::Pss::new_with_salt::<Sha384>(salt_len), &digest, sig)
                 }
-                (RsaPadding::Pkcs1v15, HashAlgorithm::Sha256) => key.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, sig),
-                (RsaPadding::Pkcs1v15, HashAlgorithm::Sha384) => key.verify(rsa::Pkcs1v15Sign::new::<Sha384>(), &digest, sig),
+                (RsaPadding::Pkcs1v15, HashAlgorithm::Sha256) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<Sha256>(), &digest, sig)
+                }
+                (RsaPadding::Pkcs1v15, HashAlgorithm::Sha384) => {
+                    key.verify(rsa::Pkcs1v15Sign::new::<Sha384>(), &digest, sig)
+                }
             };
             result.map_err(|_| VerifyError::BadSignature)
         }

@@ -60,7 +60,8 @@ impl Pkcs11Backend {
         }
         let (slot, token, device) = find_token(&ctx, &config.token).map_err(|e| e.into_store_error(&selector))?;
 
-        let session = ctx.open_rw_session(slot).map_err(|e| Pkcs11Error::call("C_OpenSession")(e).into_store_error(&token))?;
+        let session =
+            ctx.open_rw_session(slot).map_err(|e| Pkcs11Error::call("C_OpenSession")(e).into_store_error(&token))?;
         let auth = AuthPin::from(pin.expose());
         drop(pin);
         match session.login(UserType::User, Some(&auth)) {

@@ -28,18 +28,16 @@ pub(crate) enum OaepPath {
 }
 
 fn oaep_sha256() -> Mechanism<'static> {
-    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, PkcsOaepSource::empty()))
+    Mechanism::RsaPkcsOaep(PkcsOaepParams::new(
+        MechanismType::SHA256,
+        PkcsMgfType::MGF1_SHA256,
+        PkcsOaepSource::empty(),
+    ))
 }
 
 /// Whether an error means "this token does not do these OAEP parameters".
 fn refuses_parameters(e: &CkError) -> bool {
-    matches!(
-        e,
-        CkError::Pkcs11(
-            RvError::ArgumentsBad | RvError::MechanismParamInvalid | RvError::MechanismInvalid,
-            _
-        )
-    )
+    matches!(e, CkError::Pkcs11(RvError::ArgumentsBad | RvError::MechanismParamInvalid | RvError::MechanismInvalid, _))
 }
 
 pub(crate) fn decrypt(

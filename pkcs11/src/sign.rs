@@ -23,7 +23,12 @@ fn pss(hash: HashAlgorithm, salt_len: usize) -> Mechanism<'static> {
     }
 }
 
-pub(crate) fn sign(store: &mut Pkcs11Store, key: FoundKey, profile: SignProfile, msg: &[u8]) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn sign(
+    store: &mut Pkcs11Store,
+    key: FoundKey,
+    profile: SignProfile,
+    msg: &[u8],
+) -> Result<Vec<u8>, StoreError> {
     match profile.mechanism(key.algorithm)? {
         SignMechanism::Rsa { hash, padding } => {
             let mechanism = match (padding, hash) {

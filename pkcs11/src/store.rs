@@ -75,7 +75,10 @@ impl Pkcs11Store {
             [one] => *one,
             many => {
                 return Err(StoreError::Unsupported {
-                    what: format!("{} private keys are labelled `{id}` on the token; keyward needs exactly one", many.len()),
+                    what: format!(
+                        "{} private keys are labelled `{id}` on the token; keyward needs exactly one",
+                        many.len()
+                    ),
                 })
             }
         };
@@ -130,13 +133,13 @@ impl Pkcs11Store {
                 });
                 let point = point.ok_or_else(|| StoreError::backend("reading CKA_EC_POINT", "attribute missing"))?;
                 let raw = unwrap_der_octet_string(&point).unwrap_or(&point);
-                let key = p256::PublicKey::from_sec1_bytes(raw).map_err(|e| StoreError::backend("decoding EC point", e))?;
+                let key =
+                    p256::PublicKey::from_sec1_bytes(raw).map_err(|e| StoreError::backend("decoding EC point", e))?;
                 key.to_public_key_der().map_err(|e| StoreError::backend("encoding SPKI", e))?.into_vec()
             }
             KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
-                let attrs = self
-                    .session
-                    .get_attributes(found.handle, &[AttributeType::Modulus, AttributeType::PublicExponent]);
+                let attrs =
+                    self.session.get_attributes(found.handle, &[AttributeType::Modulus, AttributeType::PublicExponent]);
                 let (mut n, mut e) = (Vec::new(), Vec::new());
                 for a in attrs.map_err(self.fail("C_GetAttributeValue"))? {
                     match a {
@@ -155,10 +158,8 @@ impl Pkcs11Store {
 
     fn key_info(&mut self, id: &KeyId, found: FoundKey) -> Result<KeyInfo, StoreError> {
         let attrs = self.session.get_attributes(found.handle, &[AttributeType::Local]);
-        let local = attrs
-            .map_err(self.fail("C_GetAttributeValue"))?
-            .into_iter()
-            .any(|a| matches!(a, Attribute::Local(true)));
+        let local =
+            attrs.map_err(self.fail("C_GetAttributeValue"))?.into_iter().any(|a| matches!(a, Attribute::Local(true)));
         Ok(KeyInfo { id: id.clone(), algorithm: found.algorithm, generated_on_device: local })
     }
 }
@@ -245,7 +246,10 @@ impl Pkcs11Store {
         self.cache.remove(id);
         let by_label = self.find_objects(&[Attribute::Label(id.as_str().as_bytes().to_vec())])?;
         if !by_label.is_empty() {
-            return Err(StoreError::KeyExists { id: id.clone(), detail: format!("{} object(s) with label `{id}`", by_label.len()) });
+            return Err(StoreError::KeyExists {
+                id: id.clone(),
+                detail: format!("{} object(s) with label `{id}`", by_label.len()),
+            });
         }
         let by_id = self.find_objects(&[Attribute::Id(crate::keygen::object_id(id))])?;
         if !by_id.is_empty() {

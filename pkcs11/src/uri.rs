@@ -49,8 +49,14 @@ impl Pkcs11Uri {
                 "manufacturer" => &mut uri.manufacturer,
                 "model" => &mut uri.model,
                 "object" => &mut uri.object,
-                "type" | "id" | "library-description" | "library-manufacturer" | "library-version" | "slot-description"
-                | "slot-manufacturer" | "slot-id" => continue,
+                "type"
+                | "id"
+                | "library-description"
+                | "library-manufacturer"
+                | "library-version"
+                | "slot-description"
+                | "slot-manufacturer"
+                | "slot-id" => continue,
                 other => return Err(Pkcs11Error::BadUri(format!("unknown attribute `{other}`"))),
             };
             *slot = Some(value);
@@ -61,7 +67,10 @@ impl Pkcs11Uri {
     /// Whether a token with these properties matches every attribute given.
     pub fn matches(&self, label: &str, serial: &str, manufacturer: &str, model: &str) -> bool {
         let ok = |want: &Option<String>, have: &str| want.as_deref().is_none_or(|w| w == have.trim_end());
-        ok(&self.token, label) && ok(&self.serial, serial) && ok(&self.manufacturer, manufacturer) && ok(&self.model, model)
+        ok(&self.token, label)
+            && ok(&self.serial, serial)
+            && ok(&self.manufacturer, manufacturer)
+            && ok(&self.model, model)
     }
 }
 

@@ -28,12 +28,14 @@ impl SoftHsm {
     pub fn new(label: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("kw").tempdir_in("/tmp").expect("temp dir");
         let script = workspace_root().join("softhsm-setup/init-softhsm-token.sh");
-        let out = Command::new("bash").arg(&script).arg(dir.path().join("hsm")).arg(label).output().expect("run init script");
+        let out =
+            Command::new("bash").arg(&script).arg(dir.path().join("hsm")).arg(label).output().expect("run init script");
         assert_success(&out, "init-softhsm-token.sh");
         let exports = String::from_utf8(out.stdout).expect("utf-8");
         let var = |name: &str| -> PathBuf {
             let prefix = format!("export {name}='");
-            let line = exports.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{name} in {exports}"));
+            let line =
+                exports.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("{name} in {exports}"));
             PathBuf::from(line[prefix.len()..].trim_end_matches('\''))
         };
         Self {
@@ -81,8 +83,19 @@ impl Site {
         let state = site.state_dir.display().to_string();
         let label = site.hsm.label.clone();
         let out = site.keyward(&[
-            "init", "--backend", "pkcs11", "--module", &module, "--token", &label, "--pin-file", &pin, "--socket", &socket,
-            "--state-dir", &state,
+            "init",
+            "--backend",
+            "pkcs11",
+            "--module",
+            &module,
+            "--token",
+            &label,
+            "--pin-file",
+            &pin,
+            "--socket",
+            &socket,
+            "--state-dir",
+            &state,
         ]);
         assert_success(&out, "keyward init");
         site

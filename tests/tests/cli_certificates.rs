@@ -2,6 +2,8 @@
 //! throwaway CA, installed (and refused when it belongs to another key), served by the
 //! agent; `init` never overwrites a config.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, AgentProcess, Site};
 
@@ -11,8 +13,21 @@ fn make_ca(site: &Site) -> (String, String) {
     assert_success(&openssl(&["genrsa", "-out", &key, "2048"]), "CA key");
     assert_success(
         &openssl(&[
-            "req", "-x509", "-new", "-key", &key, "-subj", "/CN=test-project", "-days", "2", "-out", &crt, "-addext",
-            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            "/CN=test-project",
+            "-days",
+            "2",
+            "-out",
+            &crt,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         ]),
         "CA cert",
     );
@@ -25,8 +40,21 @@ fn issue(site: &Site, ca: &(String, String), csr: &str, out: &str, ext: &str) {
     let out_path = site.path(out).display().to_string();
     assert_success(
         &openssl(&[
-            "x509", "-req", "-in", csr, "-CA", &ca.1, "-CAkey", &ca.0, "-CAcreateserial", "-days", "1", "-out", &out_path,
-            "-extfile", ext_file.to_str().unwrap(),
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            &ca.1,
+            "-CAkey",
+            &ca.0,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &out_path,
+            "-extfile",
+            ext_file.to_str().unwrap(),
         ]),
         "issue certificate",
     );
@@ -68,7 +96,9 @@ fn csr_is_signed_in_the_token_and_the_issued_certificate_installs_and_is_served(
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let reply = rt.block_on(async {
         let mut c = keyward_agent::client::AgentClient::connect(&site.socket).await.unwrap();
-        c.call(keyward_core::protocol::Operation::PublicKey { key: keyward_core::KeyId::new("site-1").unwrap() }).await.unwrap()
+        c.call(keyward_core::protocol::Operation::PublicKey { key: keyward_core::KeyId::new("site-1").unwrap() })
+            .await
+            .unwrap()
     });
     let keyward_core::protocol::Reply::PublicKey { certificate_pem, .. } = reply else { panic!("reply") };
     assert_eq!(certificate_pem.unwrap(), std::fs::read_to_string(&crt).unwrap());
@@ -82,7 +112,14 @@ fn init_refuses_to_overwrite_a_config_and_bad_configs_name_the_field() {
     let site = Site::new();
     let before = std::fs::read_to_string(&site.config).unwrap();
     let again = site.keyward(&[
-        "init", "--backend", "pkcs11", "--module", site.hsm.module.to_str().unwrap(), "--token", "x", "--pin-file",
+        "init",
+        "--backend",
+        "pkcs11",
+        "--module",
+        site.hsm.module.to_str().unwrap(),
+        "--token",
+        "x",
+        "--pin-file",
         site.hsm.pin_file.to_str().unwrap(),
     ]);
     assert!(!again.status.success());

@@ -2,6 +2,8 @@
 //! signatures each, every signature verified (exact salt 222) and exactly one audit
 //! record per signature.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -25,7 +27,8 @@ fn thirty_two_clients_times_two_hundred_signatures_all_verify_and_are_audited() 
     let results = rt.block_on(async move {
         let mut probe = AgentClient::connect(&socket).await.unwrap();
         let key = KeyId::new("site-1").unwrap();
-        let Reply::PublicKey { spki_der, .. } = probe.call(Operation::PublicKey { key: key.clone() }).await.unwrap() else {
+        let Reply::PublicKey { spki_der, .. } = probe.call(Operation::PublicKey { key: key.clone() }).await.unwrap()
+        else {
             panic!("public key reply")
         };
         let public = Arc::new(PublicKey { algorithm: KeyAlgorithm::Rsa2048, spki_der });

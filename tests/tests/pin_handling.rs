@@ -3,6 +3,8 @@
 //! never appears in argv, environment, logs, audit records, config or CLI output; a PIN
 //! file others can read is refused before any login.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -78,7 +80,9 @@ fn the_pin_appears_nowhere_keyward_writes_or_exposes() {
     assert!(ready, "agent not ready: {}", agent.log_text());
     let msg = site.path("m");
     std::fs::write(&msg, b"x").unwrap();
-    for args in [vec!["status"], vec!["sign", "site-1", "--profile", "nvflare", "--in", msg.to_str().unwrap(), "--base64"]] {
+    for args in
+        [vec!["status"], vec!["sign", "site-1", "--profile", "nvflare", "--in", msg.to_str().unwrap(), "--base64"]]
+    {
         let out = site.keyward_ok(&args);
         outputs.push(String::from_utf8_lossy(&out.stdout).into_owned());
         outputs.push(String::from_utf8_lossy(&out.stderr).into_owned());

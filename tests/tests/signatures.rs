@@ -2,6 +2,8 @@
 //! openssl with an exact PSS salt, Python `cryptography` the way NVFlare verifies, and an
 //! OAEP-SHA-256 ciphertext made by openssl decrypted by the agent.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use keyward_tests::tools::{assert_success, run_python};
 use keyward_tests::{openssl, AgentProcess, Site};
 
@@ -16,18 +18,34 @@ fn sign(site: &Site, key: &str, profile: &str, msg: &[u8]) -> Signed {
     let msg_path = site.path(&format!("{tag}.msg"));
     std::fs::write(&msg_path, msg).unwrap();
     let sig = site.path(&format!("{tag}.sig"));
-    site.keyward_ok(&["sign", key, "--profile", profile, "--in", msg_path.to_str().unwrap(), "--out", sig.to_str().unwrap()]);
+    site.keyward_ok(&[
+        "sign",
+        key,
+        "--profile",
+        profile,
+        "--in",
+        msg_path.to_str().unwrap(),
+        "--out",
+        sig.to_str().unwrap(),
+    ]);
     Signed { msg: msg_path, sig, public: site.public_pem(key) }
 }
 
 fn openssl_verify(s: &Signed, extra: &[&str]) -> std::process::Output {
     let mut args = vec!["dgst", "-sha256"];
     args.extend_from_slice(extra);
-    args.extend(["-verify", s.public.to_str().unwrap(), "-signature", s.sig.to_str().unwrap(), s.msg.to_str().unwrap()]);
+    args.extend([
+        "-verify",
+        s.public.to_str().unwrap(),
+        "-signature",
+        s.sig.to_str().unwrap(),
+        s.msg.to_str().unwrap(),
+    ]);
     openssl(&args)
 }
 
-const PSS_222: [&str; 6] = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:222", "-sigopt", "rsa_mgf1_md:sha256"];
+const PSS_222: [&str; 6] =
+    ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:222", "-sigopt", "rsa_mgf1_md:sha256"];
 
 #[test]
 fn nvflare_profile_verifies_with_exact_salt_222_in_openssl_and_in_python_cryptography() {
@@ -69,7 +87,8 @@ fn rsa_3072_nvflare_signature_uses_salt_350() {
     site.generate("big", "rsa-3072");
     let _agent = AgentProcess::start(&site);
     let s = sign(&site, "big", "nvflare", b"site-1nonce");
-    let salt350 = ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:350", "-sigopt", "rsa_mgf1_md:sha256"];
+    let salt350 =
+        ["-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:350", "-sigopt", "rsa_mgf1_md:sha256"];
     assert_success(&openssl_verify(&s, &salt350), "openssl verify, salt 350");
 }
 
@@ -95,8 +114,19 @@ fn tls_profiles_verify_in_openssl_for_rsa_and_ecdsa() {
 
     let pss384 = sign(&site, "rsa", "tls-rsa-pss-sha384", b"tls pss 384");
     let out = openssl(&[
-        "dgst", "-sha384", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:48", "-sigopt", "rsa_mgf1_md:sha384",
-        "-verify", pss384.public.to_str().unwrap(), "-signature", pss384.sig.to_str().unwrap(), pss384.msg.to_str().unwrap(),
+        "dgst",
+        "-sha384",
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:48",
+        "-sigopt",
+        "rsa_mgf1_md:sha384",
+        "-verify",
+        pss384.public.to_str().unwrap(),
+        "-signature",
+        pss384.sig.to_str().unwrap(),
+        pss384.msg.to_str().unwrap(),
     ]);
     assert_success(&out, "TLS RSA-PSS-SHA384 with salt 48");
 }
@@ -125,8 +155,21 @@ fn an_openssl_oaep_sha256_ciphertext_decrypts_through_the_agent() {
     std::fs::write(&plain, &aes_key).unwrap();
     let ct = site.path("ct");
     let out = openssl(&[
-        "pkeyutl", "-encrypt", "-pubin", "-inkey", public.to_str().unwrap(), "-pkeyopt", "rsa_padding_mode:oaep", "-pkeyopt",
-        "rsa_oaep_md:sha256", "-pkeyopt", "rsa_mgf1_md:sha256", "-in", plain.to_str().unwrap(), "-out", ct.to_str().unwrap(),
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        public.to_str().unwrap(),
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        "rsa_oaep_md:sha256",
+        "-pkeyopt",
+        "rsa_mgf1_md:sha256",
+        "-in",
+        plain.to_str().unwrap(),
+        "-out",
+        ct.to_str().unwrap(),
     ]);
     assert_success(&out, "openssl OAEP encrypt");
     let decrypted = site.path("decrypted");
@@ -149,8 +192,17 @@ fn an_openssl_oaep_sha256_ciphertext_decrypts_through_the_agent() {
     let sha1_ct = site.path("sha1-ct");
     assert_success(
         &openssl(&[
-            "pkeyutl", "-encrypt", "-pubin", "-inkey", public.to_str().unwrap(), "-pkeyopt", "rsa_padding_mode:oaep", "-in",
-            plain.to_str().unwrap(), "-out", sha1_ct.to_str().unwrap(),
+            "pkeyutl",
+            "-encrypt",
+            "-pubin",
+            "-inkey",
+            public.to_str().unwrap(),
+            "-pkeyopt",
+            "rsa_padding_mode:oaep",
+            "-in",
+            plain.to_str().unwrap(),
+            "-out",
+            sha1_ct.to_str().unwrap(),
         ]),
         "openssl OAEP-SHA1 encrypt",
     );

@@ -4,6 +4,8 @@
 //! (`nobody`), and the socket's life: live-agent refusal, stale socket cleanup, removal on
 //! SIGTERM.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -122,7 +124,9 @@ fn bad_frames_get_precise_errors_and_the_agent_keeps_serving() {
     // Every one of those was audited, none with a secret.
     let records = site.audit_records();
     let outcomes: Vec<&str> = records.iter().map(|r| r["outcome"].as_str().unwrap()).collect();
-    for code in ["frame_too_large", "malformed_request", "truncated_frame", "read_timeout", "unknown_operation", "unknown_key"] {
+    for code in
+        ["frame_too_large", "malformed_request", "truncated_frame", "read_timeout", "unknown_operation", "unknown_key"]
+    {
         assert!(outcomes.contains(&code), "no audit record with outcome {code}: {outcomes:?}");
     }
     let signed = records.iter().find(|r| r["op"] == "sign" && r["outcome"] == "ok").expect("sign audited");

@@ -1,6 +1,8 @@
 //! Keys on a real SoftHSM2 token: attributes read back after generate and import, no
 //! overwrite of an existing key, import with and without `--destroy-source`.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use keyward_tests::softhsm::{pkcs11_tool, private_key_listing, probe_private_key};
 use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, Site};
@@ -40,7 +42,14 @@ fn generated_keys_are_sensitive_never_extractable_and_cannot_be_read() {
         assert!(!access.contains(", extractable"), "{listing}");
         assert_private_key_cannot_be_read(&site, name);
         let probe = probe_private_key(&site.hsm, name);
-        for (attr, want) in [("sensitive", true), ("extractable", false), ("never_extractable", true), ("always_sensitive", true), ("private", true), ("local", true)] {
+        for (attr, want) in [
+            ("sensitive", true),
+            ("extractable", false),
+            ("never_extractable", true),
+            ("always_sensitive", true),
+            ("private", true),
+            ("local", true),
+        ] {
             assert_eq!(probe[attr], want, "`{name}` {attr}: {probe}");
         }
         assert_eq!(probe["secret_attributes_returned"], 0, "{probe}");
@@ -66,11 +75,31 @@ fn generate_over_an_existing_name_fails_and_the_old_key_still_signs() {
     let msg = site.path("msg");
     std::fs::write(&msg, b"site-1nonce").unwrap();
     let sig = site.path("sig");
-    site.keyward_ok(&["sign", "site-1", "--profile", "nvflare", "--in", msg.to_str().unwrap(), "--out", sig.to_str().unwrap()]);
+    site.keyward_ok(&[
+        "sign",
+        "site-1",
+        "--profile",
+        "nvflare",
+        "--in",
+        msg.to_str().unwrap(),
+        "--out",
+        sig.to_str().unwrap(),
+    ]);
     let pem = site.public_pem("site-1");
     let out = openssl(&[
-        "dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:222", "-sigopt", "rsa_mgf1_md:sha256",
-        "-verify", pem.to_str().unwrap(), "-signature", sig.to_str().unwrap(), msg.to_str().unwrap(),
+        "dgst",
+        "-sha256",
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:222",
+        "-sigopt",
+        "rsa_mgf1_md:sha256",
+        "-verify",
+        pem.to_str().unwrap(),
+        "-signature",
+        sig.to_str().unwrap(),
+        msg.to_str().unwrap(),
     ]);
     assert_success(&out, "openssl verify of the old key's signature");
     drop(agent);

@@ -92,7 +92,9 @@ fn write_output(path: Option<&Path>, bytes: &[u8], base64: bool, mode: u32) -> R
         bytes
     };
     match path {
-        Some(p) => crate::files::write_atomic(p, bytes, mode, true).with_context(|| format!("writing `{}`", p.display())),
+        Some(p) => {
+            crate::files::write_atomic(p, bytes, mode, true).with_context(|| format!("writing `{}`", p.display()))
+        }
         None => Ok(std::io::stdout().write_all(bytes)?),
     }
 }
@@ -106,7 +108,7 @@ pub fn status(socket: PathBuf, json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {
-        println!("agent:       {} (socket {})", "running", socket.display());
+        println!("agent:       running (socket {})", socket.display());
         println!("backend:     {} — {}", s.backend, s.device);
         println!("health:      {}", s.backend_health);
         println!("uptime:      {} s", s.uptime_seconds);

@@ -35,13 +35,18 @@ pub fn run(config: &Config, cmd: CertCommand) -> Result<()> {
     let mut store = super::keys::open_store(config)?;
     let public = store.public_key(&name)?;
     let certs = CertStore::new(config.cert_dir());
-    let outcome = certs.install(&name, &public, &pem_text, &cert).with_context(|| format!("installing `{}`", cert.display()))?;
+    let outcome =
+        certs.install(&name, &public, &pem_text, &cert).with_context(|| format!("installing `{}`", cert.display()))?;
     let path = certs.path(&name);
     match outcome {
         Installed::Unchanged => eprintln!("certificate for `{name}` already installed at `{}`", path.display()),
         Installed::New => eprintln!("installed certificate for `{name}` at `{}`", path.display()),
         Installed::Replaced(old) => {
-            eprintln!("installed certificate for `{name}` at `{}`; the previous one is kept at `{}`", path.display(), old.display())
+            eprintln!(
+                "installed certificate for `{name}` at `{}`; the previous one is kept at `{}`",
+                path.display(),
+                old.display()
+            )
         }
     }
     Ok(())

@@ -67,7 +67,8 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
         },
     };
     config.write_new(config_path)?;
-    std::fs::create_dir_all(config.cert_dir()).with_context(|| format!("creating `{}`", config.cert_dir().display()))?;
+    std::fs::create_dir_all(config.cert_dir())
+        .with_context(|| format!("creating `{}`", config.cert_dir().display()))?;
     eprintln!("wrote config `{}`", config_path.display());
     eprintln!("  socket:    {}", config.socket.display());
     eprintln!("  state dir: {}", config.state_dir.display());

@@ -65,7 +65,12 @@ pub fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
     match cmd {
         KeyCommand::Generate { name, algorithm } => {
             let info = store.generate(&name, algorithm).with_context(|| format!("generating key `{name}`"))?;
-            eprintln!("generated {} key `{}` inside {} (sensitive, not extractable)", info.algorithm, info.id, store.info().device);
+            eprintln!(
+                "generated {} key `{}` inside {} (sensitive, not extractable)",
+                info.algorithm,
+                info.id,
+                store.info().device
+            );
             eprintln!("next: keyward csr {name} --subject \"CN=<site name>,O=<org>\" --out {name}.csr");
         }
         KeyCommand::Import { name, from, destroy_source } => import(store.as_mut(), &name, &from, destroy_source)?,
@@ -107,12 +112,17 @@ fn import(store: &mut dyn KeyStore, name: &KeyId, from: &Path, destroy_source: b
     if public != expected {
         bail!("the token's public key for `{name}` differs from the imported file; not touching the source file");
     }
-    let profile = if public.algorithm.is_rsa() { SignProfile::Nvflare } else { SignProfile::Tls(TlsScheme::EcdsaP256Sha256) };
+    let profile =
+        if public.algorithm.is_rsa() { SignProfile::Nvflare } else { SignProfile::Tls(TlsScheme::EcdsaP256Sha256) };
     let probe = b"keyward import round trip";
     let signature = store.sign(name, profile, probe)?;
     keyward_core::verify::verify(&public, profile, probe, &signature)
         .context("the imported key's signature does not verify; not touching the source file")?;
-    eprintln!("imported `{}` as {} key `{name}` (sensitive, not extractable); sign/verify round trip OK", from.display(), public.algorithm);
+    eprintln!(
+        "imported `{}` as {} key `{name}` (sensitive, not extractable); sign/verify round trip OK",
+        from.display(),
+        public.algorithm
+    );
 
     if destroy_source {
         destroy(from, text.len())?;
@@ -129,7 +139,8 @@ fn import(store: &mut dyn KeyStore, name: &KeyId, from: &Path, destroy_source: b
 /// Overwrites the file with zeros, syncs, and unlinks it. (On copy-on-write or journaling
 /// file systems and SSDs the old blocks may survive; docs/security.md says so.)
 fn destroy(path: &Path, len: usize) -> Result<()> {
-    let mut file = std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening `{}`", path.display()))?;
+    let mut file =
+        std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening `{}`", path.display()))?;
     file.write_all(&vec![0u8; len.max(4096)])?;
     file.sync_all()?;
     drop(file);

@@ -40,7 +40,9 @@ pub mod exit {
 /// local socket.
 #[derive(Debug, Parser)]
 #[command(name = "keyward", version, about, long_about = None, propagate_version = true)]
-#[command(after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 agent unreachable, 4 refused, 5 key exists, 6 PIN rejected.\nConfig: --config, else $KEYWARD_CONFIG, else /etc/keyward/keyward.toml.")]
+#[command(
+    after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 agent unreachable, 4 refused, 5 key exists, 6 PIN rejected.\nConfig: --config, else $KEYWARD_CONFIG, else /etc/keyward/keyward.toml."
+)]
 pub struct Cli {
     /// Config file.
     #[arg(long, global = true, value_name = "FILE")]

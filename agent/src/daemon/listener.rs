@@ -36,7 +36,10 @@ pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: Cancell
                     });
                 }
                 Err(_) => {
-                    tracing::warn!(limit = agent.limits.max_connections, "connection limit reached; refusing a connection");
+                    tracing::warn!(
+                        limit = agent.limits.max_connections,
+                        "connection limit reached; refusing a connection"
+                    );
                     tracker.spawn(refuse_busy(stream));
                 }
             },

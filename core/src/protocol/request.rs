@@ -108,7 +108,11 @@ pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
     match obj.get("v").and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
         Some(v) => {
-            return Err(fail(id, ErrorCode::UnsupportedVersion, format!("protocol version {v} is not supported; this agent speaks {PROTOCOL_VERSION}")))
+            return Err(fail(
+                id,
+                ErrorCode::UnsupportedVersion,
+                format!("protocol version {v} is not supported; this agent speaks {PROTOCOL_VERSION}"),
+            ))
         }
         None => return Err(fail(id, ErrorCode::UnsupportedVersion, "missing protocol version `v`".into())),
     }

@@ -41,7 +41,10 @@ fn bad_frames_get_precise_codes() {
     assert_eq!(code(r#"{"v":9,"id":1,"op":"hello"}"#), ErrorCode::UnsupportedVersion);
     assert_eq!(code(r#"{"v":1,"id":1,"op":"format_disk"}"#), ErrorCode::UnknownOperation);
     assert_eq!(code(r#"{"v":1,"id":1,"op":"sign","key":"k"}"#), ErrorCode::InvalidRequest);
-    assert_eq!(code(r#"{"v":1,"id":1,"op":"sign","key":"../k","profile":"nvflare","data":""}"#), ErrorCode::InvalidRequest);
+    assert_eq!(
+        code(r#"{"v":1,"id":1,"op":"sign","key":"../k","profile":"nvflare","data":""}"#),
+        ErrorCode::InvalidRequest
+    );
     assert_eq!(code(r#"{"v":1,"id":1,"op":"decrypt","key":"k","data":"***"}"#), ErrorCode::InvalidRequest);
     let e = decode_request(br#"{"v":1,"id":5,"op":"nope"}"#).unwrap_err();
     assert_eq!(e.id, Some(5));

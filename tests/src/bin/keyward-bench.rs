@@ -248,7 +248,14 @@ fn in_process_child(args: &[String]) -> Result<()> {
 }
 
 /// The limit: plain cryptoki, one session per thread, the mechanism the profile maps to.
-fn raw_cryptoki(module: &Path, token: &str, pin_file: &Path, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+fn raw_cryptoki(
+    module: &Path,
+    token: &str,
+    pin_file: &Path,
+    case: Case,
+    clients: usize,
+    duration: Duration,
+) -> Result<Sample> {
     let ctx = Pkcs11::new(module)?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
     let slot = ctx
@@ -292,8 +299,16 @@ fn raw_cryptoki(module: &Path, token: &str, pin_file: &Path, case: Case, clients
 }
 
 /// keyward's own store, as the agent's workers use it, without the socket.
-fn keystore(module: &Path, token: &str, pin_file: &Path, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
-    let config = Pkcs11Config { module: module.to_owned(), token: TokenSelector::Label(token.to_owned()), workers: clients };
+fn keystore(
+    module: &Path,
+    token: &str,
+    pin_file: &Path,
+    case: Case,
+    clients: usize,
+    duration: Duration,
+) -> Result<Sample> {
+    let config =
+        Pkcs11Config { module: module.to_owned(), token: TokenSelector::Label(token.to_owned()), workers: clients };
     let backend = Pkcs11Backend::open(&config, Pin::from_file(pin_file)?)?;
     let id = KeyId::new(case.key)?;
     let mut workers = Vec::new();
@@ -464,7 +479,12 @@ fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]
     println!("## keyward-bench, SoftHSM2\n");
     println!("- date: {}", command_line(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]));
     println!("- command: `cargo run --release -p keyward-tests --bin keyward-bench -- {args}`");
-    println!("- machine: {} × {} (nproc), kernel {}", command_line(&["nproc"]), cpu_model(), command_line(&["uname", "-r"]));
+    println!(
+        "- machine: {} × {} (nproc), kernel {}",
+        command_line(&["nproc"]),
+        cpu_model(),
+        command_line(&["uname", "-r"])
+    );
     println!("- SoftHSM: `{}`", command_line(&["dpkg-query", "-W", "softhsm2"]).replace('\t', " "));
     println!("- load average before / after: `{}` / `{}`", load[0], load[1]);
     println!(
@@ -473,7 +493,9 @@ fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]
         MESSAGE.len()
     );
     println!();
-    println!("| key / profile | clients | path | ops/s | p50 µs | p99 µs | vs raw | signer CPU µs/op | client CPU µs/op |");
+    println!(
+        "| key / profile | clients | path | ops/s | p50 µs | p99 µs | vs raw | signer CPU µs/op | client CPU µs/op |"
+    );
     println!("|---|--:|---|--:|--:|--:|--:|--:|--:|");
     for (case, clients, path, s) in rows {
         let raw = find(rows, case.key, *clients, Route::Cryptoki).map_or(f64::NAN, |r| r.ops_per_sec());
@@ -494,7 +516,10 @@ fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]
     println!();
     println!("### Targets (issue 3)\n");
     let ratio = |key: &str, clients: usize| -> Option<f64> {
-        Some(find(rows, key, clients, Route::Agent)?.ops_per_sec() / find(rows, key, clients, Route::Cryptoki)?.ops_per_sec())
+        Some(
+            find(rows, key, clients, Route::Agent)?.ops_per_sec()
+                / find(rows, key, clients, Route::Cryptoki)?.ops_per_sec(),
+        )
     };
     let verdict = |value: f64, target: f64| if value >= target { "met" } else { "not met" };
     for (key, name, target) in [("rsa", "RSA-2048", 0.95), ("ec", "P-256", 0.90)] {
@@ -512,7 +537,11 @@ fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]
     for path in [Route::Cryptoki, Route::Agent] {
         if let (Some(one), Some(two)) = (find(rows, "rsa", 1, path), find(rows, "rsa", 2, path)) {
             let scale = two.ops_per_sec() / one.ops_per_sec();
-            let target = if path == Route::Agent { format!(" (target ≥ 1.8×): {}", verdict(scale, 1.8)) } else { String::new() };
+            let target = if path == Route::Agent {
+                format!(" (target ≥ 1.8×): {}", verdict(scale, 1.8))
+            } else {
+                String::new()
+            };
             println!("- RSA-2048 2 clients / 1 client, {}: {scale:.2}×{target}", path.title());
         }
     }

@@ -25,7 +25,8 @@ fn main() -> anyhow::Result<()> {
     let session = ctx.open_ro_session(slot)?;
     let pin = std::fs::read_to_string(pin_file)?;
     session.login(UserType::User, Some(&AuthPin::from(pin.trim_end())))?;
-    let keys = session.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label.as_bytes().to_vec())])?;
+    let keys = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY), Attribute::Label(label.as_bytes().to_vec())])?;
     let key = *keys.first().ok_or_else(|| anyhow::anyhow!("no private key {label}"))?;
     let flags = session.get_attributes(
         key,
@@ -52,7 +53,8 @@ fn main() -> anyhow::Result<()> {
         out.insert(name.into(), value.into());
     }
     // Secret components: a sensitive key must not return any of them.
-    let secrets = session.get_attributes(key, &[AttributeType::PrivateExponent, AttributeType::Prime1, AttributeType::Value]);
+    let secrets =
+        session.get_attributes(key, &[AttributeType::PrivateExponent, AttributeType::Prime1, AttributeType::Value]);
     let revealed = match secrets {
         Ok(attrs) => attrs.len(),
         Err(_) => 0,
