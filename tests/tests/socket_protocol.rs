@@ -136,10 +136,18 @@ fn bad_frames_get_precise_errors_and_the_agent_keeps_serving() {
     assert!(signed["peer"]["uid"].is_u64() && signed["peer"]["pid"].is_i64());
 }
 
-fn keyward_as_nobody(socket: &Path) -> std::process::Output {
+/// Runs `keyward status` as `nobody`, from a copy of the binary `nobody` may execute
+/// (the build tree may be private to its owner).
+fn keyward_as_nobody(site: &Site, socket: &Path) -> std::process::Output {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = site.path("keyward-for-nobody");
+    if !bin.exists() {
+        std::fs::copy(keyward_tests::tools::keyward_bin(), &bin).unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(keyward_tests::tools::keyward_bin())
+        .arg(&bin)
         .args(["status", "--socket"])
         .arg(socket)
         .output()
@@ -158,7 +166,7 @@ fn a_peer_whose_uid_is_not_allowed_is_refused_before_any_request() {
     let mode = std::fs::metadata(agent.socket()).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
 
-    let out = keyward_as_nobody(agent.socket());
+    let out = keyward_as_nobody(&site, agent.socket());
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("permission_denied") && stderr.contains("uid 65534"), "{stderr}");
@@ -171,7 +179,7 @@ fn a_peer_whose_uid_is_not_allowed_is_refused_before_any_request() {
     // Control: the same user, once allowed by gid, gets through.
     site.set_config("access", "allowed_gids", vec![toml::Value::from(65534)].into());
     let agent = AgentProcess::start(&site);
-    let out = keyward_as_nobody(agent.socket());
+    let out = keyward_as_nobody(&site, agent.socket());
     assert!(out.status.success(), "allowed gid still refused: {out:?}");
 }
 
