@@ -29,6 +29,14 @@ pub enum ClientError {
     /// The reply did not parse.
     #[error("unreadable reply from the agent")]
     BadReply(#[source] serde_json::Error),
+    /// The reply answers another request.
+    #[error("the agent answered request {got}, expected {sent}")]
+    WrongId {
+        /// Our request id.
+        sent: u64,
+        /// The reply's id.
+        got: u64,
+    },
     /// The agent answered with an error.
     #[error("agent refused: {message} ({code})")]
     Agent {
@@ -54,7 +62,7 @@ impl AgentClient {
         let stream = UnixStream::connect(path)
             .await
             .map_err(|source| ClientError::Connect { path: path.display().to_string(), source })?;
-        Ok(Self { framed: Framed::new(stream, protocol::codec(16 << 20)), next_id: 1 })
+        Ok(Self { framed: Framed::new(stream, protocol::codec(protocol::MAX_REPLY_BYTES)), next_id: 1 })
     }
 
     /// Sends one request and waits for its reply.
@@ -69,6 +77,9 @@ impl AgentClient {
         self.framed.send(bytes::Bytes::from(body)).await?;
         let frame = self.framed.next().await.ok_or(ClientError::Closed)??;
         let response: Response = serde_json::from_slice(&frame).map_err(ClientError::BadReply)?;
+        if response.id != id && response.id != 0 {
+            return Err(ClientError::WrongId { sent: id, got: response.id });
+        }
         match response.outcome {
             Outcome::Ok(reply) => Ok(reply),
             Outcome::Error(e) => Err(ClientError::Agent { code: e.code, message: e.message }),

@@ -55,7 +55,7 @@ pub enum PinError {
 }
 
 impl Pin {
-    /// Wraps a PIN already in memory (tests, `--pin-stdin`).
+    /// Wraps a PIN already in memory.
     pub fn new(pin: Zeroizing<String>) -> Self {
         Self(pin)
     }

@@ -29,19 +29,16 @@ fn private_template(id: &KeyId, rsa: bool) -> Vec<Attribute> {
         Attribute::Extractable(false),
         Attribute::Sign(true),
         Attribute::Derive(false),
+        Attribute::Unwrap(false),
+        // RSA keys decrypt (NVFlare's cell cipher); EC keys only sign.
+        Attribute::Decrypt(rsa),
     ]);
-    if rsa {
-        t.push(Attribute::Decrypt(true));
-    }
     t
 }
 
 fn public_template(id: &KeyId, rsa: bool) -> Vec<Attribute> {
     let mut t = common(id);
-    t.extend([Attribute::Private(false), Attribute::Verify(true)]);
-    if rsa {
-        t.push(Attribute::Encrypt(true));
-    }
+    t.extend([Attribute::Private(false), Attribute::Verify(true), Attribute::Wrap(false), Attribute::Encrypt(rsa)]);
     t
 }
 

@@ -145,13 +145,22 @@ fn keyward_as_nobody(site: &Site, socket: &Path) -> std::process::Output {
         std::fs::copy(keyward_tests::tools::keyward_bin(), &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
-    std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(&bin)
-        .args(["status", "--socket"])
-        .arg(socket)
-        .output()
-        .expect("setpriv (util-linux) runs")
+    // A copy just written can be briefly "text file busy" while another test's fork still
+    // holds the write descriptor; that is a harness race, so retry it, nothing else.
+    for _ in 0..20 {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(["status", "--socket"])
+            .arg(socket)
+            .output()
+            .expect("setpriv (util-linux) runs");
+        if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("`{}` stayed busy", bin.display());
 }
 
 #[test]

@@ -39,7 +39,8 @@ pub mod exit {
 /// keyward: keeps an NVFlare site's private key inside a PKCS#11 token and serves it over a
 /// local socket.
 #[derive(Debug, Parser)]
-#[command(name = "keyward", version, about, long_about = None, propagate_version = true)]
+#[command(name = "keyward", version, propagate_version = true)]
+#[command(about = "Keeps an NVFlare site's private key inside a PKCS#11 token and serves it over a local socket")]
 #[command(
     after_help = "Exit codes: 0 ok, 1 failure, 2 usage, 3 agent unreachable, 4 refused, 5 key exists, 6 PIN rejected.\nConfig: --config, else $KEYWARD_CONFIG, else /etc/keyward/keyward.toml."
 )]

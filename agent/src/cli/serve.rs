@@ -32,6 +32,9 @@ fn init_logging() {
 /// Start-up failures: PIN, token, socket, audit log.
 pub fn run(config: Config) -> Result<()> {
     init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-io").build()?;
+    // The socket first: refusing to replace a live agent must not cost a PIN attempt.
+    let bound = runtime.block_on(async { bind_socket(&config.socket, config.access.socket_gid) })?;
     let backend = crate::backends::open(&config)?;
     let (store, workers) = StoreHandle::start(&*backend, config.limits.queue_depth, config.limits.request_timeout())
         .context("starting key store workers")?;
@@ -47,9 +50,7 @@ pub fn run(config: Config) -> Result<()> {
         started: Instant::now(),
     });
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-io").build()?;
     let result = runtime.block_on(async {
-        let bound = bind_socket(&config.socket, config.access.socket_gid)?;
         let shutdown = CancellationToken::new();
         let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
@@ -69,9 +70,9 @@ pub fn run(config: Config) -> Result<()> {
             "keyward agent ready"
         );
         serve(&bound.listener, Arc::clone(&agent), shutdown).await;
-        drop(bound);
         anyhow::Ok(())
     });
+    drop(bound);
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(agent);
     workers.join();

@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
 use keyward_core::protocol::{self, ErrorCode, Response};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec, LengthDelimitedCodecError};
+use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 use tokio_util::sync::CancellationToken;
 
 use super::{ops, Agent, Stats};
@@ -26,7 +27,10 @@ pub async fn handle(stream: UnixStream, agent: Arc<Agent>, shutdown: Cancellatio
             return;
         }
     };
-    let mut framed = Framed::new(stream, protocol::codec(agent.limits.max_frame_bytes));
+    let (read_half, write_half) = stream.into_split();
+    let mut reader = FramedRead::new(read_half, protocol::codec(agent.limits.max_frame_bytes));
+    // Replies have their own, larger limit: the request limit must not silently drop them.
+    let mut writer = FramedWrite::new(write_half, protocol::codec(protocol::MAX_REPLY_BYTES));
     if !agent.access.allows(peer.uid, peer.gid) {
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection from a peer that is not allowed");
         agent.audit.record(&AuditRecord {
@@ -41,16 +45,17 @@ pub async fn handle(stream: UnixStream, agent: Arc<Agent>, shutdown: Cancellatio
             latency_us: 0,
         });
         let message = format!("uid {} / gid {} is not allowed to use this agent", peer.uid, peer.gid);
-        send(&mut framed, Response::error(0, ErrorCode::PermissionDenied, message)).await;
+        send(&mut writer, Response::error(0, ErrorCode::PermissionDenied, message)).await;
         return;
     }
     Stats::bump(&agent.stats.connections);
-    serve_frames(&mut framed, &agent, peer, &shutdown).await;
+    serve_frames(&mut reader, &mut writer, &agent, peer, &shutdown).await;
     agent.stats.connections.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 async fn serve_frames(
-    framed: &mut Framed<UnixStream, LengthDelimitedCodec>,
+    reader: &mut FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
     agent: &Agent,
     peer: Peer,
     shutdown: &CancellationToken,
@@ -58,7 +63,7 @@ async fn serve_frames(
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return,
-            next = tokio::time::timeout(agent.limits.read_timeout(), framed.next()) => next,
+            next = tokio::time::timeout(agent.limits.read_timeout(), reader.next()) => next,
         };
         let frame = match next {
             Ok(Some(Ok(frame))) => frame,
@@ -67,20 +72,20 @@ async fn serve_frames(
                 let (code, message) = classify_stream_error(&e, agent.limits.max_frame_bytes);
                 tracing::info!(uid = peer.uid, pid = ?peer.pid, %code, error = %e, "closing connection after a bad frame");
                 record_stream_failure(agent, peer, code);
-                send(framed, Response::error(0, code, message)).await;
+                send(writer, Response::error(0, code, message)).await;
                 return;
             }
             Err(_) => {
                 let code = ErrorCode::ReadTimeout;
                 record_stream_failure(agent, peer, code);
                 let message = format!("no complete frame within {} ms", agent.limits.read_timeout_ms);
-                send(framed, Response::error(0, code, message)).await;
+                send(writer, Response::error(0, code, message)).await;
                 return;
             }
         };
         let started = Instant::now();
         let response = ops::execute(agent, peer, &frame, started).await;
-        if !send(framed, response).await {
+        if !send(writer, response).await {
             return;
         }
     }
@@ -112,11 +117,18 @@ fn record_stream_failure(agent: &Agent, peer: Peer, code: ErrorCode) {
 }
 
 /// Sends a response; false when the peer is gone.
-async fn send(framed: &mut Framed<UnixStream, LengthDelimitedCodec>, response: Response) -> bool {
-    match serde_json::to_vec(&response) {
-        Ok(body) => framed.send(bytes::Bytes::from(body)).await.is_ok(),
+async fn send(writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>, response: Response) -> bool {
+    let body = match serde_json::to_vec(&response) {
+        Ok(body) => body,
         Err(e) => {
-            tracing::error!(error = %e, "cannot encode response");
+            tracing::error!(request_id = response.id, error = %e, "cannot encode response");
+            return false;
+        }
+    };
+    match writer.send(bytes::Bytes::from(body)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!(request_id = response.id, error = %e, "cannot send response; peer gone");
             false
         }
     }

@@ -20,6 +20,13 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// Default largest frame the agent accepts (1 MiB): far above any sign or decrypt request.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 1 << 20;
 
+/// Largest reply frame either end accepts (16 MiB): replies are never limited by the
+/// (smaller, configurable) request limit.
+pub const MAX_REPLY_BYTES: usize = 16 << 20;
+
+/// Longest profile name accepted in a request.
+pub const MAX_PROFILE_NAME: usize = 64;
+
 /// Bytes in the length prefix.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
 

@@ -105,16 +105,16 @@ pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
         return Err(fail(None, ErrorCode::MalformedRequest, "frame is not a JSON object".into()));
     };
     let id = obj.get("id").and_then(serde_json::Value::as_u64);
-    match obj.get("v").and_then(serde_json::Value::as_u64) {
-        Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
-        Some(v) => {
-            return Err(fail(
-                id,
-                ErrorCode::UnsupportedVersion,
-                format!("protocol version {v} is not supported; this agent speaks {PROTOCOL_VERSION}"),
-            ))
-        }
+    match obj.get("v") {
         None => return Err(fail(id, ErrorCode::UnsupportedVersion, "missing protocol version `v`".into())),
+        Some(v) => match v.as_u64() {
+            Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
+            Some(v) => {
+                let message = format!("protocol version {v} is not supported; this agent speaks {PROTOCOL_VERSION}");
+                return Err(fail(id, ErrorCode::UnsupportedVersion, message));
+            }
+            None => return Err(fail(id, ErrorCode::UnsupportedVersion, "protocol version `v` must be an integer".into())),
+        },
     }
     if id.is_none() {
         return Err(fail(None, ErrorCode::InvalidRequest, "missing or non-integer request `id`".into()));
@@ -127,7 +127,23 @@ pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
         }
         Some(_) => {}
     }
-    serde_json::from_value(value).map_err(|e| fail(id, ErrorCode::InvalidRequest, strip_serde_detail(&e)))
+    let request: Request =
+        serde_json::from_value(value.clone()).map_err(|e| fail(id, ErrorCode::InvalidRequest, strip_serde_detail(&e)))?;
+    // serde ignores unknown fields of field-less operations; refuse them for every operation.
+    let known = serde_json::to_value(&request).map_err(|e| fail(id, ErrorCode::Internal, e.to_string()))?;
+    if let (Some(given), Some(known)) = (value.as_object(), known.as_object()) {
+        if let Some(extra) = given.keys().find(|k| !known.contains_key(*k)) {
+            let shown: String = extra.chars().take(40).collect();
+            return Err(fail(id, ErrorCode::InvalidRequest, format!("invalid request: unknown field `{shown}`")));
+        }
+    }
+    if let Operation::Sign { profile, .. } = &request.op {
+        if profile.len() > super::MAX_PROFILE_NAME {
+            let message = format!("invalid request: profile name longer than {} bytes", super::MAX_PROFILE_NAME);
+            return Err(fail(id, ErrorCode::InvalidRequest, message));
+        }
+    }
+    Ok(request)
 }
 
 /// serde's message names the field and the problem; cut it to a readable length.

@@ -46,6 +46,10 @@ fn bad_frames_get_precise_codes() {
         ErrorCode::InvalidRequest
     );
     assert_eq!(code(r#"{"v":1,"id":1,"op":"decrypt","key":"k","data":"***"}"#), ErrorCode::InvalidRequest);
+    assert_eq!(code(r#"{"v":1,"id":1,"op":"hello","extra":1}"#), ErrorCode::InvalidRequest);
+    assert_eq!(code(r#"{"v":1.0,"id":1,"op":"hello"}"#), ErrorCode::UnsupportedVersion);
+    let long = format!(r#"{{"v":1,"id":1,"op":"sign","key":"k","profile":"{}","data":""}}"#, "p".repeat(65));
+    assert_eq!(code(&long), ErrorCode::InvalidRequest);
     let e = decode_request(br#"{"v":1,"id":5,"op":"nope"}"#).unwrap_err();
     assert_eq!(e.id, Some(5));
 }

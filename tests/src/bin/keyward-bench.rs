@@ -4,6 +4,8 @@
 //!
 //! - `raw cryptoki`: each thread its own session, `C_Sign` in a loop (the limit);
 //! - `KeyStore`: `Pkcs11Backend::store()` per thread and `KeyStore::sign`;
+//! - `StoreHandle`: the agent's queue to its 2 worker threads, called from one thread per
+//!   client (no socket, no JSON, no audit): the cost of handing each request to a worker;
 //! - `agent`: the real `keyward serve`, one `AgentClient` connection per client thread,
 //!   sequential requests.
 //!
@@ -29,6 +31,7 @@ use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use keyward_agent::client::AgentClient;
+use keyward_agent::store_handle::StoreHandle;
 use keyward_core::protocol::{Operation, Reply};
 use keyward_core::{KeyId, KeyStore, Pin, SignProfile, TlsScheme};
 use keyward_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
@@ -66,6 +69,7 @@ const CLIENTS: [usize; 2] = [1, 2];
 enum Route {
     Cryptoki,
     KeyStore,
+    StoreHandle,
     Agent,
 }
 
@@ -74,6 +78,7 @@ impl Route {
         match self {
             Self::Cryptoki => "cryptoki",
             Self::KeyStore => "keystore",
+            Self::StoreHandle => "storehandle",
             Self::Agent => "agent",
         }
     }
@@ -82,6 +87,7 @@ impl Route {
         match self {
             Self::Cryptoki => "raw cryptoki",
             Self::KeyStore => "KeyStore (in-process)",
+            Self::StoreHandle => "StoreHandle (in-process)",
             Self::Agent => "agent socket",
         }
     }
@@ -192,7 +198,7 @@ fn run(options: &Options) -> Result<()> {
     let mut rows = Vec::new();
     for case in CASES {
         for clients in CLIENTS {
-            for path in [Route::Cryptoki, Route::KeyStore, Route::Agent] {
+            for path in [Route::Cryptoki, Route::KeyStore, Route::StoreHandle, Route::Agent] {
                 eprintln!("keyward-bench: {} · {clients} client(s) · {}", case.title, path.title());
                 let sample = match path {
                     Route::Agent => measure_agent(&agent, case, clients, duration)?,
@@ -241,6 +247,7 @@ fn in_process_child(args: &[String]) -> Result<()> {
     let sample = match path.as_str() {
         "cryptoki" => raw_cryptoki(module, token, pin_file, case, clients, duration)?,
         "keystore" => keystore(module, token, pin_file, case, clients, duration)?,
+        "storehandle" => store_handle(module, token, pin_file, case, clients, duration)?,
         other => bail!("unknown in-process path `{other}`"),
     };
     println!("{}", sample.to_json());
@@ -318,6 +325,29 @@ fn keystore(
         workers.push(move || -> Result<()> { check_len(store.sign(&id, case.profile, MESSAGE)?.len()) });
     }
     measure(workers, duration, None)
+}
+
+/// The agent's worker pool without the socket: the same `StoreHandle` with the agent's
+/// default 2 workers, called from one thread per client.
+fn store_handle(module: &Path, token: &str, pin_file: &Path, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+    let config = Pkcs11Config { module: module.to_owned(), token: TokenSelector::Label(token.to_owned()), workers: 2 };
+    let backend = Pkcs11Backend::open(&config, Pin::from_file(pin_file)?)?;
+    let (handle, pool) = StoreHandle::start(&backend, 1024, Duration::from_secs(10))?;
+    let id = KeyId::new(case.key)?;
+    let mut workers = Vec::new();
+    for _ in 0..clients {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (handle, id) = (handle.clone(), id.clone());
+        workers.push(move || -> Result<()> {
+            let id = id.clone();
+            let signature = rt.block_on(handle.call(move |s| s.sign(&id, case.profile, MESSAGE)))?;
+            check_len(signature.len())
+        });
+    }
+    let sample = measure(workers, duration, None);
+    drop(handle);
+    pool.join();
+    sample
 }
 
 /// Through the running agent: one connection per client thread, each with its own
