@@ -5,10 +5,12 @@
 //! - [`SignProfile`]: what a signature is for; the backend maps it to exactly one mechanism.
 //! - [`protocol`]: the agent's versioned, length-prefixed socket protocol (spec: `docs/protocol.md`).
 //! - [`Pin`]: a PIN or auth value that is zeroized and never printed.
+//! - [`nvflare`]: NVFlare's secure-mode authenticator flow, verified by the agent itself.
 //! - [`oaep`], [`verify`], [`private_key`]: pure cryptographic encoding shared by the backends.
 
 pub mod error;
 pub mod key;
+pub mod nvflare;
 pub mod oaep;
 pub mod pin;
 pub mod private_key;

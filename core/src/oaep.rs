@@ -19,8 +19,8 @@ const H_LEN: usize = 32;
 #[error("OAEP decoding failed")]
 pub struct OaepError;
 
-/// XORs `out` with MGF1-SHA-256(`seed`).
-fn mgf1_xor(out: &mut [u8], seed: &[u8]) {
+/// XORs `out` with MGF1-SHA-256(`seed`) (RFC 8017 B.2.1); PSS verification uses it too.
+pub fn mgf1_sha256_xor(out: &mut [u8], seed: &[u8]) {
     for (counter, chunk) in out.chunks_mut(H_LEN).enumerate() {
         let mut h = Sha256::new();
         h.update(seed);
@@ -45,8 +45,8 @@ pub fn decode_sha256(em: &[u8], k: usize) -> Result<Zeroizing<Vec<u8>>, OaepErro
 
     let first_byte_is_zero = buf[0].ct_eq(&0u8);
     let (seed, db) = buf[1..].split_at_mut(H_LEN);
-    mgf1_xor(seed, db);
-    mgf1_xor(db, seed);
+    mgf1_sha256_xor(seed, db);
+    mgf1_sha256_xor(db, seed);
 
     let label_hash = Sha256::digest(b"");
     let hash_ok = db[..H_LEN].ct_eq(&label_hash);

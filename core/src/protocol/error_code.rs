@@ -46,6 +46,28 @@ pub enum ErrorCode {
     BackendError,
     /// The agent is shutting down.
     ShuttingDown,
+    /// NVFlare flow: the client nonce was not issued by this agent.
+    NonceUnknown,
+    /// NVFlare flow: the client nonce expired.
+    NonceExpired,
+    /// NVFlare flow: the client nonce was already used (a replayed reply).
+    NonceReplayed,
+    /// NVFlare flow: the client nonce belongs to another caller or key.
+    NonceNotYours,
+    /// NVFlare flow: the server's CN is not the configured server identity.
+    ServerIdentityMismatch,
+    /// NVFlare flow: the server certificate does not chain to the pinned root CA.
+    ServerUntrusted,
+    /// NVFlare flow: a server chain certificate is expired or not yet valid.
+    ServerCertExpired,
+    /// NVFlare flow: KeyUsage/ExtendedKeyUsage of the server certificate forbid this use.
+    ServerCertUsage,
+    /// NVFlare flow: the server's signature over its CN and the client nonce is wrong.
+    ServerSignatureInvalid,
+    /// NVFlare flow: the server's token signature is wrong.
+    TokenSignatureInvalid,
+    /// The key's policy does not allow this operation (or the NVFlare flow is not configured).
+    PolicyDenied,
     /// A bug in the agent; details are in its log.
     Internal,
 }
@@ -73,6 +95,17 @@ impl ErrorCode {
             Self::Timeout => "timeout",
             Self::BackendError => "backend_error",
             Self::ShuttingDown => "shutting_down",
+            Self::NonceUnknown => "nonce_unknown",
+            Self::NonceExpired => "nonce_expired",
+            Self::NonceReplayed => "nonce_replayed",
+            Self::NonceNotYours => "nonce_not_yours",
+            Self::ServerIdentityMismatch => "server_identity_mismatch",
+            Self::ServerUntrusted => "server_untrusted",
+            Self::ServerCertExpired => "server_cert_expired",
+            Self::ServerCertUsage => "server_cert_usage",
+            Self::ServerSignatureInvalid => "server_signature_invalid",
+            Self::TokenSignatureInvalid => "token_signature_invalid",
+            Self::PolicyDenied => "policy_denied",
             Self::Internal => "internal",
         }
     }

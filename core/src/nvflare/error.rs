@@ -1,0 +1,67 @@
+//! [`ChallengeError`]: every way the NVFlare authenticator flow can be refused, each with its
+//! own wire code, so a site admin can tell a forged reply from an expired certificate.
+
+use crate::protocol::ErrorCode;
+
+/// Why the agent refused a step of the NVFlare flow.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ChallengeError {
+    /// The nonce was never issued by this agent (or has been forgotten after expiry).
+    #[error("client nonce `{0}` was not issued by this agent")]
+    UnknownNonce(String),
+    /// The nonce is older than its lifetime.
+    #[error("client nonce expired (older than {0} s); start with a new challenge")]
+    ExpiredNonce(u64),
+    /// The nonce was already used for a registration.
+    #[error("client nonce was already used; a replayed server reply is refused")]
+    ReplayedNonce,
+    /// The nonce was issued to another caller or for another key.
+    #[error("client nonce was issued to another caller or key")]
+    NonceNotYours,
+    /// The claimed server CN is not the configured server identity.
+    #[error("server identity mismatch: expected `{expected}`, the reply claims `{claimed}`")]
+    IdentityMismatch {
+        /// Configured identity.
+        expected: String,
+        /// What the reply said (or the certificate's CN).
+        claimed: String,
+    },
+    /// The certificate does not chain to the pinned root CA.
+    #[error("server certificate not trusted: {0}")]
+    Untrusted(String),
+    /// A certificate in the chain is outside its validity period.
+    #[error("server certificate is expired or not yet valid")]
+    Expired,
+    /// KeyUsage / ExtendedKeyUsage forbid this use.
+    #[error("server certificate usage: {0}")]
+    Usage(&'static str),
+    /// The server's signature over `server_cn + client_nonce` is wrong.
+    #[error("server signature over its CN and our nonce does not verify")]
+    BadServerSignature,
+    /// The server's signature over `client_name + token` is wrong.
+    #[error("token signature does not verify against the server verified at registration")]
+    BadTokenSignature,
+    /// Malformed input (not PEM, not base64, empty).
+    #[error("malformed {0}")]
+    Malformed(&'static str),
+}
+
+impl ChallengeError {
+    /// The wire code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::UnknownNonce(_) => ErrorCode::NonceUnknown,
+            Self::ExpiredNonce(_) => ErrorCode::NonceExpired,
+            Self::ReplayedNonce => ErrorCode::NonceReplayed,
+            Self::NonceNotYours => ErrorCode::NonceNotYours,
+            Self::IdentityMismatch { .. } => ErrorCode::ServerIdentityMismatch,
+            Self::Untrusted(_) => ErrorCode::ServerUntrusted,
+            Self::Expired => ErrorCode::ServerCertExpired,
+            Self::Usage(_) => ErrorCode::ServerCertUsage,
+            Self::BadServerSignature => ErrorCode::ServerSignatureInvalid,
+            Self::BadTokenSignature => ErrorCode::TokenSignatureInvalid,
+            Self::Malformed(_) => ErrorCode::InvalidRequest,
+        }
+    }
+}

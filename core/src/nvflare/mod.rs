@@ -1,0 +1,20 @@
+//! NVFlare's secure-mode client authentication, byte-compatible with nvflare 2.9
+//! (`nvflare/private/fed/authenticator.py`, `identity_utils.py`; spec:
+//! `shared/nvflare-protocol.md` §2). The agent runs it so that the site key signs a
+//! registration only for a server it has verified itself (peer-bound signing):
+//!
+//! 1. [`NonceBook::issue`]: the client nonce, a uuid4 string bound to the caller and key.
+//! 2. [`ServerTrust::verify_reply`]: the server's challenge reply — certificate chain to the
+//!    pinned root CA (validity included), CN equal to the expected server identity,
+//!    KeyUsage/ExtendedKeyUsage as NVFlare applies them, and the PSS signature over
+//!    `server_cn + client_nonce` for a nonce this agent issued and that was not used before.
+//! 3. [`registration_message`]: what the site key then signs, `client_cn + server_nonce`.
+//! 4. [`VerifiedServer::verify_token`]: the server's signature over `client_name + token`.
+
+mod error;
+mod nonce;
+mod server;
+
+pub use error::ChallengeError;
+pub use nonce::{NonceBook, NONCE_LIFETIME};
+pub use server::{registration_message, ServerReply, ServerTrust, VerifiedServer};
