@@ -2,6 +2,7 @@
 //! resolving relative paths against the config file's folder, and atomic writing for
 //! `keyward init`. The PIN itself is never in the config: only where to read it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,6 +37,38 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The key store.
     pub backend: BackendConfig,
+    /// Per-key policy and NVFlare settings, by key name (`[keys.site-1]`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, KeyConfig>,
+}
+
+/// What one key may be used for.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Whether the plain `sign` operation is allowed (NVFlare's cell cipher and TLS need it).
+    #[serde(default = "yes")]
+    pub allow_sign: bool,
+    /// Whether `decrypt` is allowed (NVFlare's cell cipher needs it).
+    #[serde(default = "yes")]
+    pub allow_decrypt: bool,
+    /// The NVFlare authenticator flow for this key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvflare: Option<NvflareConfig>,
+}
+
+/// The site's NVFlare trust settings, from its startup kit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvflareConfig {
+    /// The project root CA (`startup/rootCA.pem`).
+    pub root_ca: PathBuf,
+    /// The server identity the site expects (`servers[0].identity` in `fed_client.json`).
+    pub server_identity: String,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Who may use the socket.
@@ -152,6 +185,11 @@ impl Config {
         if let Some(p) = &mut self.audit_log {
             fix(p);
         }
+        for key in self.keys.values_mut() {
+            if let Some(nvflare) = &mut key.nvflare {
+                fix(&mut nvflare.root_ca);
+            }
+        }
         match &mut self.backend {
             BackendConfig::Pkcs11 { module, pin_file, .. } => {
                 fix(module);
@@ -172,6 +210,9 @@ impl Config {
         }
         if self.socket.as_os_str().len() > 100 {
             bail!("field `socket`: path `{}` is too long for a Unix socket (max 100 bytes)", self.socket.display());
+        }
+        for name in self.keys.keys() {
+            keyward_core::KeyId::new(name).with_context(|| format!("table `keys.{name}`"))?;
         }
         let BackendConfig::Pkcs11 { workers, .. } = &self.backend;
         if !(1..=64).contains(workers) {

@@ -110,6 +110,14 @@ impl Site {
         std::fs::write(&self.config, toml::to_string(&doc).expect("serialise")).expect("write config");
     }
 
+    /// Appends raw TOML (new tables only) to the config.
+    pub fn append_config(&self, toml_text: &str) {
+        let mut text = std::fs::read_to_string(&self.config).expect("config");
+        text.push('\n');
+        text.push_str(toml_text);
+        std::fs::write(&self.config, text).expect("write config");
+    }
+
     /// A `keyward` command with this site's environment.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(keyward_bin());

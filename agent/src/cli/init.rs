@@ -57,6 +57,7 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
         socket: absolute(&args.socket)?,
         state_dir: absolute(&args.state_dir)?,
         audit_log: None,
+        keys: Default::default(),
         access: AccessConfig::default(),
         limits: LimitsConfig::default(),
         backend: BackendConfig::Pkcs11 {

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditLog;
 use crate::certs::CertStore;
 use crate::config::Config;
-use crate::daemon::{bind_socket, serve, Access, Agent, Stats};
+use crate::daemon::{bind_socket, serve, Access, Agent, NvflareState, Policies, Stats};
 use crate::store_handle::StoreHandle;
 
 fn init_logging() {
@@ -32,6 +32,7 @@ fn init_logging() {
 /// Start-up failures: PIN, token, socket, audit log.
 pub fn run(config: Config) -> Result<()> {
     init_logging();
+    let policies = Policies::from_config(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-io").build()?;
     // The socket first: refusing to replace a live agent must not cost a PIN attempt.
     let bound = runtime.block_on(async { bind_socket(&config.socket, config.access.socket_gid) })?;
@@ -47,6 +48,8 @@ pub fn run(config: Config) -> Result<()> {
         limits: config.limits.clone(),
         access: Access::from_config(&config.access),
         stats: Stats::default(),
+        policies,
+        nvflare: NvflareState::default(),
         started: Instant::now(),
     });
 

@@ -4,11 +4,14 @@
 //!
 //! Files: `socket.rs` (binding safely), `listener.rs` (accept loop, connection limit),
 //! `handler.rs` (frames of one connection), `ops.rs` (what each request does),
-//! `stats.rs` (counters for `status`).
+//! `stats.rs` (counters for `status`), `policy.rs` (per-key rules), `nvflare.rs` (the
+//! NVFlare authenticator operations).
 
 mod handler;
 mod listener;
+mod nvflare;
 mod ops;
+mod policy;
 mod socket;
 mod stats;
 
@@ -20,6 +23,8 @@ use crate::config::{AccessConfig, LimitsConfig};
 use crate::store_handle::StoreHandle;
 
 pub use listener::serve;
+pub use nvflare::NvflareState;
+pub use policy::Policies;
 pub use socket::{bind_socket, BoundSocket};
 pub use stats::Stats;
 
@@ -37,6 +42,10 @@ pub struct Agent {
     pub access: Access,
     /// Counters.
     pub stats: Stats,
+    /// Per-key rules.
+    pub policies: Policies,
+    /// NVFlare nonces and sessions.
+    pub nvflare: NvflareState,
     /// When the agent started.
     pub started: Instant,
 }

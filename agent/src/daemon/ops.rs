@@ -8,13 +8,21 @@ use keyward_core::error::chain;
 use keyward_core::protocol::{decode_request, ErrorCode, KeyEntry, Operation, Reply, Response, StatusReport};
 use keyward_core::{KeyId, SignProfile, StoreError};
 
-use super::{Agent, Stats};
+use super::{nvflare, Agent, Stats};
 use crate::audit::{micros, sha256_hex, AuditRecord, Peer};
 
 /// A failed operation: wire code and message.
-struct Failure {
-    code: ErrorCode,
-    message: String,
+pub(super) struct Failure {
+    pub(super) code: ErrorCode,
+    pub(super) message: String,
+}
+
+/// What an operation adds to its audit record.
+#[derive(Default)]
+struct AuditExtra {
+    profile: Option<SignProfile>,
+    /// The message actually signed, when the agent built it (NVFlare registration).
+    signed: Option<Vec<u8>>,
 }
 
 impl From<StoreError> for Failure {
@@ -43,22 +51,26 @@ pub async fn execute(agent: &Agent, peer: Peer, frame: &[u8], started: Instant) 
     let (profile, payload) = match &request.op {
         Operation::Sign { profile, data, .. } => (Some(profile.clone()), Some(data.as_slice())),
         Operation::Decrypt { data, .. } => (None, Some(data.as_slice())),
+        Operation::NvflareRegister { .. } => (Some(SignProfile::Nvflare.name().to_owned()), None),
         _ => (None, None),
     };
-    let payload_digest = payload.map(|p| (sha256_hex(p), p.len()));
-    let result = run(agent, request.op).await;
-    let (outcome, response, used_profile) = match result {
-        Ok((reply, used_profile)) => {
+    let mut payload_digest = payload.map(|p| (sha256_hex(p), p.len()));
+    let result = run(agent, peer, request.op).await;
+    let (outcome, response, extra) = match result {
+        Ok((reply, extra)) => {
             Stats::bump(&agent.stats.requests_ok);
-            ("ok", Response::ok(id, reply), used_profile)
+            ("ok", Response::ok(id, reply), extra)
         }
         Err(f) => {
             Stats::bump(&agent.stats.requests_failed);
             tracing::info!(request_id = id, op = op_name, code = %f.code, message = %f.message, "request failed");
-            (f.code.as_str(), Response::error(id, f.code, f.message), None)
+            (f.code.as_str(), Response::error(id, f.code, f.message), AuditExtra::default())
         }
     };
-    let shown_profile = used_profile.map(SignProfile::name).or(profile.as_deref());
+    if let Some(signed) = &extra.signed {
+        payload_digest = Some((sha256_hex(signed), signed.len()));
+    }
+    let shown_profile = extra.profile.map(SignProfile::name).or(profile.as_deref());
     audit(agent, peer, id, op_name, key.as_ref(), shown_profile, payload_digest, outcome, started);
     response
 }
@@ -89,7 +101,14 @@ fn audit(
     });
 }
 
-async fn run(agent: &Agent, op: Operation) -> Result<(Reply, Option<SignProfile>), Failure> {
+fn denied(key: &KeyId, what: &str) -> Failure {
+    Failure {
+        code: ErrorCode::PolicyDenied,
+        message: format!("key `{key}` does not allow {what} (keys.{key}.allow_{what})"),
+    }
+}
+
+async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditExtra), Failure> {
     let reply = match op {
         Operation::Hello => Reply::Hello {
             agent: format!("keyward {}", env!("CARGO_PKG_VERSION")),
@@ -120,11 +139,29 @@ async fn run(agent: &Agent, op: Operation) -> Result<(Reply, Option<SignProfile>
             }
         }
         Operation::Sign { key, profile, data } => {
+            if !agent.policies.get(&key).allow_sign {
+                return Err(denied(&key, "sign"));
+            }
             let (signature, used) = sign(agent, key, profile, data).await?;
             Stats::bump(&agent.stats.signatures);
-            return Ok((Reply::Signature { profile: used.name().to_owned(), signature }, Some(used)));
+            let extra = AuditExtra { profile: Some(used), signed: None };
+            return Ok((Reply::Signature { profile: used.name().to_owned(), signature }, extra));
+        }
+        Operation::NvflareChallenge { key } => nvflare::challenge(agent, peer, &key)?,
+        Operation::NvflareRegister { key, client_nonce, server_cert, server_cn, server_signature, server_nonce } => {
+            let registration =
+                nvflare::Registration { key, client_nonce, server_cert, server_cn, server_signature, server_nonce };
+            let (reply, signed) = nvflare::register(agent, peer, registration).await?;
+            Stats::bump(&agent.stats.signatures);
+            return Ok((reply, AuditExtra { profile: Some(SignProfile::Nvflare), signed: Some(signed) }));
+        }
+        Operation::NvflareVerifyToken { session, client_name, token, token_signature } => {
+            nvflare::verify_token(agent, peer, &session, &client_name, &token, &token_signature)?
         }
         Operation::Decrypt { key, data } => {
+            if !agent.policies.get(&key).allow_decrypt {
+                return Err(denied(&key, "decrypt"));
+            }
             let plaintext = agent.store.call(move |s| s.decrypt(&key, &data)).await?;
             Stats::bump(&agent.stats.decryptions);
             Reply::Plaintext { plaintext: plaintext.to_vec() }
@@ -153,7 +190,7 @@ async fn run(agent: &Agent, op: Operation) -> Result<(Reply, Option<SignProfile>
             })
         }
     };
-    Ok((reply, None))
+    Ok((reply, AuditExtra::default()))
 }
 
 /// Resolves the profile (plain `tls` needs the key's algorithm) and signs, in one job.

@@ -67,7 +67,11 @@ fn prepare_dir(dir: &Path, group: Option<u32>) -> Result<()> {
     let meta = std::fs::metadata(dir).with_context(|| format!("reading socket folder `{}`", dir.display()))?;
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
-        bail!("socket folder `{}` belongs to uid {}; use a folder owned by the agent's user", dir.display(), meta.uid());
+        bail!(
+            "socket folder `{}` belongs to uid {}; use a folder owned by the agent's user",
+            dir.display(),
+            meta.uid()
+        );
     }
     if meta.mode() & 0o022 != 0 {
         bail!(

@@ -49,8 +49,11 @@ pub struct ServerTrust {
 
 fn certificates(pem_bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, ChallengeError> {
     let blocks = pem::parse_many(pem_bytes).map_err(|_| ChallengeError::Malformed("certificate PEM"))?;
-    let certs: Vec<_> =
-        blocks.into_iter().filter(|b| b.tag() == "CERTIFICATE").map(|b| CertificateDer::from(b.into_contents())).collect();
+    let certs: Vec<_> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| CertificateDer::from(b.into_contents()))
+        .collect();
     if certs.is_empty() {
         return Err(ChallengeError::Malformed("certificate PEM (no CERTIFICATE block)"));
     }
@@ -90,12 +93,17 @@ impl ServerTrust {
         now: SystemTime,
     ) -> Result<VerifiedServer, ChallengeError> {
         if reply.cn != self.expected_cn {
-            return Err(ChallengeError::IdentityMismatch { expected: self.expected_cn.clone(), claimed: reply.cn.into() });
+            return Err(ChallengeError::IdentityMismatch {
+                expected: self.expected_cn.clone(),
+                claimed: reply.cn.into(),
+            });
         }
         let chain = certificates(reply.cert_pem)?;
         let root = CertificateDer::from(self.root_der.as_slice());
-        let anchor = webpki::anchor_from_trusted_cert(&root).map_err(|_| ChallengeError::Malformed("root CA certificate"))?;
-        let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(|_| ChallengeError::Malformed("server certificate"))?;
+        let anchor =
+            webpki::anchor_from_trusted_cert(&root).map_err(|_| ChallengeError::Malformed("root CA certificate"))?;
+        let leaf =
+            webpki::EndEntityCert::try_from(&chain[0]).map_err(|_| ChallengeError::Malformed("server certificate"))?;
         let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| ChallengeError::Expired)?;
         leaf.verify_for_usage(
             webpki::ALL_VERIFICATION_ALGS,
@@ -108,13 +116,12 @@ impl ServerTrust {
         )
         .map_err(|e| match e {
             webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => ChallengeError::Expired,
-            webpki::Error::RequiredEkuNotFoundContext(_) => {
-                ChallengeError::Usage("ExtendedKeyUsage lacks serverAuth")
-            }
+            webpki::Error::RequiredEkuNotFoundContext(_) => ChallengeError::Usage("ExtendedKeyUsage lacks serverAuth"),
             other => ChallengeError::Untrusted(format!("{other:?}")),
         })?;
 
-        let (_, cert) = X509Certificate::from_der(&chain[0]).map_err(|_| ChallengeError::Malformed("server certificate"))?;
+        let (_, cert) =
+            X509Certificate::from_der(&chain[0]).map_err(|_| ChallengeError::Malformed("server certificate"))?;
         if let Ok(Some(ku)) = cert.key_usage() {
             if !ku.value.digital_signature() {
                 return Err(ChallengeError::Usage("KeyUsage lacks digitalSignature"));
@@ -142,7 +149,8 @@ impl VerifiedServer {
             .decode(signature_b64.trim())
             .map_err(|_| ChallengeError::Malformed("token signature (not base64)"))?;
         let signed = format!("{client_name}{token}");
-        verify_pss_sha256_any_salt(&self.spki_der, signed.as_bytes(), &signature).map_err(|_| ChallengeError::BadTokenSignature)
+        verify_pss_sha256_any_salt(&self.spki_der, signed.as_bytes(), &signature)
+            .map_err(|_| ChallengeError::BadTokenSignature)
     }
 }
 

@@ -53,11 +53,54 @@ pub enum Operation {
     },
     /// Backend health and counters.
     Status,
+    /// NVFlare flow, step 1: a fresh client nonce for `key`, bound to this caller.
+    NvflareChallenge {
+        /// The site key.
+        key: KeyId,
+    },
+    /// NVFlare flow, step 2: verify the server's challenge reply, then sign the registration.
+    NvflareRegister {
+        /// The site key.
+        key: KeyId,
+        /// The nonce `nvflare_challenge` returned (and the client sent to the server).
+        client_nonce: String,
+        /// The reply's `cert`: the server certificate PEM bytes, exactly as received.
+        #[serde(with = "super::base64_field")]
+        server_cert: Vec<u8>,
+        /// The reply's `cn`.
+        server_cn: String,
+        /// The reply's `signature` (raw bytes).
+        #[serde(with = "super::base64_field")]
+        server_signature: Vec<u8>,
+        /// The reply's `nonce`: the server nonce the registration signature covers.
+        server_nonce: String,
+    },
+    /// NVFlare flow, step 3: verify the token signature the server returned at registration.
+    NvflareVerifyToken {
+        /// The session `nvflare_register` returned.
+        session: String,
+        /// The client name the token was issued to.
+        client_name: String,
+        /// `__token__`.
+        token: String,
+        /// `__token_signature__` (base64 text, as NVFlare sends it).
+        token_signature: String,
+    },
 }
 
 impl Operation {
     /// Every `op` name, for telling an unknown operation from a malformed one.
-    pub const NAMES: [&'static str; 6] = ["hello", "list_keys", "public_key", "sign", "decrypt", "status"];
+    pub const NAMES: [&'static str; 9] = [
+        "hello",
+        "list_keys",
+        "public_key",
+        "sign",
+        "decrypt",
+        "status",
+        "nvflare_challenge",
+        "nvflare_register",
+        "nvflare_verify_token",
+    ];
 
     /// The `op` name.
     pub fn name(&self) -> &'static str {
@@ -68,14 +111,21 @@ impl Operation {
             Self::Sign { .. } => "sign",
             Self::Decrypt { .. } => "decrypt",
             Self::Status => "status",
+            Self::NvflareChallenge { .. } => "nvflare_challenge",
+            Self::NvflareRegister { .. } => "nvflare_register",
+            Self::NvflareVerifyToken { .. } => "nvflare_verify_token",
         }
     }
 
     /// The key the operation uses, if any.
     pub fn key(&self) -> Option<&KeyId> {
         match self {
-            Self::PublicKey { key } | Self::Sign { key, .. } | Self::Decrypt { key, .. } => Some(key),
-            Self::Hello | Self::ListKeys | Self::Status => None,
+            Self::PublicKey { key }
+            | Self::Sign { key, .. }
+            | Self::Decrypt { key, .. }
+            | Self::NvflareChallenge { key }
+            | Self::NvflareRegister { key, .. } => Some(key),
+            Self::Hello | Self::ListKeys | Self::Status | Self::NvflareVerifyToken { .. } => None,
         }
     }
 }
@@ -113,7 +163,9 @@ pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
                 let message = format!("protocol version {v} is not supported; this agent speaks {PROTOCOL_VERSION}");
                 return Err(fail(id, ErrorCode::UnsupportedVersion, message));
             }
-            None => return Err(fail(id, ErrorCode::UnsupportedVersion, "protocol version `v` must be an integer".into())),
+            None => {
+                return Err(fail(id, ErrorCode::UnsupportedVersion, "protocol version `v` must be an integer".into()))
+            }
         },
     }
     if id.is_none() {
@@ -127,8 +179,8 @@ pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
         }
         Some(_) => {}
     }
-    let request: Request =
-        serde_json::from_value(value.clone()).map_err(|e| fail(id, ErrorCode::InvalidRequest, strip_serde_detail(&e)))?;
+    let request: Request = serde_json::from_value(value.clone())
+        .map_err(|e| fail(id, ErrorCode::InvalidRequest, strip_serde_detail(&e)))?;
     // serde ignores unknown fields of field-less operations; refuse them for every operation.
     let known = serde_json::to_value(&request).map_err(|e| fail(id, ErrorCode::Internal, e.to_string()))?;
     if let (Some(given), Some(known)) = (value.as_object(), known.as_object()) {
@@ -137,13 +189,30 @@ pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
             return Err(fail(id, ErrorCode::InvalidRequest, format!("invalid request: unknown field `{shown}`")));
         }
     }
-    if let Operation::Sign { profile, .. } = &request.op {
-        if profile.len() > super::MAX_PROFILE_NAME {
-            let message = format!("invalid request: profile name longer than {} bytes", super::MAX_PROFILE_NAME);
-            return Err(fail(id, ErrorCode::InvalidRequest, message));
-        }
+    if let Some(message) = oversized_field(&request.op) {
+        return Err(fail(id, ErrorCode::InvalidRequest, message));
     }
     Ok(request)
+}
+
+/// Text fields are short in every valid request; refuse long ones before they reach logs.
+fn oversized_field(op: &Operation) -> Option<String> {
+    let limit = |name: &str, value: &str, max: usize| {
+        (value.len() > max).then(|| format!("invalid request: `{name}` longer than {max} bytes"))
+    };
+    match op {
+        Operation::Sign { profile, .. } => limit("profile", profile, super::MAX_PROFILE_NAME),
+        Operation::NvflareRegister { client_nonce, server_cn, server_nonce, .. } => {
+            limit("client_nonce", client_nonce, 64)
+                .or_else(|| limit("server_cn", server_cn, 256))
+                .or_else(|| limit("server_nonce", server_nonce, 256))
+        }
+        Operation::NvflareVerifyToken { session, client_name, token, token_signature } => limit("session", session, 64)
+            .or_else(|| limit("client_name", client_name, 256))
+            .or_else(|| limit("token", token, 256))
+            .or_else(|| limit("token_signature", token_signature, 4096)),
+        _ => None,
+    }
 }
 
 /// serde's message names the field and the problem; cut it to a readable length.

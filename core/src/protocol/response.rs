@@ -121,6 +121,29 @@ pub enum Reply {
     },
     /// For `status`.
     Status(StatusReport),
+    /// For `nvflare_challenge`.
+    NvflareChallenge {
+        /// The client nonce to send to the server (a uuid4 string).
+        nonce: String,
+    },
+    /// For `nvflare_register`: what the client sends in its register message.
+    NvflareRegistration {
+        /// `cn`: the site CN from the installed certificate.
+        cn: String,
+        /// `cert`: the installed certificate PEM bytes.
+        #[serde(with = "super::base64_field")]
+        cert: Vec<u8>,
+        /// `signature`: raw PSS signature over `cn + server_nonce`.
+        #[serde(with = "super::base64_field")]
+        signature: Vec<u8>,
+        /// Handle for `nvflare_verify_token` (valid a few minutes, for this caller only).
+        session: String,
+    },
+    /// For `nvflare_verify_token`.
+    TokenVerified {
+        /// The server CN that signed it.
+        server_cn: String,
+    },
 }
 
 impl Response {

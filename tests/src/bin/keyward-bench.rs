@@ -329,7 +329,14 @@ fn keystore(
 
 /// The agent's worker pool without the socket: the same `StoreHandle` with the agent's
 /// default 2 workers, called from one thread per client.
-fn store_handle(module: &Path, token: &str, pin_file: &Path, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+fn store_handle(
+    module: &Path,
+    token: &str,
+    pin_file: &Path,
+    case: Case,
+    clients: usize,
+    duration: Duration,
+) -> Result<Sample> {
     let config = Pkcs11Config { module: module.to_owned(), token: TokenSelector::Label(token.to_owned()), workers: 2 };
     let backend = Pkcs11Backend::open(&config, Pin::from_file(pin_file)?)?;
     let (handle, pool) = StoreHandle::start(&backend, 1024, Duration::from_secs(10))?;

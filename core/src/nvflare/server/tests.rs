@@ -3,7 +3,7 @@
 //! `rsa` crate at NVFlare's maximum salt. The same checks run against the real `nvflare`
 //! package in the Python end-to-end tests.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use base64::Engine;
 use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
@@ -63,10 +63,14 @@ fn a_genuine_reply_verifies_and_its_token_signature_too() {
     assert_eq!(server.cn, "server1");
 
     let token = "6f1d2b3e-2a6b-4d0e-9a37-3c1f7e8d9b10";
-    let token_sig = base64::engine::general_purpose::STANDARD.encode(pss_sign(&key, format!("site-1{token}").as_bytes(), 222));
+    let token_sig =
+        base64::engine::general_purpose::STANDARD.encode(pss_sign(&key, format!("site-1{token}").as_bytes(), 222));
     assert_eq!(server.verify_token("site-1", token, &token_sig), Ok(()));
     assert_eq!(server.verify_token("site-2", token, &token_sig), Err(ChallengeError::BadTokenSignature));
-    assert_eq!(server.verify_token("site-1", token, "%%%"), Err(ChallengeError::Malformed("token signature (not base64)")));
+    assert_eq!(
+        server.verify_token("site-1", token, "%%%"),
+        Err(ChallengeError::Malformed("token signature (not base64)"))
+    );
 }
 
 #[test]
@@ -120,7 +124,6 @@ fn every_class_of_forged_reply_is_refused_with_its_own_error() {
     // And the genuine one, last, still passes — with salt 32 as a TPM would make it.
     let tpm_style = pss_sign(&key, format!("server1{NONCE}").as_bytes(), 32);
     assert!(check(&trust, &cert, "server1", &tpm_style).is_ok());
-    let _ = Duration::ZERO;
 }
 
 #[test]

@@ -1,0 +1,334 @@
+//! NVFlare's authenticator flow through the agent, with a project PKI made by openssl the
+//! way `nvflare provision` shapes it (root CA; leaf certificates with only a SAN), and the
+//! server side's signatures made by openssl with PSS at maximum salt — the agent verifies
+//! the server before it signs, refuses every forged reply class with its own code, and
+//! signs exactly `client_cn + server_nonce`.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+
+use base64::Engine;
+use keyward_agent::client::{AgentClient, ClientError};
+use keyward_core::protocol::{ErrorCode, Operation, Reply};
+use keyward_core::KeyId;
+use keyward_tests::tools::assert_success;
+use keyward_tests::{openssl, AgentProcess, Site};
+
+struct Ca {
+    key: String,
+    crt: String,
+}
+
+fn ca(site: &Site, name: &str) -> Ca {
+    let key = site.path(&format!("{name}.key")).display().to_string();
+    let crt = site.path(&format!("{name}.crt")).display().to_string();
+    assert_success(&openssl(&["genrsa", "-out", &key, "2048"]), "CA key");
+    assert_success(
+        &openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            "/CN=example_project",
+            "-days",
+            "2",
+            "-out",
+            &crt,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        ]),
+        "CA cert",
+    );
+    Ca { key, crt }
+}
+
+/// Issues a leaf for `cn` with an openssl-made key; returns (key path, cert path).
+fn server_leaf(site: &Site, ca: &Ca, cn: &str, tag: &str, ext: &str) -> (String, String) {
+    let key = site.path(&format!("{tag}.key")).display().to_string();
+    let csr = site.path(&format!("{tag}.csr")).display().to_string();
+    let crt = site.path(&format!("{tag}.crt")).display().to_string();
+    assert_success(&openssl(&["genrsa", "-out", &key, "2048"]), "server key");
+    assert_success(&openssl(&["req", "-new", "-key", &key, "-subj", &format!("/CN={cn}"), "-out", &csr]), "server csr");
+    sign_csr(site, ca, &csr, &crt, ext);
+    (key, crt)
+}
+
+fn sign_csr(site: &Site, ca: &Ca, csr: &str, crt: &str, ext: &str) {
+    let ext_file = site.path(&format!("{}.ext", rand::random::<u32>()));
+    std::fs::write(&ext_file, ext).unwrap();
+    assert_success(
+        &openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            csr,
+            "-CA",
+            &ca.crt,
+            "-CAkey",
+            &ca.key,
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            crt,
+            "-extfile",
+            ext_file.to_str().unwrap(),
+        ]),
+        "issue certificate",
+    );
+}
+
+/// What NVFlare's server does: `sign_content` with PSS, MGF1-SHA256, salt = MAX, SHA-256.
+fn server_sign(site: &Site, key: &str, msg: &[u8]) -> Vec<u8> {
+    let tag = rand::random::<u32>();
+    let m = site.path(&format!("m{tag}"));
+    let s = site.path(&format!("s{tag}"));
+    std::fs::write(&m, msg).unwrap();
+    assert_success(
+        &openssl(&[
+            "dgst",
+            "-sha256",
+            "-sign",
+            key,
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:max",
+            "-sigopt",
+            "rsa_mgf1_md:sha256",
+            "-out",
+            s.to_str().unwrap(),
+            m.to_str().unwrap(),
+        ]),
+        "server signature",
+    );
+    std::fs::read(&s).unwrap()
+}
+
+struct Federation {
+    site: Site,
+    ca: Ca,
+    server_key: String,
+    server_crt: String,
+}
+
+fn federation() -> Federation {
+    let site = Site::new();
+    site.generate("site-1", "rsa-2048");
+    let ca = ca(&site, "root");
+    let csr = site.path("site-1.csr").display().to_string();
+    site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1,O=nvidia", "--out", &csr]);
+    let site_crt = site.path("site-1.crt").display().to_string();
+    sign_csr(&site, &ca, &csr, &site_crt, "subjectAltName=DNS:site-1\n");
+    site.keyward_ok(&["cert", "install", "site-1", &site_crt]);
+    let (server_key, server_crt) = server_leaf(&site, &ca, "server1", "server", "subjectAltName=DNS:server1\n");
+    site.append_config(&format!(
+        "[keys.site-1.nvflare]\nroot_ca = \"{}\"\nserver_identity = \"server1\"\n",
+        Path::new(&ca.crt).display()
+    ));
+    Federation { site, ca, server_key, server_crt }
+}
+
+fn key() -> KeyId {
+    KeyId::new("site-1").unwrap()
+}
+
+async fn challenge(c: &mut AgentClient) -> String {
+    let Reply::NvflareChallenge { nonce } = c.call(Operation::NvflareChallenge { key: key() }).await.unwrap() else {
+        panic!("challenge reply")
+    };
+    nonce
+}
+
+fn register_op(client_nonce: &str, cert: &[u8], cn: &str, signature: Vec<u8>, server_nonce: &str) -> Operation {
+    Operation::NvflareRegister {
+        key: key(),
+        client_nonce: client_nonce.into(),
+        server_cert: cert.to_vec(),
+        server_cn: cn.into(),
+        server_signature: signature,
+        server_nonce: server_nonce.into(),
+    }
+}
+
+fn refused(result: Result<Reply, ClientError>) -> ErrorCode {
+    match result {
+        Err(ClientError::Agent { code, .. }) => code,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn verify_with_openssl(site: &Site, cert: &Path, msg: &[u8], sig: &[u8]) -> bool {
+    let (m, s, p) = (site.path("vm"), site.path("vs"), site.path("vp.pem"));
+    std::fs::write(&m, msg).unwrap();
+    std::fs::write(&s, sig).unwrap();
+    assert_success(
+        &openssl(&["x509", "-in", cert.to_str().unwrap(), "-pubkey", "-noout", "-out", p.to_str().unwrap()]),
+        "pubkey",
+    );
+    openssl(&[
+        "dgst",
+        "-sha256",
+        "-sigopt",
+        "rsa_padding_mode:pss",
+        "-sigopt",
+        "rsa_pss_saltlen:222",
+        "-sigopt",
+        "rsa_mgf1_md:sha256",
+        "-verify",
+        p.to_str().unwrap(),
+        "-signature",
+        s.to_str().unwrap(),
+        m.to_str().unwrap(),
+    ])
+    .status
+    .success()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+#[test]
+fn the_agent_verifies_the_server_then_signs_the_registration_and_checks_the_token() {
+    let f = federation();
+    let _agent = AgentProcess::start(&f.site);
+    let server_cert = std::fs::read(&f.server_crt).unwrap();
+    let server_nonce = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
+    let (reply, site_crt) = runtime().block_on(async {
+        let mut c = AgentClient::connect(&f.site.socket).await.unwrap();
+        let nonce = challenge(&mut c).await;
+        assert_eq!(nonce.len(), 36);
+        let server_sig = server_sign(&f.site, &f.server_key, format!("server1{nonce}").as_bytes());
+        let reply = c.call(register_op(&nonce, &server_cert, "server1", server_sig, server_nonce)).await.unwrap();
+        (reply, f.site.state_dir.join("certs/site-1.pem"))
+    });
+    let Reply::NvflareRegistration { cn, cert, signature, session } = reply else { panic!("registration reply") };
+    assert_eq!(cn, "site-1");
+    assert_eq!(cert, std::fs::read(&site_crt).unwrap());
+    let signed = format!("site-1{server_nonce}");
+    assert_eq!(signed.len(), 42);
+    assert!(verify_with_openssl(&f.site, &site_crt, signed.as_bytes(), &signature), "registration signature");
+
+    // The token the server returns, signed by the server (base64 text, as NVFlare sends it).
+    let token = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
+    let token_sig = base64::engine::general_purpose::STANDARD.encode(server_sign(
+        &f.site,
+        &f.server_key,
+        format!("site-1{token}").as_bytes(),
+    ));
+    runtime().block_on(async {
+        let mut c = AgentClient::connect(&f.site.socket).await.unwrap();
+        let ok = c
+            .call(Operation::NvflareVerifyToken {
+                session: session.clone(),
+                client_name: "site-1".into(),
+                token: token.into(),
+                token_signature: token_sig.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(ok, Reply::TokenVerified { server_cn: "server1".into() });
+        let forged = c
+            .call(Operation::NvflareVerifyToken {
+                session,
+                client_name: "site-1".into(),
+                token: "00000000-0000-0000-0000-000000000000".into(),
+                token_signature: token_sig,
+            })
+            .await;
+        assert_eq!(refused(forged), ErrorCode::TokenSignatureInvalid);
+    });
+    let records = f.site.audit_records();
+    let reg = records.iter().find(|r| r["op"] == "nvflare_register").unwrap();
+    assert_eq!(reg["outcome"], "ok");
+    assert_eq!(reg["profile"], "nvflare");
+    assert_eq!(reg["payload_len"], 42);
+    assert_eq!(reg["payload_sha256"].as_str().unwrap(), keyward_agent::audit::sha256_hex(signed.as_bytes()));
+}
+
+#[test]
+fn forged_replayed_and_foreign_server_replies_get_no_signature() {
+    let f = federation();
+    let _agent = AgentProcess::start(&f.site);
+    let server_cert = std::fs::read(&f.server_crt).unwrap();
+    // Another provision: same names, another root CA.
+    let rogue_ca = ca(&f.site, "rogue-root");
+    let (rogue_key, rogue_crt) = server_leaf(&f.site, &rogue_ca, "server1", "rogue", "subjectAltName=DNS:server1\n");
+    let rogue_cert = std::fs::read(&rogue_crt).unwrap();
+    // The right CA, but an EKU for clients only; and one for another server name.
+    let (eku_key, eku_crt) = server_leaf(&f.site, &f.ca, "server1", "eku", "extendedKeyUsage=clientAuth\n");
+    let (other_key, other_crt) = server_leaf(&f.site, &f.ca, "server2", "other", "subjectAltName=DNS:server2\n");
+
+    runtime().block_on(async {
+        let mut c = AgentClient::connect(&f.site.socket).await.unwrap();
+        let sn = "server-nonce";
+        let sign = |key: &str, nonce: &str| server_sign(&f.site, key, format!("server1{nonce}").as_bytes());
+
+        let n = challenge(&mut c).await;
+        let r = c.call(register_op(&n, &rogue_cert, "server1", sign(&rogue_key, &n), sn)).await;
+        assert_eq!(refused(r), ErrorCode::ServerUntrusted);
+
+        let n = challenge(&mut c).await;
+        let r = c.call(register_op(&n, &server_cert, "server2", sign(&f.server_key, &n), sn)).await;
+        assert_eq!(refused(r), ErrorCode::ServerIdentityMismatch);
+
+        let n = challenge(&mut c).await;
+        let r = c.call(register_op(&n, &std::fs::read(&other_crt).unwrap(), "server1", sign(&other_key, &n), sn)).await;
+        assert_eq!(refused(r), ErrorCode::ServerIdentityMismatch);
+
+        let n = challenge(&mut c).await;
+        let r = c.call(register_op(&n, &std::fs::read(&eku_crt).unwrap(), "server1", sign(&eku_key, &n), sn)).await;
+        assert_eq!(refused(r), ErrorCode::ServerCertUsage);
+
+        let n = challenge(&mut c).await;
+        let r = c.call(register_op(&n, &server_cert, "server1", sign(&f.server_key, "some-other-nonce"), sn)).await;
+        assert_eq!(refused(r), ErrorCode::ServerSignatureInvalid);
+
+        let r =
+            c.call(register_op("never-issued", &server_cert, "server1", sign(&f.server_key, "never-issued"), sn)).await;
+        assert_eq!(refused(r), ErrorCode::NonceUnknown);
+
+        // A genuine reply works once; replaying it is refused.
+        let n = challenge(&mut c).await;
+        let good = sign(&f.server_key, &n);
+        assert!(c.call(register_op(&n, &server_cert, "server1", good.clone(), sn)).await.is_ok());
+        let r = c.call(register_op(&n, &server_cert, "server1", good, sn)).await;
+        assert_eq!(refused(r), ErrorCode::NonceReplayed);
+
+        // A nonce used by a refused attempt cannot be retried either.
+        let n = challenge(&mut c).await;
+        let r = c.call(register_op(&n, &rogue_cert, "server1", sign(&rogue_key, &n), sn)).await;
+        assert_eq!(refused(r), ErrorCode::ServerUntrusted);
+        let r = c.call(register_op(&n, &server_cert, "server1", sign(&f.server_key, &n), sn)).await;
+        assert_eq!(refused(r), ErrorCode::NonceReplayed);
+    });
+    let regs: Vec<_> = f.site.audit_records().into_iter().filter(|r| r["op"] == "nvflare_register").collect();
+    assert_eq!(regs.len(), 10);
+    assert_eq!(regs.iter().filter(|r| r["outcome"] == "ok").count(), 1, "exactly one registration was signed");
+    let signatures = f.site.keyward_ok(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&signatures.stdout).unwrap();
+    assert_eq!(status["signatures"], 1);
+}
+
+#[test]
+fn a_key_without_nvflare_settings_refuses_the_flow_and_raw_ops_follow_policy() {
+    let site = Site::new();
+    site.generate("site-1", "rsa-2048");
+    site.append_config("[keys.site-1]\nallow_sign = false\nallow_decrypt = false\n");
+    let _agent = AgentProcess::start(&site);
+    runtime().block_on(async {
+        let mut c = AgentClient::connect(&site.socket).await.unwrap();
+        assert_eq!(refused(c.call(Operation::NvflareChallenge { key: key() }).await), ErrorCode::PolicyDenied);
+        let sign = Operation::Sign { key: key(), profile: "nvflare".into(), data: b"x".to_vec() };
+        assert_eq!(refused(c.call(sign).await), ErrorCode::PolicyDenied);
+        let decrypt = Operation::Decrypt { key: key(), data: vec![0; 256] };
+        assert_eq!(refused(c.call(decrypt).await), ErrorCode::PolicyDenied);
+        assert!(c.call(Operation::PublicKey { key: key() }).await.is_ok());
+    });
+}
