@@ -250,6 +250,16 @@ fn the_agent_verifies_the_server_then_signs_the_registration_and_checks_the_toke
     assert_eq!(reg["profile"], "nvflare");
     assert_eq!(reg["payload_len"], 42);
     assert_eq!(reg["payload_sha256"].as_str().unwrap(), keyward_agent::audit::sha256_hex(signed.as_bytes()));
+
+    // The same message through a plain `sign` is refused: no registration without the checks.
+    // Other `nvflare`-profile signatures (the cell cipher's) still work.
+    runtime().block_on(async {
+        let mut c = AgentClient::connect(&f.site.socket).await.unwrap();
+        let plain = Operation::Sign { key: key(), profile: "nvflare".into(), data: signed.clone().into_bytes() };
+        assert_eq!(refused(c.call(plain).await), ErrorCode::PolicyDenied);
+        let cipher_like = Operation::Sign { key: key(), profile: "nvflare".into(), data: vec![1u8; 300] };
+        assert!(c.call(cipher_like).await.is_ok());
+    });
 }
 
 #[test]

@@ -131,6 +131,30 @@ pub fn verify_token(
     Ok(Reply::TokenVerified { server_cn: s.server.cn.clone() })
 }
 
+/// For a key with NVFlare settings, a plain `sign` of something shaped like a registration
+/// (`site_cn + uuid`) is refused: registrations go through `nvflare_register`, where the
+/// agent verifies the server first. NVFlare's other use of the key, the cell cipher, signs
+/// `0x01 || nonce || ...`, which never has that shape.
+pub fn refuse_registration_shaped(agent: &Agent, key: &KeyId, data: &[u8]) -> Result<(), Failure> {
+    if agent.policies.get(key).nvflare.is_none() {
+        return Ok(());
+    }
+    let Some(cn) = agent.certs.get(key).as_deref().and_then(site_cn) else { return Ok(()) };
+    let shaped = data
+        .strip_prefix(cn.as_bytes())
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .is_some_and(|rest| uuid::Uuid::try_parse(rest).is_ok());
+    if shaped {
+        return Err(Failure {
+            code: ErrorCode::PolicyDenied,
+            message: format!(
+                "refusing a plain signature over `{cn}` + nonce with key `{key}`: NVFlare registrations must use nvflare_register, which verifies the server first"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The subject CN of the leaf in a PEM certificate chain.
 fn site_cn(cert_pem: &str) -> Option<String> {
     let block = ::pem::parse_many(cert_pem).ok()?.into_iter().find(|b| b.tag() == "CERTIFICATE")?;

@@ -142,6 +142,7 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             if !agent.policies.get(&key).allow_sign {
                 return Err(denied(&key, "sign"));
             }
+            nvflare::refuse_registration_shaped(agent, &key, &data)?;
             let (signature, used) = sign(agent, key, profile, data).await?;
             Stats::bump(&agent.stats.signatures);
             let extra = AuditExtra { profile: Some(used), signed: None };
