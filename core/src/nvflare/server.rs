@@ -99,6 +99,15 @@ impl ServerTrust {
             });
         }
         let chain = certificates(reply.cert_pem)?;
+        // webpki takes the root as a bare trust anchor; NVFlare's verifier also refuses an
+        // expired root, so check its validity here.
+        let (_, root_cert) =
+            X509Certificate::from_der(&self.root_der).map_err(|_| ChallengeError::Malformed("root CA certificate"))?;
+        let now_asn1 =
+            x509_parser::time::ASN1Time::from_timestamp(since_epoch_secs(now)?).map_err(|_| ChallengeError::Expired)?;
+        if !root_cert.validity().is_valid_at(now_asn1) {
+            return Err(ChallengeError::Expired);
+        }
         let root = CertificateDer::from(self.root_der.as_slice());
         let anchor =
             webpki::anchor_from_trusted_cert(&root).map_err(|_| ChallengeError::Malformed("root CA certificate"))?;
@@ -137,6 +146,11 @@ impl ServerTrust {
             .map_err(|_| ChallengeError::BadServerSignature)?;
         Ok(VerifiedServer { cn: reply.cn.to_owned(), spki_der })
     }
+}
+
+fn since_epoch_secs(now: SystemTime) -> Result<i64, ChallengeError> {
+    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| ChallengeError::Expired)?.as_secs();
+    i64::try_from(secs).map_err(|_| ChallengeError::Expired)
 }
 
 impl VerifiedServer {

@@ -22,7 +22,7 @@ pub enum ErrorCode {
     UnknownOperation,
     /// Fields are missing, of the wrong type, or invalid (a bad key name, bad base64).
     InvalidRequest,
-    /// The caller's uid/gid is not allowed, or the key's policy refuses the operation.
+    /// The caller's uid/gid is not allowed to use the agent; the connection is closed.
     PermissionDenied,
     /// No such key.
     UnknownKey,

@@ -25,8 +25,13 @@ fn rsa_key() -> (rsa::RsaPrivateKey, KeyPair) {
 }
 
 fn project_ca(name: &str) -> Pki {
+    project_ca_with(name, |_| {})
+}
+
+fn project_ca_with(name: &str, tweak: impl FnOnce(&mut CertificateParams)) -> Pki {
     let (_, pair) = rsa_key();
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    tweak(&mut params);
     params.distinguished_name.push(DnType::CommonName, name);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
@@ -124,6 +129,18 @@ fn every_class_of_forged_reply_is_refused_with_its_own_error() {
     // And the genuine one, last, still passes — with salt 32 as a TPM would make it.
     let tpm_style = pss_sign(&key, format!("server1{NONCE}").as_bytes(), 32);
     assert!(check(&trust, &cert, "server1", &tpm_style).is_ok());
+}
+
+#[test]
+fn an_expired_root_ca_is_refused() {
+    let pki = project_ca_with("example_project", |p| {
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    });
+    let (key, cert) = server_cert(&pki, "server1", |_| {});
+    let trust = ServerTrust::new(pki.ca_pem.as_bytes(), "server1").unwrap();
+    let sig = pss_sign(&key, format!("server1{NONCE}").as_bytes(), 222);
+    assert_eq!(check(&trust, &cert, "server1", &sig), Err(ChallengeError::Expired));
 }
 
 #[test]
