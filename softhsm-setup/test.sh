@@ -24,7 +24,7 @@ set -euo pipefail
 umask 077
 
 readonly PROG="test"
-readonly TOTAL_STEPS=4
+readonly TOTAL_STEPS=7
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
@@ -58,9 +58,15 @@ KEYWARD_PYTHON="$(bash "$HERE/python-venv.sh" "$REPO_ROOT/.venv")"
 [[ -x "$KEYWARD_PYTHON" ]] || die "python-venv.sh did not return a usable python ($KEYWARD_PYTHON)"
 export KEYWARD_PYTHON
 log "KEYWARD_PYTHON=$KEYWARD_PYTHON"
+# The keyward Python package (editable) with the pinned real nvflare for its e2e tests.
+"$KEYWARD_PYTHON" -m pip install --disable-pip-version-check -q -e "$REPO_ROOT/python[nvflare,test]" >&2
 
 command -v cargo >/dev/null 2>&1 ||
     die "cargo not found: install a Rust toolchain >= 1.85 (e.g. https://rustup.rs) and rerun"
+
+step "checking format and lints (cargo fmt --check, cargo clippy -D warnings)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 
 step "building the workspace (cargo build --workspace --all-targets)"
 cargo build --workspace --all-targets
@@ -68,12 +74,10 @@ cargo build --workspace --all-targets
 step "running the Rust tests (cargo test --workspace -- --test-threads 4)"
 cargo test --workspace -- --test-threads 4
 
-# ---------------------------------------------------------------------------
-# TODO(python tests): once python/ exists, run its pytest suite here with the
-# venv python, and bump TOTAL_STEPS above to 5, e.g.:
-#
-# step "running the Python tests (pytest python/)"
-# "$KEYWARD_PYTHON" -m pytest -q python/
-# ---------------------------------------------------------------------------
+step "running the Python tests (pytest python/tests, real agent and real nvflare)"
+KEYWARD_BIN="$REPO_ROOT/target/debug/keyward" "$KEYWARD_PYTHON" -m pytest -q "$REPO_ROOT/python/tests"
+
+step "running the benchmark once in --quick mode (keeps it working; asserts no speed)"
+cargo run -q -p keyward-tests --bin keyward-bench -- --quick >/dev/null
 
 log "all tests passed"

@@ -1,0 +1,211 @@
+"""What the e2e tests use besides fixtures: the keyward binary lookup, a CA shaped like NVFlare's
+provisioning root, the running agent's description, and running Python in a fresh interpreter.
+The fixtures themselves (the agent, the throwaway venvs) are in conftest.py."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from keyward import KeywardClient, errors
+
+REPO_ROOT = Path(__file__).resolve().parents[3]
+INIT_SCRIPT = REPO_ROOT / "softhsm-setup" / "init-softhsm-token.sh"
+PROJECT = "example_project"
+READY_LIMIT_S = 20.0
+
+
+def keyward_bin() -> Path:
+    path = Path(os.environ.get("KEYWARD_BIN") or REPO_ROOT / "target" / "debug" / "keyward")
+    if not path.is_file() or not os.access(path, os.X_OK):
+        pytest.fail(
+            f"keyward binary `{path}` not found: build it with `cargo build -p keyward-agent` "
+            "or point KEYWARD_BIN at one",
+            pytrace=False,
+        )
+    return path
+
+
+def _name(cn: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+@dataclass
+class Ca:
+    """A root CA like `nvflare provision` makes (nvflare/lighter/utils.py::generate_cert)."""
+
+    key: rsa.RSAPrivateKey
+    cert: x509.Certificate
+
+    @classmethod
+    def new(cls, cn: str = PROJECT) -> "Ca":
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(_name(cn))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=360))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(cn)]), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(key, cert)
+
+    def issue(self, subject: x509.Name, public_key, dns: str) -> x509.Certificate:
+        """A leaf as NVFlare provisions it: SKI, AKI and SAN only (no KeyUsage, no EKU)."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=360))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+            .sign(self.key, hashes.SHA256())
+        )
+
+
+@dataclass
+class Agent:
+    """A running `keyward serve` and everything around it."""
+
+    bin: Path
+    dir: Path
+    env: dict[str, str]
+    socket: str
+    log: Path
+    ca: Ca
+    site_cert: x509.Certificate
+    kit: Path  # a startup kit: client.key (the reference), client.crt, rootCA.pem
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+
+    @property
+    def reference(self) -> Path:
+        return self.kit / "client.key"
+
+    @property
+    def cert_file(self) -> Path:
+        return self.kit / "client.crt"
+
+    @property
+    def root_ca_file(self) -> Path:
+        return self.kit / "rootCA.pem"
+
+    def client(self, **kw) -> KeywardClient:
+        return KeywardClient(self.socket, **kw)
+
+    def keyward(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(self.bin), *args], env=self.env, capture_output=True, text=True, timeout=60)
+        if check and proc.returncode != 0:
+            pytest.fail(f"`keyward {shlex.join(args)}` failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}",
+                        pytrace=False)
+        return proc
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def softhsm_token(dir: Path) -> dict[str, str]:
+    if shutil.which("softhsm2-util") is None:
+        pytest.fail("softhsm2-util not found: run softhsm-setup/install-packages.sh", pytrace=False)
+    proc = subprocess.run(["bash", str(INIT_SCRIPT), str(dir / "hsm"), "fl-site"], capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode != 0:
+        pytest.fail(f"init-softhsm-token.sh failed:\n{proc.stderr}", pytrace=False)
+    out: dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        out[name] = shlex.split(value)[0]
+    return out
+
+
+def wait_ready(agent: Agent) -> None:
+    deadline = time.monotonic() + READY_LIMIT_S
+    client = KeywardClient(agent.socket, timeout=2)
+    while True:
+        assert agent.proc is not None
+        code = agent.proc.poll()
+        if code is not None:
+            pytest.fail(f"`keyward serve` exited with {code} before it was ready; log:\n{agent.log_text()}",
+                        pytrace=False)
+        try:
+            client.hello()
+            return
+        except errors.KeywardError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"agent not ready after {READY_LIMIT_S} s; log:\n{agent.log_text()}", pytrace=False)
+        time.sleep(0.02)
+
+
+def stop_agent(agent: Agent) -> None:
+    proc = agent.proc
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def run_python(code: str, *, python: str = sys.executable, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
+    """Runs ``code`` (dedented) in a fresh interpreter; KEYWARD_* from this process are dropped."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}
+    full.update(env or {})
+    return subprocess.run([python, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full,
+                          timeout=timeout)
+
+
+def make_linked_venv(base: Path) -> str:
+    """A venv in ``base`` (no pip) whose site-packages holds one .pth that calls
+    ``site.addsitedir`` on this interpreter's site-packages, so that the repo venv's packages
+    and their own .pth files (keyward's editable install among them) are seen. Returns its python."""
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base)], check=True, timeout=120)
+    py = str(base / "bin" / "python")
+    purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    outer = sysconfig.get_paths()["purelib"]
+    # "00-" sorts before keyward_nvflare.pth: site processes .pth files in name order.
+    Path(purelib, "00-keyward-test-base.pth").write_text(f"import site; site.addsitedir({outer!r})\n")
+    return py
