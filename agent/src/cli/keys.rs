@@ -138,7 +138,7 @@ fn import(store: &mut dyn KeyStore, name: &KeyId, from: &Path, destroy_source: b
 
 /// Overwrites the file with zeros, syncs, and unlinks it. (On copy-on-write or journaling
 /// file systems and SSDs the old blocks may survive; docs/security.md says so.)
-fn destroy(path: &Path, len: usize) -> Result<()> {
+pub(super) fn destroy(path: &Path, len: usize) -> Result<()> {
     let mut file =
         std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening `{}`", path.display()))?;
     file.write_all(&vec![0u8; len.max(4096)])?;

@@ -9,6 +9,7 @@ mod agent_ops;
 mod cert;
 mod init;
 mod keys;
+mod nvflare;
 mod serve;
 
 use std::path::PathBuf;
@@ -73,6 +74,9 @@ enum Command {
     /// Manage the certificates of keys.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// NVFlare startup kits: move a site's key into the token.
+    #[command(subcommand)]
+    Nvflare(nvflare::NvflareCommand),
     /// Run the agent.
     Serve,
     /// Ask the running agent for its health and counters.
@@ -116,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Key(cmd) => keys::run(&load()?, cmd),
         Command::Csr { name, subject, out } => cert::csr(&load()?, &name, &subject, out.as_deref()),
         Command::Cert(cmd) => cert::run(&load()?, cmd),
+        Command::Nvflare(cmd) => nvflare::run(&config_path, &load()?, cmd),
         Command::Serve => serve::run(load()?),
         Command::Status { json, socket } => agent_ops::status(socket_or_config(socket, &config_path)?, json),
         Command::Sign(args) => {

@@ -10,11 +10,15 @@
 //!    `server_cn + client_nonce` for a nonce this agent issued and that was not used before.
 //! 3. [`registration_message`]: what the site key then signs, `client_cn + server_nonce`.
 //! 4. [`VerifiedServer::verify_token`]: the server's signature over `client_name + token`.
+//!
+//! Also [`key_reference`]: the file that takes `client.key`'s place in a startup kit.
 
 mod error;
+mod keyref;
 mod nonce;
 mod server;
 
 pub use error::ChallengeError;
+pub use keyref::{key_reference, KEY_REFERENCE_LABEL};
 pub use nonce::{NonceBook, NONCE_LIFETIME};
 pub use server::{registration_message, ServerReply, ServerTrust, VerifiedServer};

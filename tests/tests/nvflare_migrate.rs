@@ -1,0 +1,135 @@
+//! `keyward nvflare migrate` on a startup kit shaped like `nvflare provision`'s (made with
+//! openssl here; the live-federation test in python/ uses a real provisioned kit): the key
+//! moves into the token, the kit keeps no private key, the agent gets the kit's trust, and
+//! kits the change would break are refused untouched.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+
+use keyward_tests::tools::assert_success;
+use keyward_tests::{openssl, AgentProcess, Site};
+
+fn make_kit(site: &Site) -> PathBuf {
+    let dir = site.path("site-1/startup");
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = |n: &str| dir.join(n).display().to_string();
+    assert_success(&openssl(&["genrsa", "-out", &p("ca.key"), "2048"]), "ca key");
+    assert_success(
+        &openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            &p("ca.key"),
+            "-subj",
+            "/CN=example_project",
+            "-days",
+            "2",
+            "-out",
+            &p("rootCA.pem"),
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+        ]),
+        "root",
+    );
+    assert_success(&openssl(&["genrsa", "-traditional", "-out", &p("client.key"), "2048"]), "client key");
+    assert_success(
+        &openssl(&["req", "-new", "-key", &p("client.key"), "-subj", "/CN=site-1/O=nvidia", "-out", &p("c.csr")]),
+        "csr",
+    );
+    assert_success(
+        &openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &p("c.csr"),
+            "-CA",
+            &p("rootCA.pem"),
+            "-CAkey",
+            &p("ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &p("client.crt"),
+        ]),
+        "client cert",
+    );
+    for extra in ["ca.key", "c.csr", "rootCA.srl"] {
+        let _ = std::fs::remove_file(dir.join(extra));
+    }
+    let fed = r#"{"format_version": 2, "servers": [{"name": "example_project", "identity": "server1",
+        "service": {"scheme": "http", "target": "server1:8002"}}], "client": {"ssl_private_key": "client.key",
+        "ssl_cert": "client.crt", "ssl_root_cert": "rootCA.pem", "connection_security": "tls"}}"#;
+    std::fs::write(dir.join("fed_client.json"), fed).unwrap();
+    dir
+}
+
+fn kit_holds_a_private_key(dir: &Path) -> bool {
+    std::fs::read_dir(dir).unwrap().any(|e| {
+        let text = std::fs::read(e.unwrap().path()).unwrap_or_default();
+        String::from_utf8_lossy(&text).contains("PRIVATE KEY")
+    })
+}
+
+#[test]
+fn migrate_moves_the_key_into_the_token_and_leaves_a_reference() {
+    let site = Site::new();
+    let kit = make_kit(&site);
+    let cert_spki = openssl(&["x509", "-in", kit.join("client.crt").to_str().unwrap(), "-pubkey", "-noout"]).stdout;
+    assert!(kit_holds_a_private_key(&kit));
+
+    let out = site.keyward_ok(&["nvflare", "migrate", kit.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("verified against client.crt") && stderr.contains("undo"), "{stderr}");
+
+    assert!(!kit_holds_a_private_key(&kit), "a private key is still in the kit");
+    let reference = std::fs::read_to_string(kit.join("client.key")).unwrap();
+    assert!(reference.starts_with("-----BEGIN KEYWARD KEY REFERENCE-----\n"), "{reference}");
+    let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
+    let line = list.lines().find(|l| l.starts_with("site-1")).unwrap();
+    assert!(line.contains("imported") && line.ends_with("yes"), "{list}");
+    let public = std::fs::read_to_string(site.public_pem("site-1")).unwrap();
+    assert_eq!(public.as_bytes(), cert_spki.as_slice());
+    let config = std::fs::read_to_string(&site.config).unwrap();
+    assert!(config.contains("[keys.site-1.nvflare]") && config.contains("server_identity = \"server1\""), "{config}");
+
+    // The agent starts with the kit's trust and serves the NVFlare flow for the key.
+    let _agent = AgentProcess::start(&site);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut c = keyward_agent::client::AgentClient::connect(&site.socket).await.unwrap();
+        let key = keyward_core::KeyId::new("site-1").unwrap();
+        assert!(c.call(keyward_core::protocol::Operation::NvflareChallenge { key }).await.is_ok());
+    });
+
+    let again = site.keyward(&["nvflare", "migrate", kit.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already"), "{again:?}");
+}
+
+#[test]
+fn kits_the_change_would_break_are_refused_untouched() {
+    let site = Site::new();
+    let kit = make_kit(&site);
+    let key_before = std::fs::read(kit.join("client.key")).unwrap();
+
+    std::fs::write(kit.join("signature.json"), "{}").unwrap();
+    let out = site.keyward(&["nvflare", "migrate", kit.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("signature.json"), "{out:?}");
+    std::fs::remove_file(kit.join("signature.json")).unwrap();
+
+    // A key that does not belong to the certificate.
+    let other = site.path("other.key");
+    assert_success(&openssl(&["genrsa", "-traditional", "-out", other.to_str().unwrap(), "2048"]), "other key");
+    std::fs::copy(&other, kit.join("client.key")).unwrap();
+    let out = site.keyward(&["nvflare", "migrate", kit.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not the key of"), "{out:?}");
+    std::fs::write(kit.join("client.key"), &key_before).unwrap();
+
+    assert_eq!(std::fs::read(kit.join("client.key")).unwrap(), key_before);
+    let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
+    assert!(!list.contains("site-1"), "nothing may be imported by a refused migration: {list}");
+    assert!(!std::fs::read_to_string(&site.config).unwrap().contains("nvflare"));
+}
