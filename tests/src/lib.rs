@@ -7,9 +7,11 @@
 //! A missing tool is a test failure with a message saying how to install it, never a skip.
 
 pub mod agent;
+pub mod pki;
 pub mod softhsm;
 pub mod tools;
 
 pub use agent::AgentProcess;
+pub use pki::TestCa;
 pub use softhsm::{Site, SoftHsm};
 pub use tools::{openssl, python, workspace_root};

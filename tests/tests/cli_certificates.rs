@@ -5,60 +5,7 @@
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use keyward_tests::tools::assert_success;
-use keyward_tests::{openssl, AgentProcess, Site};
-
-fn make_ca(site: &Site) -> (String, String) {
-    let key = site.path("ca.key").display().to_string();
-    let crt = site.path("ca.crt").display().to_string();
-    assert_success(&openssl(&["genrsa", "-out", &key, "2048"]), "CA key");
-    assert_success(
-        &openssl(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            "/CN=test-project",
-            "-days",
-            "2",
-            "-out",
-            &crt,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-        ]),
-        "CA cert",
-    );
-    (key, crt)
-}
-
-fn issue(site: &Site, ca: &(String, String), csr: &str, out: &str, ext: &str) {
-    let ext_file = site.path(&format!("{out}.ext"));
-    std::fs::write(&ext_file, ext).unwrap();
-    let out_path = site.path(out).display().to_string();
-    assert_success(
-        &openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            csr,
-            "-CA",
-            &ca.1,
-            "-CAkey",
-            &ca.0,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            &out_path,
-            "-extfile",
-            ext_file.to_str().unwrap(),
-        ]),
-        "issue certificate",
-    );
-}
+use keyward_tests::{openssl, AgentProcess, Site, TestCa};
 
 #[test]
 fn csr_is_signed_in_the_token_and_the_issued_certificate_installs_and_is_served() {
@@ -72,8 +19,8 @@ fn csr_is_signed_in_the_token_and_the_issued_certificate_installs_and_is_served(
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("CN = site-1") && text.contains("O = hospital-a") && text.contains("DNS:site-1"), "{text}");
 
-    let ca = make_ca(&site);
-    issue(&site, &ca, &csr, "site-1.crt", "subjectAltName=DNS:site-1\n");
+    let ca = TestCa::new(site.hsm.dir.path(), "ca");
+    ca.issue(csr.as_ref(), &site.path("site-1.crt"), "subjectAltName=DNS:site-1\n");
     let crt = site.path("site-1.crt").display().to_string();
     let out = site.keyward_ok(&["cert", "install", "site-1", &crt]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("installed"));
@@ -87,7 +34,7 @@ fn csr_is_signed_in_the_token_and_the_issued_certificate_installs_and_is_served(
     assert!(!site.state_dir.join("certs/other.pem").exists());
 
     // A certificate whose EKU lacks clientAuth is refused (NVFlare would reject it).
-    issue(&site, &ca, &csr, "server-only.crt", "extendedKeyUsage=serverAuth\n");
+    ca.issue(csr.as_ref(), &site.path("server-only.crt"), "extendedKeyUsage=serverAuth\n");
     let eku = site.keyward(&["cert", "install", "site-1", site.path("server-only.crt").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&eku.stderr).contains("clientAuth"), "{eku:?}");
 

@@ -6,130 +6,40 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use keyward_agent::client::{AgentClient, ClientError};
 use keyward_core::protocol::{ErrorCode, Operation, Reply};
 use keyward_core::KeyId;
+use keyward_tests::pki::sign_pss_max_salt;
 use keyward_tests::tools::assert_success;
-use keyward_tests::{openssl, AgentProcess, Site};
-
-struct Ca {
-    key: String,
-    crt: String,
-}
-
-fn ca(site: &Site, name: &str) -> Ca {
-    let key = site.path(&format!("{name}.key")).display().to_string();
-    let crt = site.path(&format!("{name}.crt")).display().to_string();
-    assert_success(&openssl(&["genrsa", "-out", &key, "2048"]), "CA key");
-    assert_success(
-        &openssl(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &key,
-            "-subj",
-            "/CN=example_project",
-            "-days",
-            "2",
-            "-out",
-            &crt,
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-        ]),
-        "CA cert",
-    );
-    Ca { key, crt }
-}
-
-/// Issues a leaf for `cn` with an openssl-made key; returns (key path, cert path).
-fn server_leaf(site: &Site, ca: &Ca, cn: &str, tag: &str, ext: &str) -> (String, String) {
-    let key = site.path(&format!("{tag}.key")).display().to_string();
-    let csr = site.path(&format!("{tag}.csr")).display().to_string();
-    let crt = site.path(&format!("{tag}.crt")).display().to_string();
-    assert_success(&openssl(&["genrsa", "-out", &key, "2048"]), "server key");
-    assert_success(&openssl(&["req", "-new", "-key", &key, "-subj", &format!("/CN={cn}"), "-out", &csr]), "server csr");
-    sign_csr(site, ca, &csr, &crt, ext);
-    (key, crt)
-}
-
-fn sign_csr(site: &Site, ca: &Ca, csr: &str, crt: &str, ext: &str) {
-    let ext_file = site.path(&format!("{}.ext", rand::random::<u32>()));
-    std::fs::write(&ext_file, ext).unwrap();
-    assert_success(
-        &openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            csr,
-            "-CA",
-            &ca.crt,
-            "-CAkey",
-            &ca.key,
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            crt,
-            "-extfile",
-            ext_file.to_str().unwrap(),
-        ]),
-        "issue certificate",
-    );
-}
-
-/// What NVFlare's server does: `sign_content` with PSS, MGF1-SHA256, salt = MAX, SHA-256.
-fn server_sign(site: &Site, key: &str, msg: &[u8]) -> Vec<u8> {
-    let tag = rand::random::<u32>();
-    let m = site.path(&format!("m{tag}"));
-    let s = site.path(&format!("s{tag}"));
-    std::fs::write(&m, msg).unwrap();
-    assert_success(
-        &openssl(&[
-            "dgst",
-            "-sha256",
-            "-sign",
-            key,
-            "-sigopt",
-            "rsa_padding_mode:pss",
-            "-sigopt",
-            "rsa_pss_saltlen:max",
-            "-sigopt",
-            "rsa_mgf1_md:sha256",
-            "-out",
-            s.to_str().unwrap(),
-            m.to_str().unwrap(),
-        ]),
-        "server signature",
-    );
-    std::fs::read(&s).unwrap()
-}
+use keyward_tests::{openssl, AgentProcess, Site, TestCa};
 
 struct Federation {
     site: Site,
-    ca: Ca,
-    server_key: String,
-    server_crt: String,
+    ca: TestCa,
+    server_key: PathBuf,
+    server_crt: PathBuf,
+}
+
+fn server_sign(site: &Site, key: &Path, msg: &[u8]) -> Vec<u8> {
+    sign_pss_max_salt(site.hsm.dir.path(), key, msg)
 }
 
 fn federation() -> Federation {
     let site = Site::new();
     site.generate("site-1", "rsa-2048");
-    let ca = ca(&site, "root");
-    let csr = site.path("site-1.csr").display().to_string();
-    site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1,O=nvidia", "--out", &csr]);
-    let site_crt = site.path("site-1.crt").display().to_string();
-    sign_csr(&site, &ca, &csr, &site_crt, "subjectAltName=DNS:site-1\n");
-    site.keyward_ok(&["cert", "install", "site-1", &site_crt]);
-    let (server_key, server_crt) = server_leaf(&site, &ca, "server1", "server", "subjectAltName=DNS:server1\n");
+    let ca = TestCa::new(site.hsm.dir.path(), "root");
+    let csr = site.path("site-1.csr");
+    site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1,O=nvidia", "--out", csr.to_str().unwrap()]);
+    let site_crt = site.path("site-1.crt");
+    ca.issue(&csr, &site_crt, "subjectAltName=DNS:site-1\n");
+    site.keyward_ok(&["cert", "install", "site-1", site_crt.to_str().unwrap()]);
+    let (server_key, server_crt) = ca.leaf("/CN=server1", "server", "subjectAltName=DNS:server1\n");
     site.append_config(&format!(
         "[keys.site-1.nvflare]\nroot_ca = \"{}\"\nserver_identity = \"server1\"\n",
-        Path::new(&ca.crt).display()
+        ca.cert.display()
     ));
     Federation { site, ca, server_key, server_crt }
 }
@@ -268,17 +178,17 @@ fn forged_replayed_and_foreign_server_replies_get_no_signature() {
     let _agent = AgentProcess::start(&f.site);
     let server_cert = std::fs::read(&f.server_crt).unwrap();
     // Another provision: same names, another root CA.
-    let rogue_ca = ca(&f.site, "rogue-root");
-    let (rogue_key, rogue_crt) = server_leaf(&f.site, &rogue_ca, "server1", "rogue", "subjectAltName=DNS:server1\n");
+    let rogue_ca = TestCa::new(f.site.hsm.dir.path(), "rogue-root");
+    let (rogue_key, rogue_crt) = rogue_ca.leaf("/CN=server1", "rogue", "subjectAltName=DNS:server1\n");
     let rogue_cert = std::fs::read(&rogue_crt).unwrap();
     // The right CA, but an EKU for clients only; and one for another server name.
-    let (eku_key, eku_crt) = server_leaf(&f.site, &f.ca, "server1", "eku", "extendedKeyUsage=clientAuth\n");
-    let (other_key, other_crt) = server_leaf(&f.site, &f.ca, "server2", "other", "subjectAltName=DNS:server2\n");
+    let (eku_key, eku_crt) = f.ca.leaf("/CN=server1", "eku", "extendedKeyUsage=clientAuth\n");
+    let (other_key, other_crt) = f.ca.leaf("/CN=server2", "other", "subjectAltName=DNS:server2\n");
 
     runtime().block_on(async {
         let mut c = AgentClient::connect(&f.site.socket).await.unwrap();
         let sn = "server-nonce";
-        let sign = |key: &str, nonce: &str| server_sign(&f.site, key, format!("server1{nonce}").as_bytes());
+        let sign = |key: &Path, nonce: &str| server_sign(&f.site, key, format!("server1{nonce}").as_bytes());
 
         let n = challenge(&mut c).await;
         let r = c.call(register_op(&n, &rogue_cert, "server1", sign(&rogue_key, &n), sn)).await;

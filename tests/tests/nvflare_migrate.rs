@@ -8,57 +8,18 @@
 use std::path::{Path, PathBuf};
 
 use keyward_tests::tools::assert_success;
-use keyward_tests::{openssl, AgentProcess, Site};
+use keyward_tests::{openssl, AgentProcess, Site, TestCa};
 
 fn make_kit(site: &Site) -> PathBuf {
     let dir = site.path("site-1/startup");
     std::fs::create_dir_all(&dir).unwrap();
-    let p = |n: &str| dir.join(n).display().to_string();
-    assert_success(&openssl(&["genrsa", "-out", &p("ca.key"), "2048"]), "ca key");
-    assert_success(
-        &openssl(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            &p("ca.key"),
-            "-subj",
-            "/CN=example_project",
-            "-days",
-            "2",
-            "-out",
-            &p("rootCA.pem"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-        ]),
-        "root",
-    );
-    assert_success(&openssl(&["genrsa", "-traditional", "-out", &p("client.key"), "2048"]), "client key");
-    assert_success(
-        &openssl(&["req", "-new", "-key", &p("client.key"), "-subj", "/CN=site-1/O=nvidia", "-out", &p("c.csr")]),
-        "csr",
-    );
-    assert_success(
-        &openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &p("c.csr"),
-            "-CA",
-            &p("rootCA.pem"),
-            "-CAkey",
-            &p("ca.key"),
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-out",
-            &p("client.crt"),
-        ]),
-        "client cert",
-    );
-    for extra in ["ca.key", "c.csr", "rootCA.srl"] {
-        let _ = std::fs::remove_file(dir.join(extra));
-    }
+    let pki = site.path("provision");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = TestCa::new(&pki, "root");
+    let (key, cert) = ca.leaf("/CN=site-1/O=nvidia", "client", "subjectAltName=DNS:site-1\n");
+    std::fs::copy(&ca.cert, dir.join("rootCA.pem")).unwrap();
+    std::fs::copy(key, dir.join("client.key")).unwrap();
+    std::fs::copy(cert, dir.join("client.crt")).unwrap();
     let fed = r#"{"format_version": 2, "servers": [{"name": "example_project", "identity": "server1",
         "service": {"scheme": "http", "target": "server1:8002"}}], "client": {"ssl_private_key": "client.key",
         "ssl_cert": "client.crt", "ssl_root_cert": "rootCA.pem", "connection_security": "tls"}}"#;

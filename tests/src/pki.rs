@@ -1,0 +1,79 @@
+//! [`TestCa`]: a throwaway project PKI made with the real openssl, shaped like
+//! `nvflare provision`'s: a root CA (CA:TRUE, KeyUsage keyCertSign/cRLSign/digitalSignature)
+//! and leaf certificates with only the extensions a test asks for. Plus
+//! [`sign_pss_max_salt`], what NVFlare's `sign_content` does, done by openssl.
+
+use std::path::{Path, PathBuf};
+
+use crate::tools::{assert_success, openssl};
+
+/// A root CA in a test's folder.
+pub struct TestCa {
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// Its certificate (PEM): a kit's `rootCA.pem`.
+    pub cert: PathBuf,
+    dir: PathBuf,
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+impl TestCa {
+    /// A new root CA with subject `CN=example_project`, valid two days; files `<name>.key`
+    /// and `<name>.crt` in `dir`.
+    pub fn new(dir: &Path, name: &str) -> Self {
+        let key = dir.join(format!("{name}.key"));
+        let cert = dir.join(format!("{name}.crt"));
+        assert_success(&openssl(&["genrsa", "-out", s(&key), "2048"]), "CA key");
+        #[rustfmt::skip]
+        let ca_args = [
+            "req", "-x509", "-new", "-key", s(&key), "-subj", "/CN=example_project", "-days", "2", "-out", s(&cert),
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        ];
+        assert_success(&openssl(&ca_args), "CA certificate");
+        Self { key, cert, dir: dir.to_path_buf() }
+    }
+
+    /// Issues `csr` into `out` with the given openssl extension lines (one day validity).
+    pub fn issue(&self, csr: &Path, out: &Path, extensions: &str) {
+        let ext_file = self.dir.join(format!("{}.ext", rand::random::<u32>()));
+        std::fs::write(&ext_file, extensions).expect("extension file");
+        #[rustfmt::skip]
+        #[rustfmt::skip]
+    let args = [
+            "x509", "-req", "-in", s(csr), "-CA", s(&self.cert), "-CAkey", s(&self.key), "-CAcreateserial", "-days", "1",
+            "-out", s(out), "-extfile", s(&ext_file),
+        ];
+        assert_success(&openssl(&args), "issue certificate");
+    }
+
+    /// A new RSA-2048 key (PKCS#1 PEM, as NVFlare writes) and a certificate for `subject`
+    /// (openssl form, `/CN=site-1/O=nvidia`): `<tag>.key`, `<tag>.crt`.
+    pub fn leaf(&self, subject: &str, tag: &str, extensions: &str) -> (PathBuf, PathBuf) {
+        let key = self.dir.join(format!("{tag}.key"));
+        let csr = self.dir.join(format!("{tag}.csr"));
+        let cert = self.dir.join(format!("{tag}.crt"));
+        assert_success(&openssl(&["genrsa", "-traditional", "-out", s(&key), "2048"]), "leaf key");
+        assert_success(&openssl(&["req", "-new", "-key", s(&key), "-subj", subject, "-out", s(&csr)]), "leaf csr");
+        self.issue(&csr, &cert, extensions);
+        (key, cert)
+    }
+}
+
+/// Signs `msg` with `key` as NVFlare's `sign_content` does: RSA-PSS, SHA-256, MGF1-SHA-256,
+/// maximum salt. Temp files go in `dir`.
+pub fn sign_pss_max_salt(dir: &Path, key: &Path, msg: &[u8]) -> Vec<u8> {
+    let tag = rand::random::<u32>();
+    let (m, sig) = (dir.join(format!("m{tag}")), dir.join(format!("s{tag}")));
+    std::fs::write(&m, msg).expect("message file");
+    #[rustfmt::skip]
+    let args = [
+        "dgst", "-sha256", "-sign", s(key), "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:max", "-sigopt",
+        "rsa_mgf1_md:sha256", "-out", s(&sig), s(&m),
+    ];
+    assert_success(&openssl(&args), "PSS signature");
+    std::fs::read(&sig).expect("signature file")
+}
