@@ -3,7 +3,8 @@
 ``KeywardClient`` speaks the agent's socket protocol v1 (docs/protocol.md) with the standard
 library only; errors are ``KeywardError`` subclasses (``keyward.errors``). ``keyward.keyref``
 reads and writes key reference files. The NVFlare plug-in is ``keyward.nvflare`` (needs
-``cryptography``; install with the ``nvflare`` extra) and is not imported here.
+``cryptography``; install with the ``nvflare`` extra) with ``keyward.nvflare_flow`` (NVFlare's
+registration through the agent's NVFlare flow); neither is imported here.
 """
 
 from .client import Connection, KeywardClient
@@ -20,7 +21,7 @@ from .errors import (
     UnknownKey,
 )
 from .keyref import KeyReference
-from .protocol import Hello, KeyInfo, PublicKeyInfo, Signature, Status
+from .protocol import Hello, KeyInfo, PublicKeyInfo, Registration, Signature, Status
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ __all__ = [
     "PermissionDenied",
     "ProtocolError",
     "PublicKeyInfo",
+    "Registration",
     "ReplyTimeout",
     "Signature",
     "Status",

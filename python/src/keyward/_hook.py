@@ -6,7 +6,9 @@ imported yet, a one-name ``sys.meta_path`` finder waits for it and patches it ri
 executes, before any importer sees it; a process that never imports cryptography pays nothing
 more. The wrapper recognises a keyward key reference by its PEM BEGIN line and only then imports
 ``keyward.nvflare`` (and so cryptography's RSA classes); any other input goes to the original
-function unchanged. The design and its limits: docs/nvflare-plugin.md §3.
+function unchanged. Parsing a reference also activates ``nvflare_flow`` (NVFlare's registration
+through the agent), which waits for NVFlare's authenticator module with the same finder
+(``when_imported``). The design and its limits: docs/nvflare-plugin.md §3.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ _MARKER = b"-----BEGIN KEYWARD KEY REFERENCE-----"
 _FLAG = "__keyward_hook__"
 
 
-def _looks_like_reference(data: object) -> bool:
+def looks_like_reference(data: object) -> bool:
+    """Whether ``data`` (bytes) holds a keyward key reference's BEGIN line at the start of a line."""
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
     else:
@@ -44,7 +47,7 @@ def make_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def load_pem_private_key(data: Any, *args: Any, **kwargs: Any) -> Any:
-        if _looks_like_reference(data):
+        if looks_like_reference(data):
             from .nvflare import load_reference_key
 
             return load_reference_key(data, *args, **kwargs)
@@ -73,11 +76,12 @@ def patch_module(module: Any) -> None:
 
 
 class _PatchingLoader:
-    """Runs the real loader, then patches the module. Puts the real loader back on the module
+    """Runs the real loader, then ``after(module)``. Puts the real loader back on the module
     and its spec first, so nothing else ever sees this class."""
 
-    def __init__(self, loader: Any) -> None:
+    def __init__(self, loader: Any, after: Callable[[Any], None]) -> None:
         self._loader = loader
+        self._after = after
 
     def create_module(self, spec: Any) -> Any:
         create = getattr(self._loader, "create_module", None)
@@ -88,20 +92,43 @@ class _PatchingLoader:
         if getattr(module, "__spec__", None) is not None:
             module.__spec__.loader = self._loader
         self._loader.exec_module(module)
-        try:
-            patch_module(module)
-        except Exception as exc:  # never break the import of cryptography
-            _warn(f"could not wrap load_pem_private_key: {exc!r}")
+        self._after(module)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)
 
 
+def _patch_after_import(module: Any) -> None:
+    try:
+        patch_module(module)
+    except Exception as exc:  # never break the import of cryptography
+        _warn(f"could not wrap load_pem_private_key: {exc!r}")
+
+
+#: Whether ``install()`` asked for cryptography's loader to be wrapped (``when_imported`` alone,
+#: e.g. with the hook switched off, must not wrap it).
+_wrap_requested = False
+#: Module name -> callbacks to run once it is imported (``when_imported``).
+_pending: dict[str, list[Callable[[Any], None]]] = {}
+
+
+def _run_pending(name: str, module: Any) -> None:
+    for callback in _pending.pop(name, []):
+        try:
+            callback(module)
+        except Exception as exc:  # never break the import of the module
+            _warn(f"{getattr(callback, '__qualname__', callback)!s} failed after importing {name}: {exc!r}")
+
+
 class _Finder:
-    """A meta path finder for exactly one module name, ``TARGET``."""
+    """A meta path finder for a few module names: ``TARGET``, and those ``when_imported`` waits for."""
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if fullname != TARGET:
+        if fullname == TARGET and _wrap_requested:
+            after: Callable[[Any], None] = _patch_after_import
+        elif fullname in _pending:
+            after = functools.partial(_run_pending, fullname)
+        else:
             return None
         for finder in sys.meta_path:
             if finder is self or isinstance(finder, _Finder):
@@ -112,12 +139,31 @@ class _Finder:
             spec = find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = _PatchingLoader(spec.loader)
+                    spec.loader = _PatchingLoader(spec.loader, after)
                 return spec
         return None
 
     def invalidate_caches(self) -> None:
         pass
+
+
+def _ensure_finder() -> None:
+    if not any(isinstance(f, _Finder) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Finder())
+
+
+def when_imported(name: str, callback: Callable[[Any], None]) -> None:
+    """Calls ``callback(module)`` now if module ``name`` is imported, else right after it is
+    executed, before any importer gets it. The NVFlare plug-in uses it to patch NVFlare's
+    authenticator (``nvflare_flow.py``) in processes that parsed a key reference."""
+    callbacks = _pending.setdefault(name, [])
+    if callback not in callbacks:
+        callbacks.append(callback)
+    module = sys.modules.get(name)
+    if module is not None:
+        _run_pending(name, module)
+        return
+    _ensure_finder()
 
 
 def _warn(message: str) -> None:
@@ -134,12 +180,13 @@ def install() -> bool:
     try:
         if os.environ.get(DISABLE_ENV, "") not in ("", "0"):
             return False
+        global _wrap_requested
+        _wrap_requested = True
         module = sys.modules.get(TARGET)
         if module is not None:
             patch_module(module)
             return True
-        if not any(isinstance(f, _Finder) for f in sys.meta_path):
-            sys.meta_path.insert(0, _Finder())
+        _ensure_finder()
         return True
     except Exception as exc:
         _warn(f"not installed: {exc!r}")
@@ -151,4 +198,4 @@ def installed() -> bool:
     module = sys.modules.get(TARGET)
     if module is not None:
         return is_patched(module)
-    return any(isinstance(f, _Finder) for f in sys.meta_path)
+    return _wrap_requested and any(isinstance(f, _Finder) for f in sys.meta_path)

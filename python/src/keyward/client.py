@@ -18,7 +18,7 @@ from typing import Any
 
 from . import protocol
 from .errors import AgentError, AgentUnreachable, KeywardError, ProtocolError, ReplyTimeout
-from .protocol import Hello, KeyInfo, PublicKeyInfo, Signature, Status
+from .protocol import Hello, KeyInfo, PublicKeyInfo, Registration, Signature, Status
 
 #: Seconds to wait for a connection and for each whole reply. Longer than the agent's default
 #: ``request_timeout_ms`` (10 s), so that a slow token yields the agent's own ``timeout`` error.
@@ -178,6 +178,41 @@ class Connection:
     def status(self) -> Status:
         return Status.from_body(self.request("status"))
 
+    def nvflare_challenge(self, key: str) -> str:
+        _check_str(key, "key")
+        return protocol.parse_challenge(self.request("nvflare_challenge", {"key": key}, key=key))
+
+    def nvflare_register(
+        self,
+        key: str,
+        client_nonce: str,
+        server_cert: bytes,
+        server_cn: str,
+        server_signature: bytes,
+        server_nonce: str,
+    ) -> Registration:
+        for value, name in ((key, "key"), (client_nonce, "client_nonce"), (server_cn, "server_cn"),
+                            (server_nonce, "server_nonce")):
+            _check_str(value, name)
+        _check_bytes(server_cert, "server_cert")
+        _check_bytes(server_signature, "server_signature")
+        fields = {
+            "key": key,
+            "client_nonce": client_nonce,
+            "server_cert": bytes(server_cert),
+            "server_cn": server_cn,
+            "server_signature": bytes(server_signature),
+            "server_nonce": server_nonce,
+        }
+        return Registration.from_body(self.request("nvflare_register", fields, key=key))
+
+    def nvflare_verify_token(self, session: str, client_name: str, token: str, token_signature: str) -> str:
+        for value, name in ((session, "session"), (client_name, "client_name"), (token, "token"),
+                            (token_signature, "token_signature")):
+            _check_str(value, name)
+        fields = {"session": session, "client_name": client_name, "token": token, "token_signature": token_signature}
+        return protocol.parse_token_verified(self.request("nvflare_verify_token", fields))
+
 
 class KeywardClient:
     """The agent at ``socket_path``. Each call opens its own connection; thread-safe.
@@ -243,10 +278,64 @@ class KeywardClient:
         with self.connect() as conn:
             return conn.status()
 
+    # The NVFlare authenticator flow (docs/protocol.md §7). The agent binds a client nonce to
+    # the caller's uid, not to a connection: each call may use its own connection.
+
+    def nvflare_challenge(self, key: str) -> str:
+        """A fresh client nonce (uuid4 text) for NVFlare's challenge message, issued by the agent
+        to this uid for ``key``; valid for 60 s and one ``nvflare_register``.
+
+        Raises:
+            PolicyDenied: the key has no ``[keys.<name>.nvflare]`` section.
+        """
+        with self.connect() as conn:
+            return conn.nvflare_challenge(key)
+
+    def nvflare_register(
+        self,
+        key: str,
+        client_nonce: str,
+        server_cert: bytes,
+        server_cn: str,
+        server_signature: bytes,
+        server_nonce: str,
+    ) -> Registration:
+        """Hands the server's challenge reply to the agent, which verifies it (chain to the pinned
+        root, CN, key usage, PSS signature over ``server_cn + client_nonce``, the nonce it issued)
+        and only then signs ``<site CN> + server_nonce``, a message it builds itself.
+
+        ``server_cert`` is the reply's ``cert`` (the server's PEM bytes, maybe a chain),
+        ``server_signature`` its ``signature`` (raw bytes).
+
+        Raises:
+            NonceUnknown, NonceExpired, NonceReplayed, NonceNotYours, ServerIdentityMismatch,
+            ServerUntrusted, ServerCertExpired, ServerCertUsage, ServerSignatureInvalid,
+            PolicyDenied, InvalidRequest: the agent refused; nothing was signed.
+        """
+        with self.connect() as conn:
+            return conn.nvflare_register(key, client_nonce, server_cert, server_cn, server_signature, server_nonce)
+
+    def nvflare_verify_token(self, session: str, client_name: str, token: str, token_signature: str) -> str:
+        """Verifies the token the server returned at registration (``__token_signature__``, base64
+        text as NVFlare sends it) with the server key verified in ``session``. Returns that
+        server's CN.
+
+        Raises:
+            TokenSignatureInvalid: the signature does not verify over ``client_name + token``.
+            InvalidRequest: the session is unknown or expired (5 minutes).
+        """
+        with self.connect() as conn:
+            return conn.nvflare_verify_token(session, client_name, token, token_signature)
+
 
 def _check_bytes(data: object, name: str) -> None:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"keyward: `{name}` must be bytes-like, not {type(data).__name__}")
+
+
+def _check_str(value: object, name: str) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"keyward: `{name}` must be a str, not {type(value).__name__}")
 
 
 def _os_reason(exc: BaseException) -> str:

@@ -118,6 +118,15 @@ class KeyNotExportable(KeywardError, TypeError):
     contextual = False
 
 
+class RegistrationNotVerified(KeywardError):
+    """The NVFlare plug-in was asked for a registration signature it has no agent-verified
+    registration for (``nvflare_register`` did not run for this server nonce). It never falls
+    back to a plain ``sign``."""
+
+    code = "registration_not_verified"
+    contextual = False
+
+
 # --- errors the agent reported (docs/protocol.md §4) -----------------------------------------
 
 
@@ -410,6 +419,7 @@ __all__ = [
     "PolicyDenied",
     "ProtocolError",
     "ReadTimeout",
+    "RegistrationNotVerified",
     "ReplyTimeout",
     "RequestTimeout",
     "ServerCertExpired",

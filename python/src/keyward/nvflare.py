@@ -284,6 +284,11 @@ def load_reference_key(data: Any, password: Any = None, backend: Any = None, **k
         ref = keyref.parse(data)
     except KeywardError as exc:
         _fail(exc)
+    # This process uses a key held by keyward: route NVFlare's registration through the agent's
+    # NVFlare flow too (nvflare_flow.py), whether or not the agent answers below.
+    from . import nvflare_flow
+
+    nvflare_flow.activate()
     return open_reference(ref)
 
 

@@ -28,7 +28,17 @@ MAX_REQUEST_ID = 2**64 - 1
 #: Key names the agent accepts: 1-64 of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit.
 KEY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
-OPERATIONS = ("hello", "list_keys", "public_key", "sign", "decrypt", "status")
+OPERATIONS = (
+    "hello",
+    "list_keys",
+    "public_key",
+    "sign",
+    "decrypt",
+    "status",
+    "nvflare_challenge",
+    "nvflare_register",
+    "nvflare_verify_token",
+)
 #: The signing profiles of docs/protocol.md §5.
 PROFILES = (
     "nvflare",
@@ -47,6 +57,9 @@ REPLY_KINDS = {
     "sign": "signature",
     "decrypt": "plaintext",
     "status": "status",
+    "nvflare_challenge": "nvflare_challenge",
+    "nvflare_register": "nvflare_registration",
+    "nvflare_verify_token": "token_verified",
 }
 
 
@@ -312,3 +325,43 @@ class Status:
             workers=_int(body, "workers"),
             raw=dict(body),
         )
+
+
+# --- the NVFlare authenticator flow (docs/protocol.md §7) ------------------------------------
+
+
+def parse_challenge(body: Mapping[str, Any]) -> str:
+    """The client nonce of an ``nvflare_challenge`` reply (a uuid4 string)."""
+    nonce = _field(body, "nonce", str)
+    if not nonce:
+        raise ProtocolError("reply field `nonce` is empty")
+    return nonce
+
+
+@dataclass(frozen=True)
+class Registration:
+    """``nvflare_registration`` reply: what the client sends in NVFlare's register message.
+
+    ``cn`` is the site CN from the certificate installed in the agent, ``cert`` that certificate
+    file (PEM bytes, leaf first), ``signature`` the raw RSA-PSS signature over ``cn +
+    server_nonce``, and ``session`` the handle for ``nvflare_verify_token``.
+    """
+
+    cn: str
+    cert: bytes
+    signature: bytes
+    session: str = field(repr=False)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "Registration":
+        return cls(
+            cn=_field(body, "cn", str),
+            cert=b64decode(body.get("cert"), "cert"),
+            signature=b64decode(body.get("signature"), "signature"),
+            session=_field(body, "session", str),
+        )
+
+
+def parse_token_verified(body: Mapping[str, Any]) -> str:
+    """The server CN of a ``token_verified`` reply (the server verified at registration)."""
+    return _field(body, "server_cn", str)

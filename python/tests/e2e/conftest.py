@@ -11,7 +11,6 @@ the session; nothing is skipped.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile
@@ -23,23 +22,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from keyward import keyref
-from kwharness import Agent, Ca, keyward_bin, make_linked_venv, softhsm_token, stop_agent, wait_ready
+from kwharness import Agent, Ca, make_linked_venv, prepare_agent, start_agent, stop_agent
 
 
 @pytest.fixture(scope="session")
 def agent() -> Iterator[Agent]:
-    binary = keyward_bin()
     base = Path(tempfile.mkdtemp(prefix="kwpy", dir="/tmp"))
     try:
-        hsm = softhsm_token(base)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}
-        env.update(SOFTHSM2_CONF=hsm["SOFTHSM2_CONF"], KEYWARD_CONFIG=str(base / "keyward.toml"), KEYWARD_LOG="info")
-        socket_path = str(base / "run" / "agent.sock")
-        ca = Ca.new()
-        agent = Agent(bin=binary, dir=base, env=env, socket=socket_path, log=base / "agent.log", ca=ca,
-                      site_cert=None, kit=base / "kit")  # type: ignore[arg-type]
-        agent.keyward("init", "--backend", "pkcs11", "--module", hsm["KEYWARD_PKCS11_MODULE"], "--token", "fl-site",
-                      "--pin-file", hsm["KEYWARD_PIN_FILE"], "--socket", socket_path, "--state-dir", str(base / "state"))
+        agent = prepare_agent(base)
+        agent.ca = ca = Ca.new()
+        agent.kit = base / "kit"
         agent.keyward("key", "generate", "site-1")
         agent.keyward("key", "generate", "ec-1", "--algorithm", "p-256")
 
@@ -54,15 +46,12 @@ def agent() -> Iterator[Agent]:
         agent.keyward("cert", "install", "site-1", str(cert_file))
 
         agent.kit.mkdir()
-        keyref.write(agent.reference, keyref.KeyReference(socket=socket_path, key="site-1"))
+        keyref.write(agent.reference, keyref.KeyReference(socket=agent.socket, key="site-1"))
         shutil.copy(cert_file, agent.cert_file)
         agent.root_ca_file.write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
 
-        with open(agent.log, "wb") as log:
-            agent.proc = subprocess.Popen([str(binary), "serve"], env=env, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=log)
+        start_agent(agent)
         try:
-            wait_ready(agent)
             yield agent
         finally:
             stop_agent(agent)

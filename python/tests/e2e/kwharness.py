@@ -5,6 +5,7 @@ The fixtures themselves (the agent, the throwaway venvs) are in conftest.py."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shlex
 import shutil
@@ -83,49 +84,64 @@ class Ca:
         )
         return cls(key, cert)
 
-    def issue(self, subject: x509.Name, public_key, dns: str) -> x509.Certificate:
-        """A leaf as NVFlare provisions it: SKI, AKI and SAN only (no KeyUsage, no EKU)."""
-        now = datetime.datetime.now(datetime.timezone.utc)
-        return (
+    def issue(self, subject: x509.Name, public_key, dns: str, *, valid_from: datetime.datetime | None = None,
+              valid_days: float = 360, eku: list | None = None) -> x509.Certificate:
+        """A leaf as NVFlare provisions it: SKI, AKI and SAN only (no KeyUsage, no EKU). ``eku``
+        adds an ExtendedKeyUsage; ``valid_from``/``valid_days`` move the validity period."""
+        start = valid_from or datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(minutes=5)
+        builder = (
             x509.CertificateBuilder()
             .subject_name(subject)
             .issuer_name(self.cert.subject)
             .public_key(public_key)
             .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=360))
+            .not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=valid_days))
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)
             .add_extension(x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
-            .sign(self.key, hashes.SHA256())
         )
+        if eku:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(eku), critical=False)
+        return builder.sign(self.key, hashes.SHA256())
 
 
 @dataclass
 class Agent:
-    """A running `keyward serve` and everything around it."""
+    """A `keyward serve` (once started) and everything around it."""
 
     bin: Path
     dir: Path
     env: dict[str, str]
     socket: str
     log: Path
-    ca: Ca
-    site_cert: x509.Certificate
-    kit: Path  # a startup kit: client.key (the reference), client.crt, rootCA.pem
+    ca: Ca | None = None
+    site_cert: x509.Certificate | None = None
+    kit: Path | None = None  # a startup kit: client.key (the reference), client.crt, rootCA.pem
     proc: subprocess.Popen | None = field(default=None, repr=False)
 
     @property
     def reference(self) -> Path:
+        assert self.kit is not None
         return self.kit / "client.key"
 
     @property
     def cert_file(self) -> Path:
+        assert self.kit is not None
         return self.kit / "client.crt"
 
     @property
     def root_ca_file(self) -> Path:
+        assert self.kit is not None
         return self.kit / "rootCA.pem"
+
+    @property
+    def config(self) -> Path:
+        return Path(self.env["KEYWARD_CONFIG"])
+
+    @property
+    def audit_log(self) -> Path:
+        return self.dir / "state" / "audit.log"
 
     def client(self, **kw) -> KeywardClient:
         return KeywardClient(self.socket, **kw)
@@ -137,8 +153,49 @@ class Agent:
                         pytrace=False)
         return proc
 
+    def append_config(self, text: str) -> None:
+        """Adds TOML to keyward.toml (read by `keyward serve` at start)."""
+        with open(self.config, "a") as f:
+            f.write("\n" + text)
+
+    def enable_nvflare(self, key: str, root_ca: Path, server_identity: str) -> None:
+        """The `[keys.<key>.nvflare]` table (docs/configuration.md): the agent's NVFlare flow."""
+        self.append_config(f"[keys.{key}.nvflare]\nroot_ca = {json.dumps(str(root_ca))}\n"
+                           f"server_identity = {json.dumps(server_identity)}\n")
+
+    def audit_records(self) -> list[dict]:
+        if not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line.strip()]
+
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def prepare_agent(base: Path) -> Agent:
+    """A SoftHSM2 token and a keyward.toml (`keyward init`) in ``base``, with the socket at
+    ``base/run/agent.sock`` and the state in ``base/state``; the agent is not started."""
+    binary = keyward_bin()
+    hsm = softhsm_token(base)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_")}
+    env.update(SOFTHSM2_CONF=hsm["SOFTHSM2_CONF"], KEYWARD_CONFIG=str(base / "keyward.toml"), KEYWARD_LOG="info")
+    socket_path = str(base / "run" / "agent.sock")
+    agent = Agent(bin=binary, dir=base, env=env, socket=socket_path, log=base / "agent.log")
+    agent.keyward("init", "--backend", "pkcs11", "--module", hsm["KEYWARD_PKCS11_MODULE"], "--token", "fl-site",
+                  "--pin-file", hsm["KEYWARD_PIN_FILE"], "--socket", socket_path, "--state-dir", str(base / "state"))
+    return agent
+
+
+def start_agent(agent: Agent) -> None:
+    """Starts `keyward serve` and polls `hello` until it answers; stop it with ``stop_agent``."""
+    with open(agent.log, "ab") as log:
+        agent.proc = subprocess.Popen([str(agent.bin), "serve"], env=agent.env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        wait_ready(agent)
+    except BaseException:
+        stop_agent(agent)
+        raise
 
 
 def softhsm_token(dir: Path) -> dict[str, str]:

@@ -174,3 +174,40 @@ def test_default_target_is_this_interpreters_purelib():
     import sysconfig
 
     assert default_site_packages() == sysconfig.get_paths()["purelib"]
+
+
+def test_when_imported_runs_a_callback_after_the_module_executes_and_only_once():
+    out = ok(PRELUDE + """
+        import sys
+        assert "colorsys" not in sys.modules
+        seen = []
+        def callback(module):
+            seen.append((module.__name__, hasattr(module, "rgb_to_hsv")))
+        hook.when_imported("colorsys", callback)
+        hook.when_imported("colorsys", callback)  # the same callback twice is registered once
+        import colorsys
+        assert colorsys.__loader__.__class__.__name__ != "_PatchingLoader"
+        import importlib; importlib.reload(colorsys)  # ran once: not again
+        hook.when_imported("colorsys", lambda m: seen.append("at once"))  # already imported: now
+        print(seen)
+    """)
+    assert out.strip() == "[('colorsys', True), 'at once']"
+
+
+def test_a_failing_callback_never_breaks_the_import():
+    proc = run(PRELUDE + """
+        hook.when_imported("colorsys", lambda m: 1 / 0)
+        import colorsys
+        print(colorsys.rgb_to_hsv(0, 0, 0))
+    """)
+    assert proc.returncode == 0 and proc.stdout.strip() == "(0.0, 0.0, 0)"
+    assert "keyward: NVFlare hook: " in proc.stderr and "ZeroDivisionError" in proc.stderr
+
+
+def test_when_imported_alone_does_not_wrap_cryptography_when_the_hook_is_off():
+    ok(PRELUDE + """
+        assert hook.install() is False
+        hook.when_imported("colorsys", lambda m: None)
+        from cryptography.hazmat.primitives import serialization
+        assert not hook.is_patched(serialization) and not hook.installed()
+    """, env={"KEYWARD_NVFLARE_DISABLE": "1"})
