@@ -411,6 +411,81 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def _cmd_sign_csr(args: argparse.Namespace) -> int:
+    from cryptography import x509
+
+    from . import enroll
+
+    out = os.path.abspath(args.out)
+    if os.path.lexists(out) and not args.force:
+        print(f"keyward-nvflare: `{out}` exists; pass --force to replace it", file=sys.stderr)
+        return 1
+    try:
+        root = enroll.load_root_ca(args.ca_dir)
+        with open(args.csr, "rb") as f:
+            csr = x509.load_pem_x509_csr(f.read())
+        cert = enroll.sign_csr(root, csr, days=args.days)
+    except (enroll.EnrollError, ValueError, TypeError) as exc:
+        print(f"keyward-nvflare: sign-csr refused `{args.csr}`: {exc}", file=sys.stderr)
+        return 1
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    _write_atomic(out, pem, 0o644)
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    print(f"issued      {out}")
+    print(f"subject     {cert.subject.rfc4514_string()}")
+    print(f"issuer      {cert.issuer.rfc4514_string()} ({root.source})")
+    print(f"serial      {cert.serial_number:x}")
+    print(f"valid       {cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()}")
+    print(f"san         DNS:{enroll.site_name_of(csr)}")
+    print(f"spki sha256 {_fingerprint(spki)}")
+    print("next (site admin): `keyward cert install <key> <cert>`, and put it in the kit as startup/client.crt")
+    return 0
+
+
+def _cmd_write_reference(args: argparse.Namespace) -> int:
+    out = os.path.abspath(args.out)
+    try:
+        ref = keyref.KeyReference(socket=args.socket, key=args.key)  # validates both
+    except keyref.InvalidKeyReference as exc:
+        print(f"keyward-nvflare: write-reference: {exc}", file=sys.stderr)
+        return 2
+    if os.path.lexists(out) and not args.force:
+        try:
+            with open(out, "rb") as f:
+                existing = f.read(1 << 20)
+        except OSError as exc:
+            print(f"keyward-nvflare: cannot read `{out}`: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        if b"PRIVATE KEY" in existing or not keyref.is_reference(existing):
+            print(f"keyward-nvflare: `{out}` exists and is not a key reference (a private key?): move it into the "
+                  "token with `keyward nvflare migrate`, or pass --force to replace it", file=sys.stderr)
+            return 1
+    keyref.write(out, ref)
+    print(f"wrote       {out} (key reference, mode 0644, no secret)")
+    print(f"socket      {ref.socket}")
+    print(f"key         {ref.key}")
+    print(f"check with: keyward-nvflare check {out} --cert {os.path.join(os.path.dirname(out), 'client.crt')}")
+    return 0
+
+
+def _write_atomic(path: str, data: bytes, mode: int) -> None:
+    folder = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".keyward-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="keyward-nvflare",
@@ -429,6 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reference", help="the key reference file (e.g. startup/client.key)")
     p.add_argument("--cert", help="also check that this certificate (e.g. startup/client.crt) matches the key")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the agent (default 10)")
+    p = sub.add_parser(
+        "sign-csr",
+        help="(project admin) issue a site certificate from a CSR with the provisioning root CA, as nvflare "
+        "provision shapes it",
+    )
+    p.add_argument("--ca-dir", required=True, metavar="DIR",
+                   help="the provisioning workspace's state folder (<workspace>/<project>/state: cert.json), or a "
+                   "folder with rootCA.pem and rootCA.key")
+    p.add_argument("--csr", required=True, metavar="FILE", help="the site's CSR (PEM), e.g. from `keyward csr`")
+    p.add_argument("--out", required=True, metavar="CERT", help="where to write the certificate (PEM)")
+    p.add_argument("--days", type=int, default=360, help="validity in days (default 360, capped at the root's)")
+    p.add_argument("--force", action="store_true", help="replace CERT if it exists")
+    p = sub.add_parser("write-reference", help="write a key reference (e.g. startup/client.key) for a key in the agent")
+    p.add_argument("--socket", required=True, help="the agent's socket (absolute path, as in keyward.toml)")
+    p.add_argument("--key", required=True, help="the key name in the agent")
+    p.add_argument("--out", required=True, metavar="FILE", help="the reference file to write (e.g. startup/client.key)")
+    p.add_argument("--force", action="store_true", help="replace FILE even if it is not a key reference")
     return parser
 
 
@@ -436,7 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``keyward-nvflare``. Exit codes as ``keyward``'s: 0 ok, 1 failure,
     2 usage, 3 agent unreachable, 4 refused."""
     args = build_parser().parse_args(argv)
-    handlers = {"install": _cmd_install, "uninstall": _cmd_uninstall, "check": _cmd_check}
+    handlers = {"install": _cmd_install, "uninstall": _cmd_uninstall, "check": _cmd_check,
+                "sign-csr": _cmd_sign_csr, "write-reference": _cmd_write_reference}
     try:
         return handlers[args.command](args)
     except AgentUnreachable as exc:
