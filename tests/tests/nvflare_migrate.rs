@@ -94,3 +94,33 @@ fn kits_the_change_would_break_are_refused_untouched() {
     assert!(!list.contains("site-1"), "nothing may be imported by a refused migration: {list}");
     assert!(!std::fs::read_to_string(&site.config).unwrap().contains("nvflare"));
 }
+
+#[test]
+fn enroll_wires_a_token_born_key_into_a_kit_without_a_key_file() {
+    let site = Site::new();
+    let kit = make_kit(&site);
+    // The kit of a site enrolled with a token-born key has no client.key and a client.crt
+    // issued for the token key's CSR.
+    let private_key_file = std::fs::read(kit.join("client.key")).unwrap();
+    std::fs::remove_file(kit.join("client.key")).unwrap();
+    site.generate("site-1", "rsa-2048");
+    let csr = site.path("site-1.csr");
+    site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1,O=nvidia", "--out", csr.to_str().unwrap()]);
+    let pki = site.path("enroll-ca");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = TestCa::new(&pki, "root");
+    ca.issue(&csr, &kit.join("client.crt"), "subjectAltName=DNS:site-1\n");
+    std::fs::copy(&ca.cert, kit.join("rootCA.pem")).unwrap();
+
+    site.keyward_ok(&["nvflare", "enroll", kit.to_str().unwrap(), "--key", "site-1"]);
+    let reference = std::fs::read_to_string(kit.join("client.key")).unwrap();
+    assert!(reference.starts_with("-----BEGIN KEYWARD KEY REFERENCE-----\n"));
+    assert!(std::fs::read_to_string(&site.config).unwrap().contains("[keys.site-1.nvflare]"));
+    assert!(!kit_holds_a_private_key(&kit));
+
+    // A kit that still holds a private key file is sent to `migrate` instead.
+    std::fs::write(kit.join("client.key"), &private_key_file).unwrap();
+    let out = site.keyward(&["nvflare", "enroll", kit.to_str().unwrap(), "--key", "site-1"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("keyward nvflare migrate"), "{out:?}");
+    assert_eq!(std::fs::read(kit.join("client.key")).unwrap(), private_key_file);
+}

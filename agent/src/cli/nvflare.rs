@@ -32,6 +32,16 @@ pub enum NvflareCommand {
         #[arg(long, value_name = "PATH")]
         python: Option<PathBuf>,
     },
+    /// Wire a key made in the token (keyward key generate + csr + a certificate the project
+    /// admin issued) into a startup kit: install client.crt, trust the kit's root CA and
+    /// server, and write client.key as a key reference.
+    Enroll {
+        /// The kit's `startup` folder (client.crt, rootCA.pem, fed_client.json; no client.key).
+        startup: PathBuf,
+        /// Key name in the token.
+        #[arg(long)]
+        key: KeyId,
+    },
 }
 
 /// Runs a `nvflare` subcommand.
@@ -40,8 +50,12 @@ pub enum NvflareCommand {
 /// Any refusal, naming the file and the reason; nothing is destroyed before the token
 /// holds a proven copy of the key.
 pub fn run(config_path: &Path, config: &Config, cmd: NvflareCommand) -> Result<()> {
-    let NvflareCommand::Migrate { startup, key, python } = cmd;
-    migrate(config_path, config, &startup, key, python.as_deref())
+    match cmd {
+        NvflareCommand::Migrate { startup, key, python } => {
+            migrate(config_path, config, &startup, key, python.as_deref())
+        }
+        NvflareCommand::Enroll { startup, key } => enroll(config_path, config, &startup, &key),
+    }
 }
 
 struct Kit {
@@ -78,7 +92,7 @@ fn read_kit(startup: &Path) -> Result<Kit> {
         .with_context(|| format!("`{}` has no servers[0].identity", fed.display()))?;
     let connection_security = fed_json["client"]["connection_security"].as_str().unwrap_or("mtls").to_owned();
     Ok(Kit {
-        key: kit("client.key")?,
+        key: startup.join("client.key"),
         cert: kit("client.crt")?,
         root_ca: kit("rootCA.pem")?,
         server_identity,
@@ -111,7 +125,9 @@ fn migrate(
     python: Option<&Path>,
 ) -> Result<()> {
     let kit = read_kit(startup)?;
-    let key_text = Zeroizing::new(std::fs::read(&kit.key).with_context(|| format!("reading `{}`", kit.key.display()))?);
+    let key_text = Zeroizing::new(std::fs::read(&kit.key).with_context(|| {
+        format!("reading `{}` (for a key made in the token, use `keyward nvflare enroll`)", kit.key.display())
+    })?);
     if String::from_utf8_lossy(&key_text).contains(KEY_REFERENCE_LABEL) {
         bail!("`{}` is already a keyward key reference: this kit was migrated", kit.key.display());
     }
@@ -152,6 +168,39 @@ fn migrate(
     std::fs::rename(&staged, &kit.key).with_context(|| format!("putting the reference at `{}`", kit.key.display()))?;
     eprintln!("overwrote and removed the private key; `{}` is now a key reference (no secret)", kit.key.display());
 
+    install_plugin(python)?;
+    finish(config, &name, &kit, &certs, config_path);
+    Ok(())
+}
+
+fn enroll(config_path: &Path, config: &Config, startup: &Path, name: &KeyId) -> Result<()> {
+    let kit = read_kit(startup)?;
+    if let Ok(existing) = std::fs::read(&kit.key) {
+        if !String::from_utf8_lossy(&existing).contains(KEY_REFERENCE_LABEL) {
+            bail!(
+                "`{}` exists and is not a key reference; to move that key into the token use `keyward nvflare migrate`",
+                kit.key.display()
+            );
+        }
+    }
+    let cert_pem = std::fs::read(&kit.cert)?;
+    let (_, cert_spki) = cert_cn_and_spki(&cert_pem)?;
+    let mut store = super::keys::open_store(config)?;
+    let public = store.public_key(name)?;
+    if public.spki_der != cert_spki {
+        bail!("`{}` was not issued for token key `{name}`", kit.cert.display());
+    }
+    let certs = CertStore::new(config.cert_dir());
+    certs.install(name, &public, &cert_pem, &kit.cert)?;
+    add_nvflare_trust(config_path, name, &kit)?;
+    let reference = key_reference(&config.socket.display().to_string(), name);
+    crate::files::write_atomic(&kit.key, reference.as_bytes(), 0o644, true)?;
+    eprintln!("wrote the key reference `{}`", kit.key.display());
+    finish(config, name, &kit, &certs, config_path);
+    Ok(())
+}
+
+fn install_plugin(python: Option<&Path>) -> Result<()> {
     if let Some(python) = python {
         let status = std::process::Command::new(python)
             .args(["-m", "keyward.nvflare", "install"])
@@ -163,6 +212,11 @@ fn migrate(
     } else {
         eprintln!("next: in the NVFlare venv, `pip install <keyward>/python` and `keyward-nvflare install`");
     }
+    Ok(())
+}
+
+/// Says what changed, how to undo it, and what still needs doing.
+fn finish(config: &Config, name: &KeyId, kit: &Kit, certs: &CertStore, config_path: &Path) {
     if kit.connection_security == "mtls" {
         eprintln!(
             "note: fed_client.json uses connection_security `mtls`, which needs the key file for TLS. Use `tls` (server too), or the keyward TLS tunnel"
@@ -170,12 +224,17 @@ fn migrate(
     }
     eprintln!(
         "changed: token key `{name}`, {}, [keys.{name}.nvflare] in `{}`, `{}`",
-        certs.path(&name).display(),
+        certs.path(name).display(),
         config_path.display(),
         kit.key.display()
     );
     eprintln!("undo: the key cannot leave the token; to go back, re-provision the site and remove [keys.{name}] from the config");
-    Ok(())
+    if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
+        eprintln!(
+            "note: an agent is running on `{}`; restart it so it loads [keys.{name}.nvflare]",
+            config.socket.display()
+        );
+    }
 }
 
 /// Adds `[keys.<name>.nvflare]` (root CA, server identity) to the config, keeping its layout.
