@@ -1,6 +1,6 @@
 //! `keyward-bench`: signing throughput and latency on a fresh SoftHSM2 token, in one run,
 //! for RSA-2048 (`nvflare` profile) and ECDSA P-256 (`tls-ecdsa-p256-sha256`) with 1 and
-//! 2 concurrent clients, along three paths:
+//! 2 concurrent clients, along four paths:
 //!
 //! - `raw cryptoki`: each thread its own session, `C_Sign` in a loop (the limit);
 //! - `KeyStore`: `Pkcs11Backend::store()` per thread and `KeyStore::sign`;
@@ -8,6 +8,9 @@
 //!   client (no socket, no JSON, no audit): the cost of handing each request to a worker;
 //! - `agent`: the real `keyward serve`, one `AgentClient` connection per client thread,
 //!   sequential requests.
+//!
+//! The paths of one case run in interleaved rounds (see [`ROUNDS`]), so that a busy spell of
+//! a shared machine does not land on one path only.
 //!
 //! Usage: `cargo run --release -p keyward-tests --bin keyward-bench -- [--quick] [--seconds N]`
 //! (or `softhsm-setup/bench.sh`). It prints a Markdown table for `docs/benchmarks.md` and
@@ -64,6 +67,12 @@ const CASES: [Case; 2] = [
 
 const CLIENTS: [usize; 2] = [1, 2];
 
+/// Each case runs its routes this many times, interleaved (A B C D A B C D ...), each for
+/// a share of the time. A row shows the median round and the range; "vs raw" is the median
+/// of the per-round ratios, each taken against the raw loop of the same round, seconds
+/// apart, so that a slow spell of a shared machine skews a ratio less.
+const ROUNDS: usize = 5;
+
 /// The measured paths (routes to `C_Sign`), in the order they run for each case.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Route {
@@ -110,10 +119,6 @@ struct Sample {
 impl Sample {
     fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.wall.as_secs_f64()
-    }
-
-    fn per_op(&self, cpu: Duration) -> f64 {
-        cpu.as_secs_f64() * 1e6 / self.ops.max(1) as f64
     }
 
     fn to_json(self) -> serde_json::Value {
@@ -171,10 +176,11 @@ fn parse_options(args: Vec<String>) -> Result<Options> {
             "-h" | "--help" => {
                 println!(
                     "keyward-bench [--quick] [--seconds N]\n\n\
-                     Signing throughput and latency on a fresh SoftHSM2 token: raw cryptoki, KeyStore and\n\
-                     the agent socket, RSA-2048 `nvflare` and P-256, 1 and 2 clients. Prints Markdown.\n\n\
-                     --quick      about 0.5 s per measurement (CI)\n\
-                     --seconds N  seconds per measurement (default 5; overrides --quick)"
+                     Signing throughput and latency on a fresh SoftHSM2 token: raw cryptoki, KeyStore,\n\
+                     StoreHandle and the agent socket; RSA-2048 `nvflare` and P-256; 1 and 2 clients.\n\
+                     Prints Markdown for docs/benchmarks.md; never fails on a slow result.\n\n\
+                     --quick      about 0.5 s per case and path (CI)\n\
+                     --seconds N  seconds per case and path, split into 5 rounds (default 5; overrides --quick)"
                 );
                 std::process::exit(0);
             }
@@ -186,42 +192,66 @@ fn parse_options(args: Vec<String>) -> Result<Options> {
 
 fn run(options: &Options) -> Result<()> {
     let duration = Duration::from_secs_f64(options.seconds);
+    let date = command_line(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]);
     eprintln!("keyward-bench: creating a SoftHSM2 token and keys");
     let site = Site::new();
     for case in CASES {
         site.generate(case.key, case.algorithm);
     }
     let agent = AgentProcess::start(&site);
-    let agent_pid = agent.pid();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
+    let routes = [Route::Cryptoki, Route::KeyStore, Route::StoreHandle, Route::Agent];
+    let round_time = duration / ROUNDS as u32;
     let mut rows = Vec::new();
     for case in CASES {
         for clients in CLIENTS {
-            for path in [Route::Cryptoki, Route::KeyStore, Route::StoreHandle, Route::Agent] {
-                eprintln!("keyward-bench: {} · {clients} client(s) · {}", case.title, path.title());
-                let sample = match path {
-                    Route::Agent => measure_agent(&agent, case, clients, duration)?,
-                    _ => spawn_in_process(&site, path, case, clients, duration)?,
-                };
-                rows.push((case, clients, path, sample));
+            let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); routes.len()];
+            for round in 1..=ROUNDS {
+                eprintln!("keyward-bench: {} · {clients} client(s) · round {round}/{ROUNDS}", case.title);
+                for (route, samples) in routes.iter().zip(&mut samples) {
+                    samples.push(match route {
+                        Route::Agent => measure_agent(&agent, case, clients, round_time)?,
+                        _ => spawn_in_process(&site, *route, case, clients, round_time)?,
+                    });
+                }
+            }
+            let raw: Vec<f64> = samples[0].iter().map(Sample::ops_per_sec).collect();
+            for (route, mut samples) in routes.into_iter().zip(samples) {
+                let mut ratios: Vec<f64> = samples.iter().zip(&raw).map(|(s, r)| s.ops_per_sec() / r).collect();
+                ratios.sort_by(f64::total_cmp);
+                samples.sort_by(|a, b| a.ops_per_sec().total_cmp(&b.ops_per_sec()));
+                let range = (samples[0].ops_per_sec(), samples[ROUNDS - 1].ops_per_sec());
+                let ops: u64 = samples.iter().map(|s| s.ops).sum();
+                let per_op = |cpu: Duration| cpu.as_secs_f64() * 1e6 / ops.max(1) as f64;
+                let signer_cpu = per_op(samples.iter().map(|s| s.signer_cpu).sum());
+                let client_cpu = samples.iter().map(|s| s.client_cpu).sum::<Option<Duration>>().map(per_op);
+                rows.push(Row {
+                    case,
+                    clients,
+                    route,
+                    median: samples[ROUNDS / 2],
+                    range,
+                    vs_raw: ratios[ROUNDS / 2],
+                    cpu_per_op: (signer_cpu, client_cpu),
+                });
             }
         }
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     drop(agent);
 
-    print_report(options, &rows, agent_pid, [load_before.trim(), load_after.trim()]);
+    print_report(options, &rows, &date, [load_before.trim(), load_after.trim()]);
     Ok(())
 }
 
 /// Runs one in-process measurement in a child (see the module docs for why).
-fn spawn_in_process(site: &Site, path: Route, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+fn spawn_in_process(site: &Site, route: Route, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
     let exe = std::env::current_exe().context("locating the bench binary")?;
     let out = Command::new(exe)
         .env("SOFTHSM2_CONF", &site.hsm.conf)
         .arg("--in-process")
-        .args([path.arg(), case.key, &clients.to_string(), &duration.as_secs_f64().to_string()])
+        .args([route.arg(), case.key, &clients.to_string(), &duration.as_secs_f64().to_string()])
         .arg(&site.hsm.module)
         .arg(&site.hsm.label)
         .arg(&site.hsm.pin_file)
@@ -305,6 +335,12 @@ fn raw_cryptoki(
     sample
 }
 
+/// Logs in to the token the way the agent does.
+fn open_backend(module: &Path, token: &str, pin_file: &Path, workers: usize) -> Result<Pkcs11Backend> {
+    let config = Pkcs11Config { module: module.to_owned(), token: TokenSelector::Label(token.to_owned()), workers };
+    Ok(Pkcs11Backend::open(&config, Pin::from_file(pin_file)?)?)
+}
+
 /// keyward's own store, as the agent's workers use it, without the socket.
 fn keystore(
     module: &Path,
@@ -314,9 +350,7 @@ fn keystore(
     clients: usize,
     duration: Duration,
 ) -> Result<Sample> {
-    let config =
-        Pkcs11Config { module: module.to_owned(), token: TokenSelector::Label(token.to_owned()), workers: clients };
-    let backend = Pkcs11Backend::open(&config, Pin::from_file(pin_file)?)?;
+    let backend = open_backend(module, token, pin_file, clients)?;
     let id = KeyId::new(case.key)?;
     let mut workers = Vec::new();
     for _ in 0..clients {
@@ -337,8 +371,7 @@ fn store_handle(
     clients: usize,
     duration: Duration,
 ) -> Result<Sample> {
-    let config = Pkcs11Config { module: module.to_owned(), token: TokenSelector::Label(token.to_owned()), workers: 2 };
-    let backend = Pkcs11Backend::open(&config, Pin::from_file(pin_file)?)?;
+    let backend = open_backend(module, token, pin_file, 2)?;
     let (handle, pool) = StoreHandle::start(&backend, 1024, Duration::from_secs(10))?;
     let id = KeyId::new(case.key)?;
     let mut workers = Vec::new();
@@ -505,17 +538,31 @@ fn us(d: Duration) -> String {
     }
 }
 
-type Row = (Case, usize, Route, Sample);
-
-fn find(rows: &[Row], key: &str, clients: usize, path: Route) -> Option<Sample> {
-    rows.iter().find(|(c, n, p, _)| c.key == key && *n == clients && *p == path).map(|r| r.3)
+/// One line of the table.
+struct Row {
+    case: Case,
+    clients: usize,
+    route: Route,
+    /// The round with the median rate.
+    median: Sample,
+    /// Slowest and fastest round, ops/s.
+    range: (f64, f64),
+    /// Median of the per-round ratios to the raw loop.
+    vs_raw: f64,
+    /// Signer and client CPU per operation over all rounds, µs.
+    cpu_per_op: (f64, Option<f64>),
 }
 
-fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]) {
-    let args = options.args.join(" ");
+fn find<'a>(rows: &'a [Row], key: &str, clients: usize, route: Route) -> Option<&'a Row> {
+    rows.iter().find(|r| r.case.key == key && r.clients == clients && r.route == route)
+}
+
+fn print_report(options: &Options, rows: &[Row], date: &str, load: [&str; 2]) {
+    let args: String = options.args.iter().map(|a| format!(" {a}")).collect();
+    let args = if args.is_empty() { args } else { format!(" --{args}") };
     println!("## keyward-bench, SoftHSM2\n");
-    println!("- date: {}", command_line(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]));
-    println!("- command: `cargo run --release -p keyward-tests --bin keyward-bench -- {args}`");
+    println!("- date (start): {date}");
+    println!("- command: `cargo run --release -p keyward-tests --bin keyward-bench{args}`");
     println!(
         "- machine: {} × {} (nproc), kernel {}",
         command_line(&["nproc"]),
@@ -525,45 +572,44 @@ fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]
     println!("- SoftHSM: `{}`", command_line(&["dpkg-query", "-W", "softhsm2"]).replace('\t', " "));
     println!("- load average before / after: `{}` / `{}`", load[0], load[1]);
     println!(
-        "- {} s per measurement after a warm-up; message {} bytes; agent pid {agent_pid} with the default 2 workers",
+        "- {} s per case and path, as {ROUNDS} interleaved rounds (each after a warm-up); message {} bytes; \
+         the agent has the default 2 workers",
         options.seconds,
         MESSAGE.len()
     );
     println!();
     println!(
-        "| key / profile | clients | path | ops/s | p50 µs | p99 µs | vs raw | signer CPU µs/op | client CPU µs/op |"
+        "| key / profile | clients | path | ops/s | rounds min–max | p50 µs | p99 µs | vs raw | signer CPU µs/op | client CPU µs/op |"
     );
-    println!("|---|--:|---|--:|--:|--:|--:|--:|--:|");
-    for (case, clients, path, s) in rows {
-        let raw = find(rows, case.key, *clients, Route::Cryptoki).map_or(f64::NAN, |r| r.ops_per_sec());
-        let client = s.client_cpu.map_or_else(|| "–".to_owned(), |c| format!("{:.0}", s.per_op(c)));
+    println!("|---|--:|---|--:|--:|--:|--:|--:|--:|--:|");
+    for Row { case, clients, route, median: s, range: (min, max), vs_raw, cpu_per_op: (signer, client) } in rows {
+        let client = client.map_or_else(|| "–".to_owned(), |c| format!("{c:.0}"));
         println!(
-            "| {} | {clients} | {} | {:.0} | {} | {} | {:.1}% | {:.0} | {client} |",
+            "| {} | {clients} | {} | {:.0} | {min:.0}–{max:.0} | {} | {} | {:.1}% | {:.0} | {client} |",
             case.title,
-            path.title(),
+            route.title(),
             s.ops_per_sec(),
             us(s.p50),
             us(s.p99),
-            100.0 * s.ops_per_sec() / raw,
-            s.per_op(s.signer_cpu),
+            100.0 * vs_raw,
+            signer,
         );
     }
     println!();
+    println!(
+        "ops/s, p50, p99: the median of {ROUNDS} rounds; vs raw: the median of the per-round ratios to the raw cryptoki \
+         loop of the same case; CPU: over all rounds."
+    );
     println!("signer CPU: utime+stime of the process that calls C_Sign (the bench child for in-process paths, the agent for the socket path) per operation; client CPU: the bench process driving the agent.");
     println!();
     println!("### Targets (issue 3)\n");
-    let ratio = |key: &str, clients: usize| -> Option<f64> {
-        Some(
-            find(rows, key, clients, Route::Agent)?.ops_per_sec()
-                / find(rows, key, clients, Route::Cryptoki)?.ops_per_sec(),
-        )
-    };
+    let ratio = |key: &str, clients: usize| find(rows, key, clients, Route::Agent).map(|r| r.vs_raw);
     let verdict = |value: f64, target: f64| if value >= target { "met" } else { "not met" };
     for (key, name, target) in [("rsa", "RSA-2048", 0.95), ("ec", "P-256", 0.90)] {
         for clients in CLIENTS {
             if let Some(r) = ratio(key, clients) {
                 println!(
-                    "- {name}, {clients} client(s): agent = {:.1}% of raw (target ≥ {:.0}%): {}",
+                    "- {name}, clients {clients}: agent = {:.1}% of raw (target ≥ {:.0}%): {}",
                     100.0 * r,
                     100.0 * target,
                     verdict(r, target)
@@ -573,13 +619,13 @@ fn print_report(options: &Options, rows: &[Row], agent_pid: u32, load: [&str; 2]
     }
     for path in [Route::Cryptoki, Route::Agent] {
         if let (Some(one), Some(two)) = (find(rows, "rsa", 1, path), find(rows, "rsa", 2, path)) {
-            let scale = two.ops_per_sec() / one.ops_per_sec();
+            let scale = two.median.ops_per_sec() / one.median.ops_per_sec();
             let target = if path == Route::Agent {
                 format!(" (target ≥ 1.8×): {}", verdict(scale, 1.8))
             } else {
                 String::new()
             };
-            println!("- RSA-2048 2 clients / 1 client, {}: {scale:.2}×{target}", path.title());
+            println!("- RSA-2048 2 clients / 1 client, {}: {scale:.3}×{target}", path.title());
         }
     }
 }

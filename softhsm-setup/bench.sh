@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+#
+# bench.sh - keyward's signing benchmark on SoftHSM2 (docs/benchmarks.md).
+#
+# Purpose:  measure, in one run, signing throughput and p50/p99 latency for
+#           RSA-2048 (`nvflare` profile) and ECDSA P-256 with 1 and 2 clients:
+#           a raw cryptoki loop (the limit), keyward's KeyStore and StoreHandle
+#           in-process, and the real agent through its Unix socket. Prints a
+#           Markdown table with the machine, the date and the command; copy it
+#           into docs/benchmarks.md by hand. Never fails on a slow result.
+#
+# Usage:    softhsm-setup/bench.sh [--quick] [--seconds N]
+#               --quick      about 0.5 s per measurement (what CI runs)
+#               --seconds N  seconds per measurement (default 5)
+#           Arguments are passed to the keyward-bench binary unchanged.
+#
+# Env vars: CI               when "true", cargo output is uncoloured
+#           CARGO_TARGET_DIR, CARGO_*, RUST* are honoured by cargo as usual.
+#
+# Changes on the machine:
+#           installs missing apt packages (install-packages.sh, may use sudo);
+#           cargo builds the release profile into target/. The benchmark makes
+#           its own SoftHSM2 token and agent in a temp dir under /tmp and
+#           removes both when it ends.
+#
+set -euo pipefail
+umask 077
+
+readonly PROG="bench"
+
+log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
+die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+
+case "${1:-}" in
+    -h | --help)
+        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
+        exit 0
+        ;;
+esac
+
+HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
+REPO_ROOT="$(cd -- "$HERE/.." && pwd -P)"
+cd -- "$REPO_ROOT"
+
+if [[ "${CI:-}" == "true" ]]; then
+    export CARGO_TERM_COLOR=never
+fi
+
+log "installing missing system packages"
+bash "$HERE/install-packages.sh"
+
+command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found: install a Rust toolchain >= 1.85 (e.g. https://rustup.rs) and rerun"
+
+# The bench starts target/release/keyward (next to its own binary): build both.
+log "building (cargo build --release -p keyward-agent -p keyward-tests)"
+cargo build --release -p keyward-agent -p keyward-tests
+
+log "running keyward-bench $*"
+cargo run --release -q -p keyward-tests --bin keyward-bench -- "$@"
