@@ -74,10 +74,24 @@ impl AgentClient {
         self.next_id += 1;
         let request = Request { v: protocol::PROTOCOL_VERSION, id, op };
         let body = serde_json::to_vec(&request).map_err(ClientError::BadReply)?;
-        self.framed.send(bytes::Bytes::from(body)).await?;
+        if let Err(e) = self.framed.send(bytes::Bytes::from(body)).await {
+            // The agent may have answered and closed before reading (a refused peer gets
+            // `permission_denied` at once): read that answer rather than report the pipe.
+            if !matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
+                return Err(e.into());
+            }
+            let frame = self.framed.next().await.ok_or(ClientError::Io(e))??;
+            return Self::outcome(&frame, None);
+        }
         let frame = self.framed.next().await.ok_or(ClientError::Closed)??;
-        let response: Response = serde_json::from_slice(&frame).map_err(ClientError::BadReply)?;
-        if response.id != id && response.id != 0 {
+        Self::outcome(&frame, Some(id))
+    }
+
+    /// Parses a reply frame; `expected_id` is checked when given (id 0 is a connection-level
+    /// error the agent sends before it could read a request).
+    fn outcome(frame: &[u8], expected_id: Option<u64>) -> Result<Reply, ClientError> {
+        let response: Response = serde_json::from_slice(frame).map_err(ClientError::BadReply)?;
+        if let Some(id) = expected_id.filter(|id| response.id != *id && response.id != 0) {
             return Err(ClientError::WrongId { sent: id, got: response.id });
         }
         match response.outcome {
