@@ -19,7 +19,9 @@ instance on NVFlare's own code:
 3. The returned ``TokenVerifier`` asks ``nvflare_verify_token`` for the registration token,
    then runs NVFlare's own check.
 
-The start-up hook (``_hook.py``) activates this the first time a process parses a key
+The admin API (``nvflare.fuel.hci.client.api.AdminAPI.connect``) logs the admin in with the same
+``Authenticator``, so an admin key held by keyward is routed the same way (docs/nvflare-plugin.md
+§4b). The start-up hook (``_hook.py``) activates this the first time a process parses a key
 reference (``activate``). Every refusal is logged under the ``keyward`` logger (so it lands
 in NVFlare's log) and raised, which ends the client's start instead of a retry loop. The
 design, its limits and the NVFlare call paths it depends on: docs/nvflare-plugin.md §4a.

@@ -3,9 +3,13 @@
 `nvflare provision` makes a project (server `server1`, client `site-1`, an admin) with
 `connection_security: tls` for the server and the client; the site kit is migrated (`keyward key
 import --destroy-source`, `keyward cert install`, `[keys.site-1.nvflare]` in keyward.toml,
-`startup/client.key` replaced by a key reference, `keyward-nvflare install` in the client's venv);
-the server and the client run from their kits (`startup/sub_start.sh --once`); the client
-registers through the agent's NVFlare flow, and a small ScatterAndGather job runs to completion.
+`startup/client.key` replaced by a key reference, `keyward-nvflare install` in the client's venv),
+and so is the admin's kit (key `admin`, `[keys.admin.nvflare]`, `connection_security: tls` in
+`fed_admin.json`); the server and the client run from their kits (`startup/sub_start.sh --once`);
+the client registers through the agent's NVFlare flow, and a small ScatterAndGather job runs to
+completion. The job is submitted through the FLARE API by the admin whose key is in the token:
+its login goes through the agent's NVFlare flow (peer-bound, like the site's registration), and
+the cert-login signature and `sign_folders` of the job go through the delegating key.
 A kit pointed at the server of another provision gets no signature from the agent
 (`server_untrusted`) and the client exits at once. The last test measures registration time
 with keyward against the plain key file, in the same federation.
@@ -18,6 +22,7 @@ process is started in its own session and stopped by its process group in teardo
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -46,6 +51,8 @@ pytestmark = pytest.mark.federation
 PROJECT = "kwproject"
 SITE = "site-1"
 ADMIN = "admin@nvidia.com"
+#: The admin key's name in the token: a key name cannot hold the `@` of the admin's CN.
+ADMIN_KEY = "admin"
 REGISTERED = f"Successfully registered client:{SITE}"
 REGISTER_LIMIT_S = 60.0
 JOB_LIMIT_S = 120.0
@@ -141,6 +148,13 @@ try:
     print(json.dumps({"job_id": job_id, "status": meta.get("status")}))
 finally:
     session.close()
+"""
+
+
+ADMIN_LOGIN = """
+import sys
+from nvflare.fuel.flare_api.flare_api import new_secure_session
+new_secure_session(sys.argv[1], sys.argv[2], timeout=20).close()
 """
 
 
@@ -319,10 +333,14 @@ class Federation:
                                                    "deploy_map": {"app": ["@ALL"]}, "min_clients": 1}))
         (job / "app" / "config" / "config_fed_server.json").write_text(json.dumps(JOB_SERVER))
         (job / "app" / "config" / "config_fed_client.json").write_text(json.dumps(JOB_CLIENT))
-        proc = subprocess.run([sys.executable, "-c", SUBMIT, ADMIN, str(self.kit.admin), str(job), str(JOB_LIMIT_S)],
+        # The admin's key is in the token: the FLARE API runs in the venv with the plug-in.
+        proc = subprocess.run([self.client_python, "-c", SUBMIT, ADMIN, str(self.kit.admin), str(job),
+                               str(JOB_LIMIT_S)],
                               capture_output=True, text=True, timeout=JOB_LIMIT_S + 60, env=nvflare_env())
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        result["job_dir"] = str(job)
+        return result
 
 
 def migrate_site(site: Path, agent: Agent) -> None:
@@ -334,6 +352,24 @@ def migrate_site(site: Path, agent: Agent) -> None:
     identity = json.loads((startup / "fed_client.json").read_text())["servers"][0]["identity"]
     agent.enable_nvflare(SITE, startup / "rootCA.pem", identity)
     keyref.write(startup / "client.key", keyref.KeyReference(socket=agent.socket, key=SITE))
+
+
+def migrate_admin(admin: Path, agent: Agent) -> None:
+    """The same for the admin's kit (docs/nvflare-plugin.md "Admin users"). `keyward nvflare
+    migrate` reads a site kit's fed_client.json, which an admin kit lacks (it has fed_admin.json),
+    so these are its steps by hand. The agent's NVFlare table makes the admin's login peer-bound
+    like a site's registration; the admin's Cell needs `connection_security: tls` (provision
+    writes `mtls` into fed_admin.json, which would load client.key into Python's TLS context)."""
+    startup = admin / "startup"
+    agent.keyward("key", "import", ADMIN_KEY, "--from", str(startup / "client.key"), "--destroy-source")
+    assert not (startup / "client.key").exists(), "--destroy-source left the key file"
+    agent.keyward("cert", "install", ADMIN_KEY, str(startup / "client.crt"))
+    config = json.loads((startup / "fed_admin.json").read_text())
+    assert config["admin"]["connection_security"] == "mtls", config  # provision's default for admins
+    config["admin"]["connection_security"] = "tls"
+    (startup / "fed_admin.json").write_text(json.dumps(config, indent=2))
+    agent.enable_nvflare(ADMIN_KEY, startup / "rootCA.pem", config["admin"]["server_identity"])
+    keyref.write(startup / "client.key", keyref.KeyReference(socket=agent.socket, key=ADMIN_KEY))
 
 
 @pytest.fixture(scope="module")
@@ -349,6 +385,7 @@ def federation() -> Iterator[Federation]:
 
         agent = prepare_agent(base / "agent")
         migrate_site(kit.site, agent)
+        migrate_admin(kit.admin, agent)
         start_agent(agent)
 
         venv = base / "venv"
@@ -380,11 +417,16 @@ def private_key_files(folder: Path) -> list[Path]:
     return found
 
 
-def test_the_site_registers_through_the_agent_and_a_job_runs_to_completion(federation):
+def test_the_site_registers_through_the_agent_and_the_admins_signed_job_runs_to_completion(federation):
+    """The site registers through the agent; the admin, whose key is in the token too, logs in
+    and submits a job whose folder signatures the agent made; the server accepts it and it
+    completes."""
     fed = federation
     site = fed.kit.site
     assert private_key_files(site) == [], "the migrated kit must hold no private key"
     assert keyref.load(site / "startup" / "client.key").key == SITE
+    assert private_key_files(fed.kit.admin) == [], "the migrated admin kit must hold no private key"
+    assert keyref.load(fed.kit.admin / "startup" / "client.key").key == ADMIN_KEY
 
     client = fed.start_client(site)
     line = wait_for_line(site / "log.txt", REGISTERED, client, REGISTER_LIMIT_S)
@@ -403,7 +445,53 @@ def test_the_site_registers_through_the_agent_and_a_job_runs_to_completion(feder
     assert regs and regs[0]["outcome"] == "ok" and regs[0]["payload_len"] == 42 and regs[0]["key"] == SITE
     assert regs[0]["profile"] == "nvflare"
     assert private_key_files(site) == [], "nothing wrote a key into the kit"
+    assert_the_admin_used_the_agent(fed, Path(result["job_dir"]))
     Processes.stop(client)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def assert_the_admin_used_the_agent(fed: Federation, job: Path) -> None:
+    """The audit shows the admin key's three uses in nvflare 2.9 (docs/nvflare-plugin.md "Admin
+    users"): the login's registration (`Authenticator`, api.py `connect`) through the agent's
+    NVFlare flow, the cert login's signature over the bare CN (api.py `_user_login`, nonce ""),
+    and one signature per file and sub-folder of the job (`sign_folders`), all by key `admin`;
+    the signatures left in the job folder verify with NVFlare's own check."""
+    from nvflare.lighter.utils import verify_folder_signature_and_get_signers
+
+    records = fed.agent.audit_records()
+    admin = [r for r in records if r.get("key") == ADMIN_KEY]
+    assert admin, "the agent's audit shows no operation with the admin key"
+    assert all(r["outcome"] == "ok" for r in admin), [r for r in admin if r["outcome"] != "ok"]
+    ops = [r["op"] for r in admin]
+    assert "nvflare_challenge" in ops and "decrypt" not in ops, ops
+    regs = [r for r in admin if r["op"] == "nvflare_register"]
+    # admin CN + the server's uuid4 nonce, built by the agent after it verified the server
+    assert len(regs) == 1 and regs[0]["payload_len"] == len(ADMIN) + 36 and regs[0]["profile"] == "nvflare", regs
+    after = [r for r in records if r["seq"] > regs[0]["seq"] and r["peer"] == regs[0]["peer"]]
+    assert any(r["op"] == "nvflare_verify_token" and r["outcome"] == "ok" for r in after), \
+        "the admin's login token was not checked by the agent"
+
+    signed = {r["payload_sha256"] for r in admin if r["op"] == "sign"}
+    assert all(r["profile"] == "nvflare" for r in admin if r["op"] == "sign")
+    assert _sha256(ADMIN.encode()) in signed, "no cert-login signature (the admin's CN, nonce \"\")"
+    expected = {}
+    for root, folders, files in os.walk(job):
+        for name in files:
+            if not name.startswith(".__nvfl_"):
+                expected[os.path.join(root, name)] = _sha256(Path(root, name).read_bytes())
+        for name in folders:
+            expected[os.path.join(root, name) + "/"] = _sha256(name.encode())
+    missing = sorted(path for path, digest in expected.items() if digest not in signed)
+    assert len(expected) == 5 and not missing, f"not signed by the admin key in the agent: {missing}"
+    assert (job / ".__nvfl_sig.json").exists() and (job / ".__nvfl_submitter.crt").exists()
+    verified, signers = verify_folder_signature_and_get_signers(str(job), str(fed.kit.admin / "startup" / "rootCA.pem"))
+    assert verified, "NVFlare's own check refuses the folder signatures the agent made"
+    assert [s[0] for s in signers] == [ADMIN], signers
+    server_log = (fed.kit.server / "log.txt").read_text(errors="replace")
+    assert "signature verification" not in server_log.lower(), "the server refused a job signature"
 
 
 def test_a_kit_pointed_at_another_provisions_server_fails_fast_with_the_agents_refusal(federation):
@@ -411,7 +499,8 @@ def test_a_kit_pointed_at_another_provisions_server_fails_fast_with_the_agents_r
     server is a `customRootCA.pem` the rogue server's certificate satisfies (without it, TLS itself
     refuses the server and NVFlare retries forever, spec §7: the agent is never asked); NVFlare's
     identity check and the agent's pin the project's rootCA.pem. The agent refuses, signs
-    nothing, and the client process ends."""
+    nothing, and the client process ends. The same for the migrated admin kit: its FLARE API
+    login raises the agent's refusal."""
     fed = federation
     rogue = provision(fed.dir / "rogue", free_port())
     configure_server(rogue, fed.dir / "rogue-store")
@@ -446,6 +535,27 @@ def test_a_kit_pointed_at_another_provisions_server_fails_fast_with_the_agents_r
     assert refused["outcome"] == "server_untrusted"
     assert fed.agent.client().status().signatures == signatures, "the agent signed nothing"
     print(f"\nmisdirected client exited with {client.returncode} after {elapsed:.1f} s")
+
+    # The admin's login is peer-bound the same way: the migrated admin kit, pointed at the rogue
+    # server, gets no signature and the FLARE API raises the agent's refusal at once.
+    admin = fed.dir / "misdirected" / ADMIN
+    for folder in ("startup", "local"):
+        shutil.copytree(fed.kit.admin / folder, admin / folder)
+    config = json.loads((admin / "startup" / "fed_admin.json").read_text())
+    config["admin"]["port"] = rogue.port
+    (admin / "startup" / "fed_admin.json").write_text(json.dumps(config, indent=2))
+    shutil.copy(rogue.site / "startup" / "rootCA.pem", admin / "startup" / "customRootCA.pem")
+    start = time.monotonic()
+    proc = subprocess.run([fed.client_python, "-c", ADMIN_LOGIN, ADMIN, str(admin)], capture_output=True, text=True,
+                          timeout=FAIL_FAST_LIMIT_S + 30, env=nvflare_env())
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "ServerUntrusted" in proc.stderr and "server_untrusted" in proc.stderr, proc.stderr[-4000:]
+    assert elapsed < FAIL_FAST_LIMIT_S, elapsed
+    refused = [r for r in fed.agent.audit_records() if r.get("op") == "nvflare_register"][-1]
+    assert refused["key"] == ADMIN_KEY and refused["outcome"] == "server_untrusted", refused
+    assert fed.agent.client().status().signatures == signatures, "the agent signed nothing for the admin"
+    print(f"misdirected admin login refused after {elapsed:.1f} s")
     Processes.stop(rogue_server)
 
 

@@ -193,3 +193,36 @@ print(json.dumps({"raised": raised, "logged": logged}))
     assert text_logs, out["logged"]
     for name, text in text_logs.items():
         assert "keyward" in text and dead in text and "cannot connect" in text, (name, text)
+
+
+def test_sign_folders_signs_a_job_with_the_token_key_and_refuses_a_file_over_the_frame_limit(agent, nvflare_python,
+                                                                                              tmp_path):
+    """What an admin's job submission does with its key (file_transfer.py `push_folder`):
+    `load_private_key_file(client.key)` then `sign_folders`. With the reference, every file and
+    sub-folder name is signed by the agent, and NVFlare's own folder check accepts the result.
+    `sign` carries the whole file (the agent hashes it), so a file over about 3/4 of the agent's
+    `max_frame_bytes` (base64 on the wire; 1 MiB by default) is refused with `frame_too_large`."""
+    job = tmp_path / "job"
+    (job / "app" / "config").mkdir(parents=True)
+    (job / "meta.json").write_text('{"name": "kw"}')
+    (job / "app" / "config" / "config_fed_client.json").write_bytes(b"x" * 700_000)  # fits in 1 MiB of base64
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "model.bin").write_bytes(b"y" * 800_000)  # does not
+    out = nvflare(agent, nvflare_python, """
+import json
+from nvflare.lighter.utils import load_private_key_file, sign_folders, verify_folder_signature_and_get_signers
+key = load_private_key_file(REF)
+sign_folders(JOB, key, CRT)
+verified, signers = verify_folder_signature_and_get_signers(JOB, ROOT)
+try:
+    sign_folders(BIG, key, CRT)
+    refused = None
+except Exception as exc:
+    refused = [type(exc).__name__, str(exc)]
+print(json.dumps({"key": type(key).__name__, "verified": verified, "signers": [list(s) for s in signers],
+                  "refused": refused}))
+""", JOB=str(job), BIG=str(big))
+    assert out["key"] == "RemoteRSAPrivateKey"
+    assert out["verified"] is True and [s[0] for s in out["signers"]] == ["site-1"], out
+    assert out["refused"] and out["refused"][0] == "FrameTooLarge" and "keyward" in out["refused"][1], out
