@@ -124,3 +124,31 @@ fn enroll_wires_a_token_born_key_into_a_kit_without_a_key_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("keyward nvflare migrate"), "{out:?}");
     assert_eq!(std::fs::read(kit.join("client.key")).unwrap(), private_key_file);
 }
+
+#[test]
+fn an_admin_kit_migrates_with_the_server_identity_from_fed_admin_json() {
+    let site = Site::new();
+    let dir = site.path("admin@nvidia.com/startup");
+    std::fs::create_dir_all(&dir).unwrap();
+    let pki = site.path("provision");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = TestCa::new(&pki, "root");
+    let (key, cert) = ca.leaf("/CN=admin@nvidia.com/O=nvidia", "admin", "subjectAltName=DNS:admin@nvidia.com\n");
+    std::fs::copy(&ca.cert, dir.join("rootCA.pem")).unwrap();
+    std::fs::copy(key, dir.join("client.key")).unwrap();
+    std::fs::copy(cert, dir.join("client.crt")).unwrap();
+    let fed_admin = r#"{"format_version": 1, "admin": {"username": "admin@nvidia.com", "server_identity": "server1",
+        "host": "localhost", "port": 8003, "connection_security": "mtls", "client_key": "client.key"}}"#;
+    std::fs::write(dir.join("fed_admin.json"), fed_admin).unwrap();
+
+    // The admin CN is an e-mail address, not a key name: the CLI says to pass --key.
+    let out = site.keyward(&["nvflare", "migrate", dir.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--key"), "{out:?}");
+
+    let out = site.keyward_ok(&["nvflare", "migrate", dir.to_str().unwrap(), "--key", "admin"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("connection_security `mtls`"), "{stderr}");
+    assert!(!kit_holds_a_private_key(&dir));
+    let config = std::fs::read_to_string(&site.config).unwrap();
+    assert!(config.contains("[keys.admin.nvflare]") && config.contains("server_identity = \"server1\""), "{config}");
+}

@@ -77,20 +77,28 @@ fn read_kit(startup: &Path) -> Result<Kit> {
     let kit = |name: &str| -> Result<PathBuf> {
         let p = startup.join(name);
         if !p.exists() {
-            bail!("`{}` not found: is `{}` a site's startup folder?", p.display(), startup.display());
+            bail!("`{}` not found: is `{}` a site's or admin's startup folder?", p.display(), startup.display());
         }
         Ok(p)
     };
-    let fed = kit("fed_client.json")?;
+    // A site kit has fed_client.json; an admin (FLARE console / API user) kit fed_admin.json.
+    let admin = !startup.join("fed_client.json").exists() && startup.join("fed_admin.json").exists();
+    let fed = kit(if admin { "fed_admin.json" } else { "fed_client.json" })?;
     let fed_json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&fed)?).with_context(|| format!("parsing `{}`", fed.display()))?;
-    let server = &fed_json["servers"][0];
-    let server_identity = server["identity"]
-        .as_str()
-        .map(str::to_owned)
-        .or_else(|| server["service"]["target"].as_str().and_then(|t| t.split(':').next()).map(str::to_owned))
-        .with_context(|| format!("`{}` has no servers[0].identity", fed.display()))?;
-    let connection_security = fed_json["client"]["connection_security"].as_str().unwrap_or("mtls").to_owned();
+    let (server_identity, connection_security) = if admin {
+        let a = &fed_json["admin"];
+        (a["server_identity"].as_str().or_else(|| a["host"].as_str()), a["connection_security"].as_str())
+    } else {
+        let server = &fed_json["servers"][0];
+        let identity = server["identity"]
+            .as_str()
+            .or_else(|| server["service"]["target"].as_str().and_then(|t| t.split(':').next()));
+        (identity, fed_json["client"]["connection_security"].as_str())
+    };
+    let server_identity =
+        server_identity.map(str::to_owned).with_context(|| format!("`{}` names no server identity", fed.display()))?;
+    let connection_security = connection_security.unwrap_or("mtls").to_owned();
     Ok(Kit {
         key: startup.join("client.key"),
         cert: kit("client.crt")?,
@@ -219,7 +227,7 @@ fn install_plugin(python: Option<&Path>) -> Result<()> {
 fn finish(config: &Config, name: &KeyId, kit: &Kit, certs: &CertStore, config_path: &Path) {
     if kit.connection_security == "mtls" {
         eprintln!(
-            "note: fed_client.json uses connection_security `mtls`, which needs the key file for TLS. Use `tls` (server too), or the keyward TLS tunnel"
+            "note: the kit uses connection_security `mtls`, which needs the key file for TLS. Use `tls` (server too), or the keyward TLS tunnel"
         );
     }
     eprintln!(
