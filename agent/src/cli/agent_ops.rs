@@ -16,18 +16,13 @@ use crate::client::AgentClient;
 /// Largest input `sign` and `decrypt` read (the agent's default frame limit is 1 MiB).
 const MAX_INPUT_BYTES: u64 = 512 * 1024;
 
-/// Arguments of `keyward sign`.
+/// Input, output and socket options shared by `sign` and `decrypt`.
 #[derive(Debug, Args)]
-pub struct SignArgs {
-    /// Key name.
-    name: KeyId,
-    /// nvflare, tls (the key's TLS 1.3 scheme), or tls-<scheme> (see docs/protocol.md).
-    #[arg(long)]
-    profile: String,
-    /// Message file (default: stdin).
+pub struct IoArgs {
+    /// Input file (default: stdin).
     #[arg(long = "in", value_name = "FILE")]
     input: Option<PathBuf>,
-    /// Signature file (default: stdout).
+    /// Output file (default: stdout); a plaintext file is created 0600.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Write base64 instead of raw bytes.
@@ -38,23 +33,25 @@ pub struct SignArgs {
     pub socket: Option<PathBuf>,
 }
 
+/// Arguments of `keyward sign`.
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    /// Key name.
+    name: KeyId,
+    /// nvflare, tls (the key's TLS 1.3 scheme), or tls-<scheme> (see docs/protocol.md).
+    #[arg(long)]
+    profile: String,
+    #[command(flatten)]
+    pub io: IoArgs,
+}
+
 /// Arguments of `keyward decrypt`.
 #[derive(Debug, Args)]
 pub struct DecryptArgs {
     /// Key name.
     name: KeyId,
-    /// Ciphertext file (default: stdin).
-    #[arg(long = "in", value_name = "FILE")]
-    input: Option<PathBuf>,
-    /// Plaintext file, created 0600 (default: stdout).
-    #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
-    /// Write base64 instead of raw bytes.
-    #[arg(long)]
-    base64: bool,
-    /// Agent socket (default: from the config).
-    #[arg(long, value_name = "PATH")]
-    pub socket: Option<PathBuf>,
+    #[command(flatten)]
+    pub io: IoArgs,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -128,10 +125,10 @@ pub fn status(socket: PathBuf, json: bool) -> Result<()> {
 /// # Errors
 /// When the agent is unreachable or refuses.
 pub fn sign(socket: PathBuf, args: SignArgs) -> Result<()> {
-    let data = read_input(args.input.as_deref())?;
+    let data = read_input(args.io.input.as_deref())?;
     let reply = call(&socket, Operation::Sign { key: args.name, profile: args.profile, data })?;
     let Reply::Signature { signature, .. } = reply else { bail!("unexpected reply to sign") };
-    write_output(args.out.as_deref(), &signature, args.base64, 0o644)
+    write_output(args.io.out.as_deref(), &signature, args.io.base64, 0o644)
 }
 
 /// `keyward decrypt`.
@@ -139,9 +136,9 @@ pub fn sign(socket: PathBuf, args: SignArgs) -> Result<()> {
 /// # Errors
 /// When the agent is unreachable or refuses.
 pub fn decrypt(socket: PathBuf, args: DecryptArgs) -> Result<()> {
-    let data = read_input(args.input.as_deref())?;
+    let data = read_input(args.io.input.as_deref())?;
     let reply = call(&socket, Operation::Decrypt { key: args.name, data })?;
     let Reply::Plaintext { plaintext } = reply else { bail!("unexpected reply to decrypt") };
     let plaintext = zeroize::Zeroizing::new(plaintext);
-    write_output(args.out.as_deref(), &plaintext, args.base64, 0o600)
+    write_output(args.io.out.as_deref(), &plaintext, args.io.base64, 0o600)
 }

@@ -124,11 +124,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => serve::run(load()?),
         Command::Status { json, socket } => agent_ops::status(socket_or_config(socket, &config_path)?, json),
         Command::Sign(args) => {
-            let socket = socket_or_config(args.socket.clone(), &config_path)?;
+            let socket = socket_or_config(args.io.socket.clone(), &config_path)?;
             agent_ops::sign(socket, args)
         }
         Command::Decrypt(args) => {
-            let socket = socket_or_config(args.socket.clone(), &config_path)?;
+            let socket = socket_or_config(args.io.socket.clone(), &config_path)?;
             agent_ops::decrypt(socket, args)
         }
     }
