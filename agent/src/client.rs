@@ -26,6 +26,12 @@ pub enum ClientError {
     /// The agent closed the connection without a reply.
     #[error("the agent closed the connection")]
     Closed,
+    /// The reply's length prefix is over [`protocol::MAX_REPLY_BYTES`].
+    #[error("the agent's reply of {len} bytes exceeds the limit of {max} bytes", max = protocol::MAX_REPLY_BYTES)]
+    ReplyTooLarge {
+        /// The announced length.
+        len: usize,
+    },
     /// The reply did not parse.
     #[error("unreadable reply from the agent")]
     BadReply(#[source] serde_json::Error),
@@ -81,22 +87,23 @@ impl AgentClient {
                 return Err(e.into());
             }
             let frame = self.framed.next().await.ok_or(ClientError::Io(e))??;
-            return Self::outcome(&frame, None);
+            return reply_outcome(&frame, None);
         }
         let frame = self.framed.next().await.ok_or(ClientError::Closed)??;
-        Self::outcome(&frame, Some(id))
+        reply_outcome(&frame, Some(id))
     }
+}
 
-    /// Parses a reply frame; `expected_id` is checked when given (id 0 is a connection-level
-    /// error the agent sends before it could read a request).
-    fn outcome(frame: &[u8], expected_id: Option<u64>) -> Result<Reply, ClientError> {
-        let response: Response = serde_json::from_slice(frame).map_err(ClientError::BadReply)?;
-        if let Some(id) = expected_id.filter(|id| response.id != *id && response.id != 0) {
-            return Err(ClientError::WrongId { sent: id, got: response.id });
-        }
-        match response.outcome {
-            Outcome::Ok(reply) => Ok(reply),
-            Outcome::Error(e) => Err(ClientError::Agent { code: e.code, message: e.message }),
-        }
+/// Parses a reply frame; `expected_id` is checked when given (id 0 is a connection-level
+/// error the agent sends before it could read a request). Shared with
+/// [`crate::blocking_client`].
+pub(crate) fn reply_outcome(frame: &[u8], expected_id: Option<u64>) -> Result<Reply, ClientError> {
+    let response: Response = serde_json::from_slice(frame).map_err(ClientError::BadReply)?;
+    if let Some(id) = expected_id.filter(|id| response.id != *id && response.id != 0) {
+        return Err(ClientError::WrongId { sent: id, got: response.id });
+    }
+    match response.outcome {
+        Outcome::Ok(reply) => Ok(reply),
+        Outcome::Error(e) => Err(ClientError::Agent { code: e.code, message: e.message }),
     }
 }

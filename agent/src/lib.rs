@@ -4,11 +4,14 @@
 //! - `daemon/`: socket, connections, request execution (knows nothing of PKCS#11 or TPM).
 //! - [`store_handle`]: the bounded queue to the worker threads that own the key stores.
 //! - [`backends`]: the one place that names backend crates.
-//! - [`client`]: the socket client used by the CLI, tests and benchmarks.
+//! - [`client`]: the socket client used by the CLI, tests and benchmarks; [`blocking_client`]
+//!   is its synchronous twin.
+//! - [`tls`]: a rustls signing key backed by the agent, and the `keyward tunnel` relay.
 //! - `cli/`: the clap command line.
 
 pub mod audit;
 pub mod backends;
+pub mod blocking_client;
 pub mod certs;
 pub mod cli;
 pub mod client;
@@ -16,3 +19,4 @@ pub mod config;
 pub mod daemon;
 pub mod files;
 pub mod store_handle;
+pub mod tls;

@@ -114,15 +114,7 @@ fn nix_kill(pid: u32, signal: nix::sys::signal::Signal) -> nix::Result<()> {
 impl Drop for AgentProcess {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            if child.try_wait().ok().flatten().is_none() {
-                let _ = nix_kill(child.id(), nix::sys::signal::Signal::SIGTERM);
-                let start = Instant::now();
-                while child.try_wait().ok().flatten().is_none() && start.elapsed() < Duration::from_secs(5) {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            crate::tools::stop_child(&mut child);
         }
     }
 }

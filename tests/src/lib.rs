@@ -1,7 +1,8 @@
 //! Fixtures for keyward's end-to-end tests and benchmark, with real components: a SoftHSM2
 //! token in its own temp dir ([`SoftHsm`]), a keyward config for it ([`Site`]), the real
 //! `keyward serve` binary ([`AgentProcess`]), and the real tools that check its output
-//! (openssl, Python `cryptography`). Every fixture owns a short `/tmp` dir (socket paths
+//! (openssl, Python `cryptography`), and TLS peers for the tunnel ([`OpensslServer`],
+//! [`TunnelProcess`]). Every fixture owns a short `/tmp` dir (socket paths
 //! are limited to ~107 bytes), passes environment with `Command::env` (never `set_var`),
 //! polls for readiness instead of sleeping, and kills only its own child on drop.
 //! A missing tool is a test failure with a message saying how to install it, never a skip.
@@ -9,9 +10,11 @@
 pub mod agent;
 pub mod pki;
 pub mod softhsm;
+pub mod tls;
 pub mod tools;
 
 pub use agent::AgentProcess;
 pub use pki::TestCa;
 pub use softhsm::{Site, SoftHsm};
+pub use tls::{OpensslServer, TunnelProcess};
 pub use tools::{openssl, python, workspace_root};

@@ -3,7 +3,8 @@
 //! Key management (`init`, `key`, `csr`, `cert`) talks to the token directly with the PIN
 //! from the config's PIN file — it works with or without a running agent, since a PKCS#11
 //! token serves several applications at once. `serve` is the agent; `status`, `sign` and
-//! `decrypt` are clients of a running agent.
+//! `decrypt` are clients of a running agent, and so is `tunnel`, which signs TLS handshakes
+//! through it.
 
 mod agent_ops;
 mod cert;
@@ -11,6 +12,7 @@ mod init;
 mod keys;
 mod nvflare;
 mod serve;
+mod tunnel;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,6 +94,9 @@ enum Command {
     Sign(agent_ops::SignArgs),
     /// Decrypt an RSA-OAEP-SHA-256 ciphertext through the agent.
     Decrypt(agent_ops::DecryptArgs),
+    /// Forward local plain TCP connections to a TLS server, authenticated with a key the
+    /// agent holds (mutual TLS).
+    Tunnel(tunnel::TunnelArgs),
 }
 
 /// Parses arguments, runs the command, prints errors with their causes.
@@ -130,6 +135,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Decrypt(args) => {
             let socket = socket_or_config(args.io.socket.clone(), &config_path)?;
             agent_ops::decrypt(socket, args)
+        }
+        Command::Tunnel(args) => {
+            let socket = socket_or_config(args.socket.clone(), &config_path)?;
+            tunnel::run(socket, args)
         }
     }
 }

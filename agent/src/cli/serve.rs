@@ -15,7 +15,8 @@ use crate::config::Config;
 use crate::daemon::{bind_socket, serve, Access, Agent, NvflareState, Policies, Stats};
 use crate::store_handle::StoreHandle;
 
-fn init_logging() {
+/// Logs to stderr, filtered by `KEYWARD_LOG` (default `info`).
+pub(super) fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -24,6 +25,25 @@ fn init_logging() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
+}
+
+/// A token cancelled at the first SIGTERM or SIGINT. Call it inside the runtime.
+///
+/// # Errors
+/// When a signal handler cannot be installed.
+pub(super) fn cancel_on_signal() -> Result<CancellationToken> {
+    let shutdown = CancellationToken::new();
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let stopper = shutdown.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+        }
+        stopper.cancel();
+    });
+    Ok(shutdown)
 }
 
 /// Runs the agent until a termination signal.
@@ -54,17 +74,7 @@ pub fn run(config: Config) -> Result<()> {
     });
 
     let result = runtime.block_on(async {
-        let shutdown = CancellationToken::new();
-        let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-        let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-        let stopper = shutdown.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-            }
-            stopper.cancel();
-        });
+        let shutdown = cancel_on_signal()?;
         tracing::info!(
             socket = %config.socket.display(),
             audit = %audit_path.display(),

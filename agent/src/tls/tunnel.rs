@@ -1,0 +1,311 @@
+//! The tunnel behind `keyward tunnel`: accepts plain TCP connections (loopback by default;
+//! the CLI in `cli/tunnel.rs` checks that) and, for each, opens mutual TLS to one upstream
+//! with the site certificate and the agent-held key (`signer.rs`), verifies the server
+//! against the given root CA and server name, then copies bytes both ways with half-close
+//! and an idle timeout.
+//!
+//! Every connection ends with one log line: peer, upstream, TLS version, cipher suite, ALPN,
+//! handshake time and bytes each way — or, when the upstream is unreachable or the handshake
+//! fails (bad server certificate, the agent or token refusing to sign), a warning naming the
+//! cause. A failing connection never stops the accept loop. Shape after mini-redis's
+//! `server::run`: the caller binds the listener (tests bind port 0), a `Semaphore` bounds
+//! concurrent connections, and a `CancellationToken` stops accepting.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+
+/// How the tunnel reaches its upstream, and its limits.
+#[derive(Clone, Debug)]
+pub struct TunnelSettings {
+    /// `host:port` of the TLS server.
+    pub upstream: String,
+    /// The name the server certificate must carry (also sent as SNI when it is a DNS name).
+    pub server_name: ServerName<'static>,
+    /// Limit for the TCP connect to the upstream.
+    pub connect_timeout: Duration,
+    /// Limit for the TLS handshake, agent signature included.
+    pub handshake_timeout: Duration,
+    /// A connection with no bytes in either direction for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+}
+
+/// Why a connection was refused before any byte was relayed.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// TCP connect to the upstream failed.
+    #[error("upstream `{upstream}` unreachable")]
+    Connect {
+        /// The upstream.
+        upstream: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A connect or handshake step took too long.
+    #[error("{step} with `{upstream}` timed out after {limit:?}")]
+    Timeout {
+        /// `TCP connect` or `TLS handshake`.
+        step: &'static str,
+        /// The upstream.
+        upstream: String,
+        /// The limit.
+        limit: Duration,
+    },
+    /// The TLS handshake failed (server certificate, name, client key, protocol).
+    #[error("TLS handshake with `{upstream}` failed")]
+    Handshake {
+        /// The upstream.
+        upstream: String,
+        /// Cause: tokio-rustls wraps the `rustls::Error`.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Serves connections from `listener` until `shutdown` is cancelled. Connections still
+/// relaying then are the caller's to end, with the runtime (the CLI gives them 1 s).
+pub async fn run(
+    listener: TcpListener,
+    connector: TlsConnector,
+    settings: Arc<TunnelSettings>,
+    shutdown: CancellationToken,
+) {
+    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            permit = Arc::clone(&limit).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((client, peer)) => {
+                let (connector, settings) = (connector.clone(), Arc::clone(&settings));
+                tokio::spawn(async move {
+                    serve_connection(client, peer, &connector, &settings).await;
+                    drop(permit);
+                });
+            }
+            Err(e) => {
+                // EMFILE and the like: back off rather than spin.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(client: TcpStream, peer: SocketAddr, connector: &TlsConnector, settings: &TunnelSettings) {
+    let upstream = settings.upstream.as_str();
+    let (tls, handshake) = match open_upstream(connector, settings).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::warn!(%peer, %upstream, error = %ErrorChain(&e), "connection refused");
+            return;
+        }
+    };
+    let handshake_ms = handshake.as_millis();
+    let (_, session) = tls.get_ref();
+    let version = session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
+    let suite = session.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
+    let alpn = session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_else(|| "-".into());
+    let _ = client.set_nodelay(true);
+    let relay = relay(client, tls, settings.idle_timeout).await;
+    let end = match &relay.error {
+        Some(e) => format!("error: {}", ErrorChain(e)),
+        None if relay.idle => "idle timeout".to_owned(),
+        None => "closed".to_owned(),
+    };
+    tracing::info!(
+        %peer,
+        %upstream,
+        tls_version = %version,
+        cipher_suite = %suite,
+        alpn = %alpn,
+        handshake_ms,
+        bytes_to_upstream = relay.to_upstream,
+        bytes_to_client = relay.to_client,
+        end = %end,
+        "connection done"
+    );
+}
+
+/// Connects and completes the handshake; also returns how long the TLS handshake took (the
+/// agent's signature included, the TCP connect not).
+async fn open_upstream(
+    connector: &TlsConnector,
+    settings: &TunnelSettings,
+) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Duration), TunnelError> {
+    let upstream = || settings.upstream.clone();
+    let timeout = |step, limit| TunnelError::Timeout { step, upstream: upstream(), limit };
+    let tcp = tokio::time::timeout(settings.connect_timeout, TcpStream::connect(&settings.upstream))
+        .await
+        .map_err(|_| timeout("TCP connect", settings.connect_timeout))?
+        .map_err(|source| TunnelError::Connect { upstream: upstream(), source })?;
+    let _ = tcp.set_nodelay(true);
+    let started = Instant::now();
+    let tls = tokio::time::timeout(settings.handshake_timeout, connector.connect(settings.server_name.clone(), tcp))
+        .await
+        .map_err(|_| timeout("TLS handshake", settings.handshake_timeout))?
+        .map_err(|source| TunnelError::Handshake { upstream: upstream(), source })?;
+    Ok((tls, started.elapsed()))
+}
+
+struct RelayOutcome {
+    to_upstream: u64,
+    to_client: u64,
+    idle: bool,
+    error: Option<std::io::Error>,
+}
+
+/// Copies both ways until both sides have closed (half-close is passed on), an error, or
+/// `idle` without a byte in either direction.
+async fn relay<A, B>(client: A, upstream: B, idle: Duration) -> RelayOutcome
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let epoch = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let mut client = Metered { inner: client, read: 0, last: Arc::clone(&last), epoch };
+    let mut upstream = Metered { inner: upstream, read: 0, last: Arc::clone(&last), epoch };
+    let (idle_hit, error) = tokio::select! {
+        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => (false, r.err()),
+        () = idle_expired(&last, epoch, idle) => (true, None),
+    };
+    RelayOutcome { to_upstream: client.read, to_client: upstream.read, idle: idle_hit, error }
+}
+
+async fn idle_expired(last_ms: &AtomicU64, epoch: Instant, idle: Duration) {
+    loop {
+        let deadline = epoch + Duration::from_millis(last_ms.load(Ordering::Relaxed)) + idle;
+        if Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep_until(deadline).await;
+    }
+}
+
+/// A stream that counts the bytes read from it and stamps the time of the last read.
+struct Metered<S> {
+    inner: S,
+    read: u64,
+    last: Arc<AtomicU64>,
+    epoch: Instant,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            self.read += n;
+            let now = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+            self.last.store(now, Ordering::Relaxed);
+        }
+        poll
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Displays an error with its causes, `outer: inner: innermost`, skipping a cause whose text
+/// the previous one already ends with. It looks through the two wrappers that hide causes:
+/// the `io::Error` tokio-rustls returns, and `rustls::Error::Other`, which has no `source()`
+/// (that is where the signer's `AgentSignError` and the agent's refusal are).
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = self.0.to_string();
+        f.write_str(&previous)?;
+        let mut cause = next_cause(self.0);
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !previous.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            previous = text;
+            cause = next_cause(e);
+        }
+        Ok(())
+    }
+}
+
+fn next_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a (dyn std::error::Error + 'static)> {
+    let rustls_error = match e.downcast_ref::<std::io::Error>() {
+        Some(io) => io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        None => e.downcast_ref::<rustls::Error>(),
+    };
+    match rustls_error {
+        Some(rustls::Error::Other(other)) => Some(other.0.as_ref()),
+        _ => e.source(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn relay_passes_half_close_and_counts_bytes() {
+        let (mut app, client_side) = tokio::io::duplex(1024);
+        let (upstream_side, mut server) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(relay(client_side, upstream_side, Duration::from_secs(5)));
+        app.write_all(b"ping").await.unwrap();
+        app.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"ping");
+        server.write_all(b"pong!").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut back = Vec::new();
+        app.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"pong!");
+        let outcome = relay.await.unwrap();
+        assert_eq!((outcome.to_upstream, outcome.to_client, outcome.idle), (4, 5, false));
+        assert!(outcome.error.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn relay_closes_an_idle_connection() {
+        let (_app, client_side) = tokio::io::duplex(1024);
+        let (upstream_side, _server) = tokio::io::duplex(1024);
+        let outcome = relay(client_side, upstream_side, Duration::from_secs(30)).await;
+        assert!(outcome.idle);
+        assert_eq!((outcome.to_upstream, outcome.to_client), (0, 0));
+    }
+}

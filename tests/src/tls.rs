@@ -1,0 +1,151 @@
+//! TLS peers for the tunnel tests: [`OpensslServer`], a real `openssl s_server -www` that
+//! demands and verifies a client certificate, and [`TunnelProcess`], the real
+//! `keyward tunnel` as a child process. Both run on free loopback ports ([`free_port`]), log
+//! to a file in the site's dir, are polled for readiness, and are killed by PID on drop.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::softhsm::Site;
+
+/// A loopback port that was free a moment ago (bind port 0, read it, release it).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// Polls `check` every 20 ms until it holds; panics with `what` after `limit`.
+pub fn wait_until(limit: Duration, what: impl Fn() -> String, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < limit, "after {limit:?}: {}", what());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `openssl s_server -www` requiring a client certificate from `ca` (`-Verify 1
+/// -verify_return_error`): its status page shows the protocol, cipher and verified client
+/// certificate of the session that fetched it.
+pub struct OpensslServer {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its stdout and stderr.
+    pub log: PathBuf,
+}
+
+impl OpensslServer {
+    /// Starts the server on `port` with `cert`/`key`, trusting `client_ca`; `extra` adds
+    /// options (e.g. `-tls1_2`). Ready once it accepts TCP.
+    pub fn start(dir: &Path, port: u16, cert: &Path, key: &Path, client_ca: &Path, extra: &[&str]) -> Self {
+        let log = dir.join(format!("s_server-{port}-{}.log", rand::random::<u32>()));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new("openssl")
+            .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+            .arg("-cert")
+            .arg(cert)
+            .arg("-key")
+            .arg(key)
+            .arg("-CAfile")
+            .arg(client_ca)
+            .args(["-Verify", "1", "-verify_return_error", "-www"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("openssl is installed (softhsm-setup/install-packages.sh)");
+        let mut server = Self { child, port, log };
+        wait_until(
+            Duration::from_secs(10),
+            || {
+                format!(
+                    "s_server not accepting on {port}: {}",
+                    std::fs::read_to_string(&server.log).unwrap_or_default()
+                )
+            },
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        assert!(server.child.try_wait().expect("try_wait").is_none(), "s_server exited");
+        server
+    }
+}
+
+impl Drop for OpensslServer {
+    fn drop(&mut self) {
+        crate::tools::stop_child(&mut self.child);
+    }
+}
+
+/// `keyward tunnel` for a site, listening on a free loopback port.
+pub struct TunnelProcess {
+    child: Child,
+    /// The port local clients connect to.
+    pub port: u16,
+    /// Its stderr (the per-connection log lines).
+    pub log: PathBuf,
+}
+
+impl TunnelProcess {
+    /// Starts `keyward tunnel --listen 127.0.0.1:<free> ARGS` and waits for its "listening"
+    /// line. The tunnel needs a running agent.
+    pub fn start(site: &Site, args: &[&str]) -> Self {
+        let port = free_port();
+        let log = site.path(&format!("tunnel-{port}.log"));
+        let stderr = std::fs::File::create(&log).expect("log file");
+        let child = site
+            .command()
+            .args(["tunnel", "--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn keyward tunnel");
+        let mut tunnel = Self { child, port, log };
+        wait_until(
+            Duration::from_secs(10),
+            || format!("tunnel not listening; log:\n{}", tunnel.log_text()),
+            || tunnel.log_text().contains("keyward tunnel listening"),
+        );
+        assert!(tunnel.child.try_wait().expect("try_wait").is_none(), "tunnel exited:\n{}", tunnel.log_text());
+        tunnel
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `n` lines containing `needle`; returns the log.
+    pub fn wait_log(&self, needle: &str, n: usize) -> String {
+        wait_until(
+            Duration::from_secs(10),
+            || format!("{n}× `{needle}` not in tunnel log:\n{}", self.log_text()),
+            || self.log_text().matches(needle).count() >= n,
+        );
+        self.log_text()
+    }
+
+    /// Connects, sends `request`, and returns everything read until EOF (or until the tunnel
+    /// resets the connection).
+    pub fn exchange(&self, request: &[u8]) -> Vec<u8> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the tunnel");
+        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+        // A refused connection may already be closed: the write can fail, the read says so.
+        let _ = stream.write_all(request);
+        let mut reply = Vec::new();
+        let _ = stream.read_to_end(&mut reply);
+        reply
+    }
+}
+
+impl Drop for TunnelProcess {
+    fn drop(&mut self) {
+        crate::tools::stop_child(&mut self.child);
+    }
+}

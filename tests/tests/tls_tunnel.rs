@@ -1,0 +1,194 @@
+//! `keyward tunnel` against a real `openssl s_server -Verify 1 -verify_return_error -www`:
+//! a plain HTTP request sent to the tunnel comes back as the server's status page, which
+//! shows the negotiated protocol and the client certificate the server verified — the
+//! site's, whose key never left SoftHSM. The agent's audit log shows one `sign` per
+//! handshake with the exact scheme rustls negotiated. Negative cases: an unreachable
+//! upstream and a server certificate from another CA refuse that one connection, with the
+//! reason in the tunnel's log, and the tunnel serves the next connection; so does a server
+//! name the certificate does not carry, and a stopped agent.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::PathBuf;
+
+use keyward_tests::tls::free_port;
+use keyward_tests::{AgentProcess, OpensslServer, Site, TestCa, TunnelProcess};
+
+const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+
+/// A site with key `site-1` of `algorithm` and an installed certificate `CN=site-1` from a
+/// test root CA, a server certificate `CN=server1` (SAN DNS:server1) from the same CA, and
+/// a running agent.
+struct TlsSite {
+    site: Site,
+    ca: TestCa,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    agent: AgentProcess,
+}
+
+impl TlsSite {
+    fn new(algorithm: &str) -> Self {
+        let site = Site::new();
+        site.generate("site-1", algorithm);
+        let csr = site.path("site-1.csr");
+        site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1,O=hospital-a", "--out", csr.to_str().unwrap()]);
+        let ca = TestCa::new(site.hsm.dir.path(), "root");
+        let crt = site.path("site-1.crt");
+        ca.issue(&csr, &crt, "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n");
+        site.keyward_ok(&["cert", "install", "site-1", crt.to_str().unwrap()]);
+        let (server_key, server_cert) =
+            ca.leaf("/CN=server1", "server1", "subjectAltName=DNS:server1\nextendedKeyUsage=serverAuth\n");
+        let agent = AgentProcess::start(&site);
+        Self { site, ca, server_cert, server_key, agent }
+    }
+
+    fn server(&self, port: u16, extra: &[&str]) -> OpensslServer {
+        OpensslServer::start(self.site.hsm.dir.path(), port, &self.server_cert, &self.server_key, &self.ca.cert, extra)
+    }
+
+    fn tunnel(&self, upstream_port: u16, server_name: &str) -> TunnelProcess {
+        self.tunnel_with(upstream_port, server_name, &[])
+    }
+
+    fn tunnel_with(&self, upstream_port: u16, server_name: &str, extra: &[&str]) -> TunnelProcess {
+        let upstream = format!("127.0.0.1:{upstream_port}");
+        let ca = self.ca.cert.to_str().unwrap();
+        let socket = self.agent.socket().to_str().unwrap();
+        #[rustfmt::skip]
+        let mut args = vec!["--key", "site-1", "--upstream", &upstream, "--server-name", server_name, "--ca", ca, "--socket", socket];
+        args.extend_from_slice(extra);
+        TunnelProcess::start(&self.site, &args)
+    }
+
+    /// The profiles of the `sign` records in the agent's audit log, in order.
+    fn signed_profiles(&self) -> Vec<String> {
+        self.site
+            .audit_records()
+            .iter()
+            .filter(|r| r["op"] == "sign")
+            .map(|r| format!("{}:{}", r["profile"].as_str().unwrap_or("?"), r["outcome"].as_str().unwrap_or("?")))
+            .collect()
+    }
+}
+
+/// One request through a tunnel to a server started with `server_args`; asserts the page
+/// shows `protocol` and the verified site certificate, and the audit one `profile` sign per
+/// connection.
+fn handshake_through_tunnel(algorithm: &str, server_args: &[&str], protocol: &str, profile: &str) {
+    let tls = TlsSite::new(algorithm);
+    let port = free_port();
+    let _server = tls.server(port, server_args);
+    let tunnel = tls.tunnel(port, "server1");
+
+    let page = String::from_utf8_lossy(&tunnel.exchange(REQUEST)).into_owned();
+    assert!(page.starts_with("HTTP/1.0 200 ok"), "{page}\ntunnel log:\n{}", tunnel.log_text());
+    assert!(page.contains(&format!("New, {protocol}, Cipher is")), "{page}");
+    assert!(page.contains("Verify return code: 0 (ok)"), "{page}");
+    let client_cert = page.split("Client certificate").nth(1).expect("the page shows the client certificate");
+    assert!(client_cert.contains("Subject: CN=site-1, O=hospital-a"), "{client_cert}");
+    assert!(client_cert.contains("Issuer: CN=example_project"), "{client_cert}");
+
+    // Resumption is off: a second connection is a new handshake with its own signature.
+    let again = String::from_utf8_lossy(&tunnel.exchange(REQUEST)).into_owned();
+    assert!(again.contains(&format!("New, {protocol}, Cipher is")), "{again}");
+    assert_eq!(tls.signed_profiles(), [format!("{profile}:ok"), format!("{profile}:ok")]);
+    let log = tunnel.wait_log("connection done", 2);
+    let version = protocol.replace(".", "_");
+    assert!(log.contains(&format!("tls_version={version}")), "{log}");
+    assert!(log.contains("bytes_to_upstream=18") && log.contains("handshake_ms=") && log.contains("alpn=-"), "{log}");
+}
+
+#[test]
+fn rsa_key_authenticates_a_tls13_handshake_with_pss() {
+    handshake_through_tunnel("rsa-2048", &[], "TLSv1.3", "tls-rsa-pss-sha256");
+}
+
+#[test]
+fn p256_key_authenticates_a_tls13_handshake_with_ecdsa() {
+    handshake_through_tunnel("p-256", &[], "TLSv1.3", "tls-ecdsa-p256-sha256");
+}
+
+#[test]
+fn rsa_key_signs_pkcs1_when_a_tls12_server_asks_for_it() {
+    let args = ["-tls1_2", "-client_sigalgs", "RSA+SHA256:ECDSA+SHA256"];
+    handshake_through_tunnel("rsa-2048", &args, "TLSv1.2", "tls-rsa-pkcs1-sha256");
+}
+
+#[test]
+fn p256_key_authenticates_a_tls12_handshake_with_ecdsa() {
+    handshake_through_tunnel("p-256", &["-tls1_2"], "TLSv1.2", "tls-ecdsa-p256-sha256");
+}
+
+#[test]
+fn alpn_from_the_command_line_is_negotiated_with_the_server() {
+    let tls = TlsSite::new("p-256");
+    let port = free_port();
+    let _server = tls.server(port, &["-alpn", "h2"]);
+    let tunnel = tls.tunnel_with(port, "server1", &["--alpn", "h2"]);
+    let page = String::from_utf8_lossy(&tunnel.exchange(REQUEST)).into_owned();
+    assert!(page.contains("Subject: CN=site-1"), "{page}");
+    let log = tunnel.wait_log("connection done", 1);
+    assert!(log.contains("alpn=h2"), "{log}");
+}
+
+#[test]
+fn refused_upstreams_close_only_their_connection_and_the_tunnel_keeps_serving() {
+    let mut tls = TlsSite::new("rsa-2048");
+    let port = free_port();
+    let tunnel = tls.tunnel(port, "server1");
+
+    // Nothing listens yet: the client's connection is closed, the log says why.
+    assert!(tunnel.exchange(REQUEST).is_empty());
+    let log = tunnel.wait_log("connection refused", 1);
+    assert!(log.contains(&format!("upstream `127.0.0.1:{port}` unreachable")), "{log}");
+
+    // A server whose certificate comes from another CA (an impostor with the same CA name:
+    // webpki finds the issuer by name and rejects its signature).
+    let other = TestCa::new(&tls.site.path(""), "other");
+    let (key, cert) = other.leaf("/CN=server1", "impostor", "subjectAltName=DNS:server1\n");
+    let impostor = OpensslServer::start(tls.site.hsm.dir.path(), port, &cert, &key, &tls.ca.cert, &[]);
+    assert!(tunnel.exchange(REQUEST).is_empty());
+    let log = tunnel.wait_log("connection refused", 2);
+    assert!(log.contains("TLS handshake with") && log.contains("invalid peer certificate: BadSignature"), "{log}");
+    drop(impostor);
+
+    // The genuine server on the same port: the same tunnel serves it.
+    let _server = tls.server(port, &[]);
+    let page = String::from_utf8_lossy(&tunnel.exchange(REQUEST)).into_owned();
+    assert!(page.contains("Subject: CN=site-1"), "{page}\ntunnel log:\n{}", tunnel.log_text());
+    // No signature was made for the refused handshakes.
+    assert_eq!(tls.signed_profiles(), ["tls-rsa-pss-sha256:ok"]);
+
+    // The genuine server under a name its certificate does not carry.
+    let misnamed = tls.tunnel(port, "server2");
+    assert!(misnamed.exchange(REQUEST).is_empty());
+    let log = misnamed.wait_log("connection refused", 1);
+    assert!(log.contains("invalid peer certificate: certificate not valid for name \"server2\""), "{log}");
+    assert_eq!(tls.signed_profiles(), ["tls-rsa-pss-sha256:ok"]);
+
+    // The agent is gone: the handshake cannot be signed, and the log says so.
+    tls.agent.terminate();
+    let reply = tunnel.exchange(REQUEST);
+    assert!(reply.is_empty(), "{}\n{}", String::from_utf8_lossy(&reply), tunnel.log_text());
+    let log = tunnel.wait_log("connection refused", 3);
+    let line = log.lines().rev().find(|l| l.contains("connection refused")).unwrap();
+    assert!(
+        line.contains("the agent did not sign the handshake with `site-1` as `tls-rsa-pss-sha256`")
+            && line.contains("cannot connect to the keyward agent"),
+        "{line}"
+    );
+}
+
+#[test]
+fn tunnel_refuses_a_non_loopback_listen_address_without_allow_remote() {
+    let site = Site::new();
+    #[rustfmt::skip]
+    let out = site.keyward(&[
+        "tunnel", "--key", "site-1", "--listen", "0.0.0.0:8443", "--upstream", "127.0.0.1:1", "--server-name", "server1",
+        "--ca", "/nonexistent.pem",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a loopback address") && stderr.contains("--allow-remote"), "{stderr}");
+}
