@@ -2,6 +2,10 @@
 //! flushed before the reply is sent. It records who (peer uid/gid/pid), what (operation,
 //! key, profile), on what (SHA-256 of the payload and its length), the outcome and the
 //! latency — never a PIN, a plaintext or a signature.
+//!
+//! The lines form a hash chain: each carries `seq` (one more than the line before, across
+//! agent restarts) and `prev`, the SHA-256 of the previous line's bytes, so an edited,
+//! removed or reordered line is detected by `keyward audit verify` (`audit_chain.rs`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -54,13 +58,24 @@ pub struct AuditRecord<'a> {
 struct Line<'a> {
     ts: String,
     seq: u64,
+    prev: &'a str,
     #[serde(flatten)]
     record: &'a AuditRecord<'a>,
 }
 
+/// `prev` of the first line of a new log.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// The open file and the end of its chain.
+struct Tail {
+    file: File,
+    seq: u64,
+    prev: String,
+}
+
 /// The append-only audit file.
 pub struct AuditLog {
-    file: Mutex<(File, u64)>,
+    tail: Mutex<Tail>,
 }
 
 impl AuditLog {
@@ -73,23 +88,49 @@ impl AuditLog {
             std::fs::create_dir_all(dir)?;
         }
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        Ok(Self { file: Mutex::new((file, 0)) })
+        let (seq, prev) = last_link(path)?;
+        Ok(Self { tail: Mutex::new(Tail { file, seq, prev }) })
     }
 
     /// Appends one record as a single `write` (O_APPEND keeps lines whole).
     pub fn record(&self, record: &AuditRecord<'_>) {
-        let mut guard = match self.file.lock() {
+        let mut tail = match self.tail.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        guard.1 += 1;
-        let line = Line { ts: humantime::format_rfc3339_micros(SystemTime::now()).to_string(), seq: guard.1, record };
-        let mut text = serde_json::to_string(&line).unwrap_or_else(|e| format!("{{\"audit_error\":\"{e}\"}}"));
-        text.push('\n');
-        if let Err(e) = guard.0.write_all(text.as_bytes()) {
+        let seq = tail.seq + 1;
+        let ts = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+        let text = match serde_json::to_string(&Line { ts, seq, prev: &tail.prev, record }) {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode audit record");
+                return;
+            }
+        };
+        if let Err(e) = tail.file.write_all(format!("{text}\n").as_bytes()) {
             tracing::error!(error = %e, "cannot write audit record");
+            return;
         }
+        tail.seq = seq;
+        tail.prev = sha256_hex(text.as_bytes());
     }
+}
+
+/// The `seq` and hash of the last line of an existing log (read from its last 64 KiB), or
+/// the start of a new chain.
+fn last_link(path: &Path) -> std::io::Result<(u64, String)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(path)?;
+    let len = file.metadata()?.len();
+    let start = len.saturating_sub(64 * 1024);
+    file.seek(SeekFrom::Start(start))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    let Some(last) = tail.split(|b| *b == b'\n').rev().find(|l| !l.is_empty()) else {
+        return Ok((0, GENESIS.to_owned()));
+    };
+    let seq = serde_json::from_slice::<serde_json::Value>(last).ok().and_then(|v| v["seq"].as_u64()).unwrap_or(0);
+    Ok((seq, sha256_hex(last)))
 }
 
 /// Hex SHA-256 of a payload.

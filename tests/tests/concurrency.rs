@@ -67,4 +67,7 @@ fn thirty_two_clients_times_two_hundred_signatures_all_verify_and_are_audited() 
     let expected: HashSet<_> = results.iter().map(|m| keyward_agent::audit::sha256_hex(m)).collect();
     assert_eq!(digests, expected);
     drop(agent);
+    // Concurrent writers never interleave or break the hash chain.
+    let verified = site.keyward_ok(&["audit", "verify"]);
+    assert!(String::from_utf8_lossy(&verified.stdout).contains("chain intact"));
 }

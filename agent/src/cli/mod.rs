@@ -7,6 +7,7 @@
 //! through it.
 
 mod agent_ops;
+mod audit;
 mod cert;
 mod init;
 mod keys;
@@ -79,6 +80,9 @@ enum Command {
     /// NVFlare startup kits: move a site's key into the token.
     #[command(subcommand)]
     Nvflare(nvflare::NvflareCommand),
+    /// Check the audit log.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Run the agent.
     Serve,
     /// Ask the running agent for its health and counters.
@@ -126,6 +130,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Csr { name, subject, out } => cert::csr(&load()?, &name, &subject, out.as_deref()),
         Command::Cert(cmd) => cert::run(&load()?, cmd),
         Command::Nvflare(cmd) => nvflare::run(&config_path, &load()?, cmd),
+        Command::Audit(cmd) => audit::run(&config_path, cmd),
         Command::Serve => serve::run(load()?),
         Command::Status { json, socket } => agent_ops::status(socket_or_config(socket, &config_path)?, json),
         Command::Sign(args) => {
