@@ -19,5 +19,6 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod files;
+pub mod hygiene;
 pub mod store_handle;
 pub mod tls;

@@ -96,6 +96,10 @@ fn the_pin_appears_nowhere_keyward_writes_or_exposes() {
     for (what, bytes) in [("cmdline", &cmdline), ("environ", &environ)] {
         assert!(!contains(bytes, pin.as_bytes()), "PIN found in the agent's {what}");
     }
+    // No core dumps can carry the PIN or session state out of the agent.
+    let limits = std::fs::read_to_string(format!("{proc_dir}/limits")).unwrap();
+    let core = limits.lines().find(|l| l.starts_with("Max core file size")).unwrap();
+    assert_eq!(core.split_whitespace().skip(4).take(2).collect::<Vec<_>>(), ["0", "0"], "{core}");
     drop(agent);
     let mut places = vec![
         ("config", std::fs::read_to_string(&site.config).unwrap()),

@@ -52,6 +52,7 @@ pub(super) fn cancel_on_signal() -> Result<CancellationToken> {
 /// Start-up failures: PIN, token, socket, audit log.
 pub fn run(config: Config) -> Result<()> {
     init_logging();
+    crate::hygiene::harden_process();
     let policies = Policies::from_config(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-io").build()?;
     // The socket first: refusing to replace a live agent must not cost a PIN attempt.
