@@ -5,7 +5,7 @@
 # Purpose:  make a fresh Debian 12 (or similar apt-based) machine able to build,
 #           test and demo keyward: SoftHSM2, OpenSC, OpenSSL, swtpm, tpm2-tools,
 #           TSS2 headers, pkg-config, python3-venv, util-linux (setpriv),
-#           ca-certificates, hyperfine and shellcheck.
+#           ca-certificates, hyperfine, shellcheck and stunnel4 (tls-bench).
 #
 # Usage:    softhsm-setup/install-packages.sh
 #
@@ -40,6 +40,7 @@ readonly PACKAGES=(
     ca-certificates
     hyperfine
     shellcheck
+    stunnel4 # tls-bench: the key-file baseline for keyward tunnel
 )
 
 if [[ $# -gt 0 ]]; then

@@ -77,7 +77,8 @@ cargo test --workspace -- --test-threads 4
 step "running the Python tests (pytest python/tests, real agent and real nvflare)"
 KEYWARD_BIN="$REPO_ROOT/target/debug/keyward" "$KEYWARD_PYTHON" -m pytest -q "$REPO_ROOT/python/tests"
 
-step "running the benchmark once in --quick mode (keeps it working; asserts no speed)"
+step "running the benchmarks once in --quick mode (keeps them working; assert no speed)"
 cargo run -q -p keyward-tests --bin keyward-bench -- --quick >/dev/null
+cargo run -q -p keyward-tests --bin tls-bench -- --quick >/dev/null
 
 log "all tests passed"

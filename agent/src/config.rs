@@ -129,7 +129,7 @@ impl LimitsConfig {
     }
 }
 
-/// Which backend holds the keys (`type = "pkcs11"`).
+/// Which backend holds the keys (`type = "pkcs11"` or `type = "tpm"`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BackendConfig {
@@ -145,6 +145,17 @@ pub enum BackendConfig {
         /// Worker threads, each with its own session. Default: 2.
         #[serde(default = "default_workers")]
         workers: usize,
+    },
+    /// A TPM 2.0 (one worker: the TPM serves one request at a time).
+    Tpm {
+        /// How to reach it: `device:/dev/tpmrm0`, or `swtpm:host=127.0.0.1,port=2321` for swtpm
+        /// over TCP (control on port+1). `swtpm:path=...` is refused.
+        tcti: String,
+        /// Folder of the wrapped key blobs (`<name>.tpmkey`); created 0700 if missing.
+        key_dir: PathBuf,
+        /// File holding the keys' auth value (mode 0600 or 0400); none: empty auth value.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        auth_file: Option<PathBuf>,
     },
 }
 
@@ -197,6 +208,12 @@ impl Config {
                     fix(p);
                 }
             }
+            BackendConfig::Tpm { key_dir, auth_file, .. } => {
+                fix(key_dir);
+                if let Some(p) = auth_file {
+                    fix(p);
+                }
+            }
         }
     }
 
@@ -214,9 +231,10 @@ impl Config {
         for name in self.keys.keys() {
             keyward_core::KeyId::new(name).with_context(|| format!("table `keys.{name}`"))?;
         }
-        let BackendConfig::Pkcs11 { workers, .. } = &self.backend;
-        if !(1..=64).contains(workers) {
-            bail!("field `backend.workers` must be between 1 and 64");
+        if let BackendConfig::Pkcs11 { workers, .. } = &self.backend {
+            if !(1..=64).contains(workers) {
+                bail!("field `backend.workers` must be between 1 and 64");
+            }
         }
         Ok(())
     }
@@ -237,7 +255,9 @@ impl Config {
     /// # Errors
     /// When none is set.
     pub fn pin_path(&self) -> Result<PathBuf> {
-        let BackendConfig::Pkcs11 { pin_file, .. } = &self.backend;
+        let BackendConfig::Pkcs11 { pin_file, .. } = &self.backend else {
+            bail!("a TPM backend has no PIN; its keys' auth value comes from `backend.auth_file`")
+        };
         if let Some(p) = pin_file {
             return Ok(p.clone());
         }
@@ -305,6 +325,18 @@ token = "fl-site"
     fn unknown_field_is_named() {
         let err = parse(&format!("{MINIMAL}pin = \"1234\"\n")).unwrap_err();
         assert!(format!("{err:#}").contains("unknown field `pin`"), "{err:#}");
+    }
+
+    #[test]
+    fn tpm_backend_parses_with_relative_key_dir() {
+        let c = parse(
+            "socket = \"s\"\nstate_dir = \"st\"\n[backend]\ntype = \"tpm\"\ntcti = \"device:/dev/tpmrm0\"\nkey_dir = \"keys\"\n",
+        )
+        .unwrap();
+        let BackendConfig::Tpm { key_dir, auth_file, .. } = &c.backend else { panic!("not tpm") };
+        assert_eq!(key_dir, &PathBuf::from("/etc/keyward/keys"));
+        assert!(auth_file.is_none());
+        assert!(c.pin_path().is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - [`protocol`]: the agent's versioned, length-prefixed socket protocol (spec: `docs/protocol.md`).
 //! - [`Pin`]: a PIN or auth value that is zeroized and never printed.
 //! - [`nvflare`]: NVFlare's secure-mode authenticator flow, verified by the agent itself.
-//! - [`oaep`], [`verify`], [`private_key`]: pure cryptographic encoding shared by the backends.
+//! - [`oaep`], [`pss`], [`verify`], [`private_key`]: pure cryptographic encoding shared by the backends.
 
 pub mod error;
 pub mod key;
@@ -16,6 +16,7 @@ pub mod pin;
 pub mod private_key;
 pub mod profile;
 pub mod protocol;
+pub mod pss;
 pub mod signature;
 pub mod store;
 pub mod verify;

@@ -7,7 +7,40 @@ use std::time::{Duration, Instant};
 
 use keyward_agent::client::AgentClient;
 
-use crate::softhsm::Site;
+/// A keyward config the agent can be started for (a SoftHSM [`crate::Site`] or a
+/// [`crate::TpmSite`]).
+pub trait AgentSite {
+    /// A `keyward` command with the site's environment and config.
+    fn command(&self) -> std::process::Command;
+    /// A path inside the site's temp dir.
+    fn path(&self, name: &str) -> PathBuf;
+    /// The agent socket.
+    fn socket(&self) -> PathBuf;
+
+    /// Runs `keyward ARGS` and returns its output.
+    fn keyward(&self, args: &[&str]) -> std::process::Output {
+        self.command().args(args).output().expect("run keyward")
+    }
+
+    /// Runs `keyward ARGS`, asserting success.
+    fn keyward_ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.keyward(args);
+        crate::tools::assert_success(&out, &format!("keyward {}", args.join(" ")));
+        out
+    }
+
+    /// Generates a key.
+    fn generate(&self, name: &str, algorithm: &str) {
+        self.keyward_ok(&["key", "generate", name, "--algorithm", algorithm]);
+    }
+
+    /// Writes the key's public key PEM to a file and returns its path.
+    fn public_pem(&self, name: &str) -> PathBuf {
+        let path = self.path(&format!("{name}.pub.pem"));
+        self.keyward_ok(&["key", "public", name, "--out", path.to_str().expect("utf-8")]);
+        path
+    }
+}
 
 /// A running agent.
 pub struct AgentProcess {
@@ -20,19 +53,19 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Starts `keyward serve` for `site` and waits until it answers.
-    pub fn start(site: &Site) -> Self {
+    pub fn start(site: &impl AgentSite) -> Self {
         let agent = Self::spawn(site);
         agent.wait_ready(Duration::from_secs(20));
         agent
     }
 
     /// Starts `keyward serve` without waiting (for tests that expect it to fail).
-    pub fn spawn(site: &Site) -> Self {
+    pub fn spawn(site: &impl AgentSite) -> Self {
         Self::spawn_with_env(site, &[])
     }
 
     /// As [`AgentProcess::spawn`], with extra environment variables.
-    pub fn spawn_with_env(site: &Site, env: &[(&str, &std::ffi::OsStr)]) -> Self {
+    pub fn spawn_with_env(site: &impl AgentSite, env: &[(&str, &std::ffi::OsStr)]) -> Self {
         let log = site.path(&format!("agent-{}.log", rand::random::<u32>()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = site
@@ -44,7 +77,7 @@ impl AgentProcess {
             .stderr(stderr)
             .spawn()
             .expect("spawn keyward serve");
-        Self { child: Some(child), socket: site.socket.clone(), log }
+        Self { child: Some(child), socket: site.socket(), log }
     }
 
     /// The child's pid.

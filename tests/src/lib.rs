@@ -1,5 +1,6 @@
 //! Fixtures for keyward's end-to-end tests and benchmark, with real components: a SoftHSM2
-//! token in its own temp dir ([`SoftHsm`]), a keyward config for it ([`Site`]), the real
+//! token in its own temp dir ([`SoftHsm`]), a keyward config for it ([`Site`]), an swtpm on
+//! its own state dir and port pair ([`Swtpm`]) with a config for it ([`TpmSite`]), the real
 //! `keyward serve` binary ([`AgentProcess`]), and the real tools that check its output
 //! (openssl, Python `cryptography`), and TLS peers for the tunnel ([`OpensslServer`],
 //! [`TunnelProcess`]). Every fixture owns a short `/tmp` dir (socket paths
@@ -8,13 +9,16 @@
 //! A missing tool is a test failure with a message saying how to install it, never a skip.
 
 pub mod agent;
+pub mod checks;
 pub mod pki;
 pub mod softhsm;
+pub mod swtpm;
 pub mod tls;
 pub mod tools;
 
-pub use agent::AgentProcess;
+pub use agent::{AgentProcess, AgentSite};
 pub use pki::TestCa;
 pub use softhsm::{Site, SoftHsm};
-pub use tls::{OpensslServer, TunnelProcess};
+pub use swtpm::{Swtpm, TpmSite};
+pub use tls::{OpensslServer, PythonTlsServer, TunnelProcess};
 pub use tools::{openssl, python, workspace_root};

@@ -39,12 +39,18 @@ impl TestCa {
 
     /// Issues `csr` into `out` with the given openssl extension lines (one day validity).
     pub fn issue(&self, csr: &Path, out: &Path, extensions: &str) {
+        self.issue_days(csr, out, extensions, 1);
+    }
+
+    /// Issues `csr` into `out`, valid from now for `days` days. A negative `days` (openssl
+    /// 3.0 takes it) makes a certificate that expired that many days ago.
+    pub fn issue_days(&self, csr: &Path, out: &Path, extensions: &str, days: i32) {
         let ext_file = self.dir.join(format!("{}.ext", rand::random::<u32>()));
         std::fs::write(&ext_file, extensions).expect("extension file");
+        let days = days.to_string();
         #[rustfmt::skip]
-        #[rustfmt::skip]
-    let args = [
-            "x509", "-req", "-in", s(csr), "-CA", s(&self.cert), "-CAkey", s(&self.key), "-CAcreateserial", "-days", "1",
+        let args = [
+            "x509", "-req", "-in", s(csr), "-CA", s(&self.cert), "-CAkey", s(&self.key), "-CAcreateserial", "-days", &days,
             "-out", s(out), "-extfile", s(&ext_file),
         ];
         assert_success(&openssl(&args), "issue certificate");
@@ -53,12 +59,18 @@ impl TestCa {
     /// A new RSA-2048 key (PKCS#1 PEM, as NVFlare writes) and a certificate for `subject`
     /// (openssl form, `/CN=site-1/O=nvidia`): `<tag>.key`, `<tag>.crt`.
     pub fn leaf(&self, subject: &str, tag: &str, extensions: &str) -> (PathBuf, PathBuf) {
+        self.leaf_days(subject, tag, extensions, 1)
+    }
+
+    /// [`TestCa::leaf`] valid for `days` days from now (negative: expired, see
+    /// [`TestCa::issue_days`]).
+    pub fn leaf_days(&self, subject: &str, tag: &str, extensions: &str, days: i32) -> (PathBuf, PathBuf) {
         let key = self.dir.join(format!("{tag}.key"));
         let csr = self.dir.join(format!("{tag}.csr"));
         let cert = self.dir.join(format!("{tag}.crt"));
         assert_success(&openssl(&["genrsa", "-traditional", "-out", s(&key), "2048"]), "leaf key");
         assert_success(&openssl(&["req", "-new", "-key", s(&key), "-subj", subject, "-out", s(&csr)]), "leaf csr");
-        self.issue(&csr, &cert, extensions);
+        self.issue_days(&csr, &cert, extensions, days);
         (key, cert)
     }
 }

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use crate::agent::AgentSite;
 use crate::tools::{assert_success, keyward_bin, workspace_root};
 
 /// A SoftHSM2 token in a temp dir.
@@ -130,26 +131,22 @@ impl Site {
 
     /// Runs `keyward ARGS` and returns its output.
     pub fn keyward(&self, args: &[&str]) -> Output {
-        self.command().args(args).output().expect("run keyward")
+        AgentSite::keyward(self, args)
     }
 
     /// Runs `keyward ARGS`, asserting success.
     pub fn keyward_ok(&self, args: &[&str]) -> Output {
-        let out = self.keyward(args);
-        assert_success(&out, &format!("keyward {}", args.join(" ")));
-        out
+        AgentSite::keyward_ok(self, args)
     }
 
     /// Generates a key.
     pub fn generate(&self, name: &str, algorithm: &str) {
-        self.keyward_ok(&["key", "generate", name, "--algorithm", algorithm]);
+        AgentSite::generate(self, name, algorithm)
     }
 
     /// Writes the key's public key PEM to a file and returns its path.
     pub fn public_pem(&self, name: &str) -> PathBuf {
-        let path = self.path(&format!("{name}.pub.pem"));
-        self.keyward_ok(&["key", "public", name, "--out", path.to_str().expect("utf-8")]);
-        path
+        AgentSite::public_pem(self, name)
     }
 
     /// A path inside the site's temp dir.
@@ -166,6 +163,18 @@ impl Site {
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
         let text = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
         text.lines().map(|l| serde_json::from_str(l).expect("audit line is JSON")).collect()
+    }
+}
+
+impl AgentSite for Site {
+    fn command(&self) -> Command {
+        Site::command(self)
+    }
+    fn path(&self, name: &str) -> PathBuf {
+        Site::path(self, name)
+    }
+    fn socket(&self) -> PathBuf {
+        self.socket.clone()
     }
 }
 

@@ -149,3 +149,109 @@ impl Drop for TunnelProcess {
         crate::tools::stop_child(&mut self.child);
     }
 }
+
+/// The Python peer (`tests/src/tls_peer.py`): a server with Python's `ssl` module and
+/// `CERT_REQUIRED`, and a streaming client.
+const TLS_PEER_PY: &str = include_str!("tls_peer.py");
+
+fn tls_peer_script(dir: &Path) -> PathBuf {
+    let script = dir.join("tls_peer.py");
+    if !script.exists() {
+        std::fs::write(&script, TLS_PEER_PY).expect("write tls_peer.py");
+    }
+    script
+}
+
+/// A Python `ssl` server (`ssl.CERT_REQUIRED`, client certificates from `client_ca`) that
+/// reports, on the connection, the client certificate CN it verified, the TLS version and
+/// cipher, and the SHA-256 of what it received; then sends back random bytes and their
+/// SHA-256 (protocol in `tls_peer.py`).
+pub struct PythonTlsServer {
+    child: Child,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    /// Its stdout and stderr: `served ...` or `handshake failed: ...` per connection.
+    pub log: PathBuf,
+}
+
+impl PythonTlsServer {
+    /// Starts the server on `port`; `tls12` caps it at TLS 1.2. Ready once it printed
+    /// `listening`.
+    pub fn start(dir: &Path, port: u16, cert: &Path, key: &Path, client_ca: &Path, tls12: bool) -> Self {
+        let log = dir.join(format!("py-server-{port}-{}.log", rand::random::<u32>()));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let mut command = Command::new(crate::tools::python());
+        command.arg(tls_peer_script(dir)).args(["serve", &port.to_string()]).arg(cert).arg(key).arg(client_ca);
+        if tls12 {
+            command.arg("--tls12");
+        }
+        let child = command.stdin(Stdio::null()).stdout(out).stderr(err).spawn().expect("spawn the Python TLS server");
+        let mut server = Self { child, port, log };
+        wait_until(
+            Duration::from_secs(10),
+            || format!("Python server not listening on {port}: {}", server.log_text()),
+            || server.log_text().contains("listening"),
+        );
+        assert!(server.child.try_wait().expect("try_wait").is_none(), "Python server exited: {}", server.log_text());
+        server
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the log has `n` lines containing `needle`; returns the log.
+    pub fn wait_log(&self, needle: &str, n: usize) -> String {
+        wait_until(
+            Duration::from_secs(10),
+            || format!("{n}× `{needle}` not in the Python server's log:\n{}", self.log_text()),
+            || self.log_text().matches(needle).count() >= n,
+        );
+        self.log_text()
+    }
+}
+
+impl Drop for PythonTlsServer {
+    fn drop(&mut self) {
+        crate::tools::stop_child(&mut self.child);
+    }
+}
+
+/// What [`stream_through`] saw: the SHA-256 of what the client sent, the server's report
+/// line, and the size and SHA-256 of what came back against the server's trailer.
+#[derive(Debug)]
+pub struct StreamReport {
+    /// SHA-256 (hex) of the bytes the client sent.
+    pub sent_sha256: String,
+    /// The server's line: `cn=... version=... cipher=... received=N sha256=...`.
+    pub server_line: String,
+    /// How many bytes came back between the line and the trailer.
+    pub received_bytes: u64,
+    /// Their SHA-256 (hex), computed by the client.
+    pub received_sha256: String,
+    /// The SHA-256 (hex) the server computed of what it sent.
+    pub trailer: String,
+}
+
+/// Sends `n_in` random bytes in the clear to `port` (the tunnel) and asks a
+/// [`PythonTlsServer`] behind it for `n_out` back, with the Python client in `tls_peer.py`
+/// (hashing with OpenSSL's SHA-256, fast even in a debug test build).
+pub fn stream_through(dir: &Path, port: u16, n_in: u64, n_out: u64) -> StreamReport {
+    let out = Command::new(crate::tools::python())
+        .arg(tls_peer_script(dir))
+        .args(["stream", &port.to_string(), &n_in.to_string(), &n_out.to_string()])
+        .output()
+        .expect("run the Python stream client");
+    crate::tools::assert_success(&out, "tls_peer.py stream");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stream client prints JSON");
+    let text = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+    StreamReport {
+        sent_sha256: text("sent_sha256"),
+        server_line: text("server_line"),
+        received_bytes: v["received_bytes"].as_u64().unwrap_or_default(),
+        received_sha256: text("received_sha256"),
+        trailer: text("trailer"),
+    }
+}

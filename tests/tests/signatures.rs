@@ -4,7 +4,8 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use keyward_tests::tools::{assert_success, run_python};
+use keyward_tests::checks::{assert_python_verifies_nvflare, openssl_oaep_encrypt};
+use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, AgentProcess, Site};
 
 struct Signed {
@@ -61,24 +62,7 @@ fn nvflare_profile_verifies_with_exact_salt_222_in_openssl_and_in_python_cryptog
     assert!(!openssl_verify(&s, &salt32).status.success(), "salt-32 verification unexpectedly passed");
 
     // NVFlare's verify_content: PSS(MGF1(SHA256), PSS.MAX_LENGTH) + SHA256; and exact 222.
-    let code = r#"
-import sys
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding
-key = serialization.load_pem_public_key(open(sys.argv[1], "rb").read())
-sig = open(sys.argv[2], "rb").read(); msg = open(sys.argv[3], "rb").read()
-for salt in (padding.PSS.MAX_LENGTH, 222):
-    key.verify(sig, msg, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=salt), hashes.SHA256())
-try:
-    key.verify(sig, msg + b"x", padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH), hashes.SHA256())
-    sys.exit("tampered message verified")
-except Exception:
-    pass
-print("ok")
-"#;
-    let out = run_python(code, &[s.public.to_str().unwrap(), s.sig.to_str().unwrap(), s.msg.to_str().unwrap()]);
-    assert_success(&out, "python cryptography verify");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert_python_verifies_nvflare(&s.public, &s.sig, &s.msg);
 }
 
 #[test]
@@ -154,24 +138,7 @@ fn an_openssl_oaep_sha256_ciphertext_decrypts_through_the_agent() {
     let aes_key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
     std::fs::write(&plain, &aes_key).unwrap();
     let ct = site.path("ct");
-    let out = openssl(&[
-        "pkeyutl",
-        "-encrypt",
-        "-pubin",
-        "-inkey",
-        public.to_str().unwrap(),
-        "-pkeyopt",
-        "rsa_padding_mode:oaep",
-        "-pkeyopt",
-        "rsa_oaep_md:sha256",
-        "-pkeyopt",
-        "rsa_mgf1_md:sha256",
-        "-in",
-        plain.to_str().unwrap(),
-        "-out",
-        ct.to_str().unwrap(),
-    ]);
-    assert_success(&out, "openssl OAEP encrypt");
+    openssl_oaep_encrypt(&public, "sha256", &plain, &ct);
     let decrypted = site.path("decrypted");
     for _ in 0..2 {
         site.keyward_ok(&["decrypt", "site-1", "--in", ct.to_str().unwrap(), "--out", decrypted.to_str().unwrap()]);
@@ -190,22 +157,7 @@ fn an_openssl_oaep_sha256_ciphertext_decrypts_through_the_agent() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("decryption_failed"), "{out:?}");
     // SHA-1 OAEP (what SoftHSM does natively) must not be accepted as SHA-256 OAEP.
     let sha1_ct = site.path("sha1-ct");
-    assert_success(
-        &openssl(&[
-            "pkeyutl",
-            "-encrypt",
-            "-pubin",
-            "-inkey",
-            public.to_str().unwrap(),
-            "-pkeyopt",
-            "rsa_padding_mode:oaep",
-            "-in",
-            plain.to_str().unwrap(),
-            "-out",
-            sha1_ct.to_str().unwrap(),
-        ]),
-        "openssl OAEP-SHA1 encrypt",
-    );
+    openssl_oaep_encrypt(&public, "sha1", &plain, &sha1_ct);
     let out = site.keyward(&["decrypt", "site-1", "--in", sha1_ct.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     site.keyward_ok(&["decrypt", "site-1", "--in", ct.to_str().unwrap(), "--out", decrypted.to_str().unwrap()]);

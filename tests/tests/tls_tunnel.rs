@@ -2,17 +2,21 @@
 //! a plain HTTP request sent to the tunnel comes back as the server's status page, which
 //! shows the negotiated protocol and the client certificate the server verified — the
 //! site's, whose key never left SoftHSM. The agent's audit log shows one `sign` per
-//! handshake with the exact scheme rustls negotiated. Negative cases: an unreachable
-//! upstream and a server certificate from another CA refuse that one connection, with the
-//! reason in the tunnel's log, and the tunnel serves the next connection; so does a server
-//! name the certificate does not carry, and a stopped agent.
+//! handshake with the exact scheme rustls negotiated. A second peer, a Python `ssl` server
+//! with `CERT_REQUIRED` (`tests/src/tls_peer.py`), reports the client CN it verified on the
+//! connection, and checks 256 MiB each way by SHA-256. Negative cases: an unreachable
+//! upstream, a server certificate from another CA, an expired server certificate, and a
+//! server that trusts client certificates from another CA (TLS 1.2: the handshake fails;
+//! TLS 1.3: the alert ends the connection right after it) refuse that one connection, with
+//! the reason in the tunnel's log, and the tunnel serves the next connection; so does a
+//! server name the certificate does not carry, and a stopped agent.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::path::PathBuf;
 
-use keyward_tests::tls::free_port;
-use keyward_tests::{AgentProcess, OpensslServer, Site, TestCa, TunnelProcess};
+use keyward_tests::tls::{free_port, stream_through};
+use keyward_tests::{AgentProcess, OpensslServer, PythonTlsServer, Site, TestCa, TunnelProcess};
 
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
 
@@ -45,6 +49,17 @@ impl TlsSite {
 
     fn server(&self, port: u16, extra: &[&str]) -> OpensslServer {
         OpensslServer::start(self.site.hsm.dir.path(), port, &self.server_cert, &self.server_key, &self.ca.cert, extra)
+    }
+
+    fn python_server(&self, port: u16, tls12: bool) -> PythonTlsServer {
+        PythonTlsServer::start(
+            self.site.hsm.dir.path(),
+            port,
+            &self.server_cert,
+            &self.server_key,
+            &self.ca.cert,
+            tls12,
+        )
     }
 
     fn tunnel(&self, upstream_port: u16, server_name: &str) -> TunnelProcess {
@@ -178,6 +193,119 @@ fn refused_upstreams_close_only_their_connection_and_the_tunnel_keeps_serving() 
             && line.contains("cannot connect to the keyward agent"),
         "{line}"
     );
+}
+
+/// One exchange with the Python server through `tunnel`: nothing sent, nothing asked back;
+/// returns the server's report line.
+fn python_report(tunnel: &TunnelProcess) -> String {
+    let reply = String::from_utf8_lossy(&tunnel.exchange(b"0 0\n")).into_owned();
+    reply.lines().next().unwrap_or_default().to_owned()
+}
+
+fn python_server_verifies_the_site_certificate(algorithm: &str, tls12: bool, version: &str, profile: &str) {
+    let tls = TlsSite::new(algorithm);
+    let port = free_port();
+    let server = tls.python_server(port, tls12);
+    let tunnel = tls.tunnel(port, "server1");
+    let report = python_report(&tunnel);
+    // The CN comes from `SSLSocket.getpeercert()`, which is only filled in once OpenSSL has
+    // verified the chain against the server's CA file (CERT_REQUIRED).
+    assert!(report.starts_with(&format!("cn=site-1 version={version} ")), "{report}\n{}", tunnel.log_text());
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    assert!(report.ends_with(&format!("received=0 sha256={empty}")), "{report}");
+    server.wait_log("served cn=site-1", 1);
+    assert_eq!(tls.signed_profiles(), [format!("{profile}:ok")]);
+}
+
+#[test]
+fn python_ssl_server_with_cert_required_verifies_an_rsa_site_over_tls13() {
+    python_server_verifies_the_site_certificate("rsa-2048", false, "TLSv1.3", "tls-rsa-pss-sha256");
+}
+
+#[test]
+fn python_ssl_server_with_cert_required_verifies_a_p256_site_over_tls12() {
+    python_server_verifies_the_site_certificate("p-256", true, "TLSv1.2", "tls-ecdsa-p256-sha256");
+}
+
+#[test]
+fn an_expired_server_certificate_is_refused_and_the_tunnel_keeps_serving() {
+    let tls = TlsSite::new("rsa-2048");
+    let port = free_port();
+    let tunnel = tls.tunnel(port, "server1");
+
+    // Same CA, same name, but its validity ended a day ago.
+    let (key, cert) = tls.ca.leaf_days("/CN=server1", "expired", "subjectAltName=DNS:server1\n", -1);
+    let expired = OpensslServer::start(tls.site.hsm.dir.path(), port, &cert, &key, &tls.ca.cert, &[]);
+    assert!(tunnel.exchange(REQUEST).is_empty());
+    let log = tunnel.wait_log("connection refused", 1);
+    assert!(log.contains("TLS handshake with") && log.contains("invalid peer certificate: Expired"), "{log}");
+    drop(expired);
+    // Refused before the client certificate was asked for: nothing signed.
+    assert!(tls.signed_profiles().is_empty());
+
+    let _server = tls.python_server(port, false);
+    assert!(python_report(&tunnel).starts_with("cn=site-1 version=TLSv1.3"), "{}", tunnel.log_text());
+    assert_eq!(tls.signed_profiles(), ["tls-rsa-pss-sha256:ok"]);
+}
+
+/// A server whose certificate the tunnel accepts but which trusts client certificates from
+/// another CA only: the site signs its handshake, the server rejects the certificate with an
+/// alert, the client's connection is closed, and the tunnel logs the alert.
+fn server_trusting_another_ca_rejects_the_site(tls12: bool, expected_line: &str) {
+    let tls = TlsSite::new("p-256");
+    let port = free_port();
+    let tunnel = tls.tunnel(port, "server1");
+
+    let other = TestCa::new(&tls.site.path(""), "other");
+    let version = if tls12 { "-tls1_2" } else { "-tls1_3" };
+    let strict =
+        OpensslServer::start(tls.site.hsm.dir.path(), port, &tls.server_cert, &tls.server_key, &other.cert, &[version]);
+    assert!(tunnel.exchange(REQUEST).is_empty(), "{}", tunnel.log_text());
+    let log = tunnel.wait_log(expected_line, 1);
+    let line = log.lines().find(|l| l.contains(expected_line)).unwrap();
+    assert!(line.contains("received fatal alert: UnknownCA"), "{line}");
+    let server_log = std::fs::read_to_string(&strict.log).unwrap();
+    assert!(server_log.contains("unable to get local issuer certificate"), "{server_log}");
+    drop(strict);
+    // The signature was made (the handshake reached CertificateVerify) and then refused.
+    assert_eq!(tls.signed_profiles(), ["tls-ecdsa-p256-sha256:ok"]);
+
+    let _server = tls.server(port, &[]);
+    let page = String::from_utf8_lossy(&tunnel.exchange(REQUEST)).into_owned();
+    assert!(page.contains("Subject: CN=site-1"), "{page}\ntunnel log:\n{}", tunnel.log_text());
+}
+
+#[test]
+fn a_tls12_server_trusting_another_ca_refuses_the_handshake() {
+    // TLS 1.2: the server's alert comes before its Finished, so the handshake fails.
+    server_trusting_another_ca_rejects_the_site(true, "connection refused");
+}
+
+#[test]
+fn a_tls13_server_trusting_another_ca_ends_the_connection_after_the_handshake() {
+    // TLS 1.3: the client's handshake is complete when it sends its Finished; the server's
+    // verdict arrives as the first record after it, so the connection ends in the relay.
+    server_trusting_another_ca_rejects_the_site(false, "end=error");
+}
+
+#[test]
+fn a_quarter_gibibyte_each_way_arrives_intact() {
+    const SIZE: u64 = 256 << 20;
+    let tls = TlsSite::new("p-256");
+    let port = free_port();
+    let _server = tls.python_server(port, false);
+    let tunnel = tls.tunnel(port, "server1");
+
+    let report = stream_through(&tls.site.path(""), tunnel.port, SIZE, SIZE);
+    let expected = format!("received={SIZE} sha256={}", report.sent_sha256);
+    assert!(report.server_line.starts_with("cn=site-1 version=TLSv1.3"), "{report:?}");
+    assert!(report.server_line.ends_with(&expected), "{report:?}");
+    assert_eq!(report.received_bytes, SIZE, "{report:?}");
+    assert_eq!(report.received_sha256, report.trailer, "{report:?}");
+    let log = tunnel.wait_log("connection done", 1);
+    let header = format!("{SIZE} {SIZE}\n").len() as u64;
+    assert!(log.contains(&format!("bytes_to_upstream={}", SIZE + header)), "{log}");
+    assert!(log.contains("end=closed"), "{log}");
 }
 
 #[test]

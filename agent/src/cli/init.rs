@@ -1,5 +1,6 @@
 //! `keyward init`: writes a new config for a backend, checking what can be checked now
-//! (the module exists, the PIN file is private). It never overwrites a config.
+//! (the module exists, the PIN or auth file is private, the TCTI is one keyward accepts).
+//! It never overwrites a config.
 
 use std::path::{Path, PathBuf};
 
@@ -9,10 +10,12 @@ use clap::{Args, ValueEnum};
 use crate::config::{AccessConfig, BackendConfig, Config, LimitsConfig};
 
 /// Backends `init` can configure.
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
     /// A PKCS#11 token (SoftHSM2, an HSM, a smart card).
     Pkcs11,
+    /// A TPM 2.0 (`/dev/tpmrm0`, or swtpm over TCP).
+    Tpm,
 }
 
 /// Arguments of `keyward init`.
@@ -21,15 +24,24 @@ pub struct InitArgs {
     /// Which backend holds the keys.
     #[arg(long, value_enum)]
     backend: BackendKind,
-    /// PKCS#11 module (.so).
-    #[arg(long, value_name = "PATH")]
-    module: PathBuf,
-    /// Token label, or an RFC 7512 URI such as "pkcs11:token=fl-site".
-    #[arg(long, value_name = "LABEL|URI")]
-    token: String,
-    /// File holding the user PIN (mode 0600, owned by the agent's user).
+    /// PKCS#11 module (.so). [pkcs11]
+    #[arg(long, value_name = "PATH", required_if_eq("backend", "pkcs11"))]
+    module: Option<PathBuf>,
+    /// Token label, or an RFC 7512 URI such as "pkcs11:token=fl-site". [pkcs11]
+    #[arg(long, value_name = "LABEL|URI", required_if_eq("backend", "pkcs11"))]
+    token: Option<String>,
+    /// File holding the user PIN (mode 0600, owned by the agent's user). [pkcs11]
+    #[arg(long, value_name = "FILE", required_if_eq("backend", "pkcs11"))]
+    pin_file: Option<PathBuf>,
+    /// How to reach the TPM: "device:/dev/tpmrm0" or "swtpm:host=127.0.0.1,port=2321". [tpm]
+    #[arg(long, value_name = "TCTI", required_if_eq("backend", "tpm"))]
+    tcti: Option<String>,
+    /// Folder for the TPM-wrapped key files (created 0700). [tpm]
+    #[arg(long, value_name = "DIR", required_if_eq("backend", "tpm"))]
+    key_dir: Option<PathBuf>,
+    /// File holding the TPM keys' auth value (mode 0600); default: empty auth value. [tpm]
     #[arg(long, value_name = "FILE")]
-    pin_file: PathBuf,
+    auth_file: Option<PathBuf>,
     /// Agent socket.
     #[arg(long, value_name = "PATH", default_value = "/run/keyward/agent.sock")]
     socket: PathBuf,
@@ -42,30 +54,62 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolving `{}`", p.display()))
 }
 
+fn backend_config(args: InitArgs) -> Result<BackendConfig> {
+    let wrong = |flags: &str, backend: &str| anyhow::anyhow!("{flags} do not apply to --backend {backend}");
+    match args.backend {
+        BackendKind::Pkcs11 => {
+            if args.tcti.is_some() || args.key_dir.is_some() || args.auth_file.is_some() {
+                return Err(wrong("--tcti, --key-dir and --auth-file", "pkcs11"));
+            }
+            let (Some(module), Some(token), Some(pin_file)) = (args.module, args.token, args.pin_file) else {
+                bail!("--backend pkcs11 needs --module, --token and --pin-file");
+            };
+            if !module.exists() {
+                bail!("PKCS#11 module `{}` does not exist", module.display());
+            }
+            keyward_core::Pin::from_file(&pin_file).context("checking --pin-file")?;
+            keyward_pkcs11::TokenSelector::parse(&token).context("checking --token")?;
+            Ok(BackendConfig::Pkcs11 {
+                module: absolute(&module)?,
+                token,
+                pin_file: Some(absolute(&pin_file)?),
+                workers: 2,
+            })
+        }
+        BackendKind::Tpm => {
+            if args.module.is_some() || args.token.is_some() || args.pin_file.is_some() {
+                return Err(wrong("--module, --token and --pin-file", "tpm"));
+            }
+            let (Some(tcti), Some(key_dir)) = (args.tcti, args.key_dir) else {
+                bail!("--backend tpm needs --tcti and --key-dir");
+            };
+            crate::backends::check_tcti(&tcti).context("checking --tcti")?;
+            if let Some(auth) = &args.auth_file {
+                keyward_core::Pin::from_file(auth).context("checking --auth-file")?;
+            }
+            Ok(BackendConfig::Tpm {
+                tcti,
+                key_dir: absolute(&key_dir)?,
+                auth_file: args.auth_file.as_deref().map(absolute).transpose()?,
+            })
+        }
+    }
+}
+
 /// Runs `keyward init`.
 ///
 /// # Errors
-/// When the config exists, the module is missing or the PIN file is unusable.
+/// When the config exists, or the backend settings are unusable.
 pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
-    let BackendKind::Pkcs11 = args.backend;
-    if !args.module.exists() {
-        bail!("PKCS#11 module `{}` does not exist", args.module.display());
-    }
-    keyward_core::Pin::from_file(&args.pin_file).context("checking --pin-file")?;
-    keyward_pkcs11::TokenSelector::parse(&args.token).context("checking --token")?;
+    let (socket, state_dir) = (absolute(&args.socket)?, absolute(&args.state_dir)?);
     let config = Config {
-        socket: absolute(&args.socket)?,
-        state_dir: absolute(&args.state_dir)?,
+        socket,
+        state_dir,
         audit_log: None,
         keys: Default::default(),
         access: AccessConfig::default(),
         limits: LimitsConfig::default(),
-        backend: BackendConfig::Pkcs11 {
-            module: absolute(&args.module)?,
-            token: args.token,
-            pin_file: Some(absolute(&args.pin_file)?),
-            workers: 2,
-        },
+        backend: backend_config(args)?,
     };
     config.write_new(config_path)?;
     std::fs::create_dir_all(config.cert_dir())

@@ -50,10 +50,9 @@ pub enum KeyCommand {
     },
 }
 
-/// Opens a store on the token for one CLI command.
+/// Opens a store on the token or TPM for one CLI command.
 pub(super) fn open_store(config: &Config) -> Result<Box<dyn KeyStore>> {
-    let backend = crate::backends::open_pkcs11(config)?;
-    Ok(Box::new(backend.store()?))
+    crate::backends::open_store(config)
 }
 
 /// Runs a `key` subcommand.

@@ -1,0 +1,396 @@
+//! `tls-bench`: mutual-TLS handshakes per second and connection latency through
+//! `keyward tunnel` (client key in SoftHSM2, signed by the agent), against the same
+//! handshake with the client key in a file, for RSA-2048 and P-256 client keys:
+//!
+//! - `rustls, key file`: this process is the TLS client (rustls with ring, as in the
+//!   tunnel), no tunnel hop: the floor;
+//! - `stunnel, key file`: `stunnel4` in client mode (OpenSSL), the same shape as the tunnel:
+//!   a plain loopback client → stunnel → TLS;
+//! - `keyward tunnel`: the real `keyward tunnel` (release build) and `keyward serve`: plain
+//!   loopback client → tunnel → TLS, the `CertificateVerify` signed on the token.
+//!
+//! One connection = TCP connect, full handshake (session resumption is off on the server:
+//! `-no_cache -no_ticket`, so every connection signs), `GET /`, the reply read to the end.
+//! The upstream is one `openssl s_server -www -Verify 1 -verify_return_error` (RSA-2048
+//! server certificate, TLS 1.3) serving one connection at a time, so there is one client.
+//! The paths of a case run in interleaved rounds and a row shows the median round.
+//!
+//! Usage: `cargo run --release -p keyward-tests --bin tls-bench -- [--quick] [--seconds N]`
+//! (stunnel4 from `softhsm-setup/install-packages.sh`; without it that path is skipped and
+//! the report says so). Prints Markdown for `docs/benchmarks.md`; never asserts a speed.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use keyward_tests::tls::{free_port, wait_until};
+use keyward_tests::tools::{assert_success, openssl, stop_child};
+use keyward_tests::{AgentProcess, OpensslServer, Site, TestCa, TunnelProcess};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
+const ROUNDS: usize = 3;
+
+#[derive(Clone, Copy)]
+struct Case {
+    key: &'static str,
+    algorithm: &'static str,
+    title: &'static str,
+}
+
+const CASES: [Case; 2] = [
+    Case { key: "rsa", algorithm: "rsa-2048", title: "RSA-2048" },
+    Case { key: "ec", algorithm: "p-256", title: "P-256" },
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path3 {
+    Rustls,
+    Stunnel,
+    Tunnel,
+}
+
+impl Path3 {
+    fn title(self) -> &'static str {
+        match self {
+            Self::Rustls => "rustls, key file (no hop)",
+            Self::Stunnel => "stunnel4, key file",
+            Self::Tunnel => "keyward tunnel, key in SoftHSM",
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Sample {
+    conns: u64,
+    wall: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.conns as f64 / self.wall.as_secs_f64()
+    }
+}
+
+fn main() -> Result<()> {
+    let mut seconds = 6.0;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--quick" => seconds = 0.6,
+            "--seconds" => {
+                let v = iter.next().context("--seconds needs a number")?;
+                seconds = v.parse().with_context(|| format!("--seconds: `{v}` is not a number"))?;
+                if !(seconds > 0.0 && seconds <= 600.0) {
+                    bail!("--seconds must be in (0, 600]");
+                }
+            }
+            "-h" | "--help" => {
+                println!(
+                    "tls-bench [--quick] [--seconds N]\n\n\
+                     Mutual-TLS handshakes/s and latency: rustls and stunnel4 with the client key in a\n\
+                     file, keyward tunnel with the key in SoftHSM2; RSA-2048 and P-256 client keys.\n\n\
+                     --quick      about 0.6 s per case and path\n\
+                     --seconds N  seconds per case and path, split into 3 rounds (default 6)"
+                );
+                return Ok(());
+            }
+            other => bail!("unknown argument `{other}` (see --help)"),
+        }
+    }
+    run(Duration::from_secs_f64(seconds), &args)
+}
+
+/// The client-side material of one case.
+struct Client {
+    case: Case,
+    rustls: Arc<rustls::ClientConfig>,
+    tunnel: TunnelProcess,
+    stunnel: Option<Stunnel>,
+}
+
+fn run(duration: Duration, args: &[String]) -> Result<()> {
+    let date = line(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]);
+    eprintln!("tls-bench: creating a SoftHSM2 token, keys and a test PKI");
+    let site = Site::new();
+    let dir = site.path("");
+    let ca = TestCa::new(&dir, "root");
+    let (server_key, server_cert) =
+        ca.leaf("/CN=server1", "server1", "subjectAltName=DNS:server1\nextendedKeyUsage=serverAuth\n");
+    let client_ext = "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n";
+    for case in CASES {
+        site.generate(case.key, case.algorithm);
+        let csr = dir.join(format!("{}.csr", case.key));
+        let crt = dir.join(format!("{}-token.crt", case.key));
+        let subject = format!("CN=site-{},O=bench", case.key);
+        site.keyward_ok(&["csr", case.key, "--subject", &subject, "--out", s(&csr)]);
+        ca.issue(&csr, &crt, client_ext);
+        site.keyward_ok(&["cert", "install", case.key, s(&crt)]);
+    }
+    let agent = AgentProcess::start(&site);
+    let port = free_port();
+    let extra = ["-no_cache", "-no_ticket", "-quiet"];
+    let _server = OpensslServer::start(&dir, port, &server_cert, &server_key, &ca.cert, &extra);
+    let upstream = format!("127.0.0.1:{port}");
+    let have_stunnel = Command::new("stunnel4").arg("-version").output().is_ok();
+
+    let mut clients = Vec::new();
+    for case in CASES {
+        let (key_file, cert_file) = file_key_client(&ca, &dir, case)?;
+        let rustls = rustls_config(&ca.cert, &cert_file, &key_file)?;
+        #[rustfmt::skip]
+        let tunnel = TunnelProcess::start(&site, &[
+            "--key", case.key, "--upstream", &upstream, "--server-name", "server1", "--ca", s(&ca.cert),
+            "--socket", s(agent.socket()),
+        ]);
+        let stunnel = if have_stunnel {
+            Some(Stunnel::start(&dir, case.key, &upstream, &cert_file, &key_file, &ca.cert)?)
+        } else {
+            None
+        };
+        clients.push(Client { case, rustls, tunnel, stunnel });
+    }
+    let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    let mut paths = vec![Path3::Rustls];
+    if have_stunnel {
+        paths.push(Path3::Stunnel);
+    }
+    paths.push(Path3::Tunnel);
+    let round = duration / ROUNDS as u32;
+    let mut rows = Vec::new();
+    for client in &clients {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); paths.len()];
+        for r in 1..=ROUNDS {
+            eprintln!("tls-bench: {} · round {r}/{ROUNDS}", client.case.title);
+            for (path, samples) in paths.iter().zip(&mut samples) {
+                samples.push(measure(round, || connect_once(*path, client, port))?);
+            }
+        }
+        let direct: Vec<f64> = samples[0].iter().map(Sample::rate).collect();
+        for (path, mut samples) in paths.iter().zip(samples) {
+            let mut ratios: Vec<f64> = samples.iter().zip(&direct).map(|(s, d)| s.rate() / d).collect();
+            ratios.sort_by(f64::total_cmp);
+            samples.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+            rows.push((
+                client.case,
+                *path,
+                samples[ROUNDS / 2],
+                (samples[0].rate(), samples[ROUNDS - 1].rate()),
+                ratios[ROUNDS / 2],
+            ));
+        }
+    }
+    let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let signs = site.audit_records().iter().filter(|r| r["op"] == "sign").count();
+    drop(clients);
+    drop(agent);
+
+    println!("- date (start): {date}");
+    println!(
+        "- command: `cargo run --release -p keyward-tests --bin tls-bench --{}`",
+        args.iter().map(|a| format!(" {a}")).collect::<String>()
+    );
+    println!("- machine: {} × {}, kernel {}", line(&["nproc"]), cpu_model(), line(&["uname", "-r"]));
+    println!(
+        "- {}; {}",
+        line(&["openssl", "version"]),
+        if have_stunnel { stunnel_version() } else { "stunnel4 not installed: path skipped".into() }
+    );
+    println!("- load average before / after: `{}` / `{}`", load_before.trim(), load_after.trim());
+    println!("- agent `sign` records during the run: {signs}");
+    println!();
+    println!("| client key | path | handshakes/s | rounds min–max | p50 ms | p99 ms | vs rustls |");
+    println!("|---|---|--:|--:|--:|--:|--:|");
+    for (case, path, median, range, ratio) in rows {
+        println!(
+            "| {} | {} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.1}% |",
+            case.title,
+            path.title(),
+            median.rate(),
+            range.0,
+            range.1,
+            ms(median.p50),
+            ms(median.p99),
+            ratio * 100.0
+        );
+    }
+    Ok(())
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// A key file of the case's algorithm and a client certificate for it from `ca`.
+fn file_key_client(ca: &TestCa, dir: &Path, case: Case) -> Result<(PathBuf, PathBuf)> {
+    let key = dir.join(format!("{}-file.key", case.key));
+    let csr = dir.join(format!("{}-file.csr", case.key));
+    let crt = dir.join(format!("{}-file.crt", case.key));
+    let keygen: &[&str] = if case.key == "rsa" {
+        &["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out"]
+    } else {
+        &["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]
+    };
+    let mut argv = keygen.to_vec();
+    argv.push(s(&key));
+    assert_success(&openssl(&argv), "client key");
+    let subject = format!("/CN=file-{}/O=bench", case.key);
+    assert_success(&openssl(&["req", "-new", "-key", s(&key), "-subj", &subject, "-out", s(&csr)]), "client csr");
+    ca.issue(&csr, &crt, "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n");
+    Ok((key, crt))
+}
+
+fn rustls_config(ca: &Path, cert: &Path, key: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).context("CA file")? {
+        roots.add(c.context("CA certificate")?)?;
+    }
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(cert).context("cert file")?.collect::<Result<_, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key).context("key file")?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)?;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// One connection along `path`; returns the reply.
+fn connect_once(path: Path3, client: &Client, upstream_port: u16) -> Result<Vec<u8>> {
+    let mut reply = Vec::new();
+    match path {
+        Path3::Rustls => {
+            let tcp = TcpStream::connect(("127.0.0.1", upstream_port))?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from("server1")?;
+            let conn = rustls::ClientConnection::new(Arc::clone(&client.rustls), name)?;
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            tls.write_all(REQUEST)?;
+            match tls.read_to_end(&mut reply) {
+                Ok(_) => {}
+                // s_server may close without close_notify after the page.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !reply.is_empty() => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Path3::Stunnel | Path3::Tunnel => {
+            let port = match path {
+                Path3::Stunnel => client.stunnel.as_ref().context("no stunnel")?.port,
+                _ => client.tunnel.port,
+            };
+            let mut tcp = TcpStream::connect(("127.0.0.1", port))?;
+            tcp.set_nodelay(true)?;
+            tcp.write_all(REQUEST)?;
+            tcp.read_to_end(&mut reply)?;
+        }
+    }
+    if !reply.starts_with(b"HTTP/1.0 200 ok") {
+        bail!("{}: unexpected reply {:?}", path.title(), String::from_utf8_lossy(&reply[..reply.len().min(200)]));
+    }
+    Ok(reply)
+}
+
+/// Runs `once` in a loop for `duration` (after 3 warm-up connections).
+fn measure(duration: Duration, mut once: impl FnMut() -> Result<Vec<u8>>) -> Result<Sample> {
+    for _ in 0..3 {
+        once()?;
+    }
+    let mut latencies = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        once()?;
+        latencies.push(t.elapsed().as_nanos() as u64);
+    }
+    let wall = start.elapsed();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        let rank = (p * latencies.len() as f64).ceil() as usize;
+        Duration::from_nanos(latencies[rank.clamp(1, latencies.len()) - 1])
+    };
+    Ok(Sample { conns: latencies.len() as u64, wall, p50: pct(0.5), p99: pct(0.99) })
+}
+
+/// `stunnel4` in client mode on a free loopback port, with the key in a file.
+struct Stunnel {
+    child: Child,
+    port: u16,
+}
+
+impl Stunnel {
+    fn start(dir: &Path, tag: &str, upstream: &str, cert: &Path, key: &Path, ca: &Path) -> Result<Self> {
+        let port = free_port();
+        let conf = dir.join(format!("stunnel-{tag}.conf"));
+        let text = format!(
+            "foreground = yes\npid =\ndebug = warning\n\n[bench]\nclient = yes\naccept = 127.0.0.1:{port}\n\
+             connect = {upstream}\ncert = {}\nkey = {}\nCAfile = {}\nverifyChain = yes\ncheckHost = server1\n\
+             sni = server1\n",
+            s(cert),
+            s(key),
+            s(ca)
+        );
+        std::fs::write(&conf, text)?;
+        let log = std::fs::File::create(dir.join(format!("stunnel-{tag}.log")))?;
+        let child =
+            Command::new("stunnel4").arg(&conf).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log).spawn()?;
+        wait_until(
+            Duration::from_secs(10),
+            || format!("stunnel not listening on {port}"),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+        Ok(Self { child, port })
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        stop_child(&mut self.child);
+    }
+}
+
+fn stunnel_version() -> String {
+    let out = Command::new("stunnel4").arg("-version").output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stderr).lines().find(|l| l.starts_with("stunnel ")).map(|l| l.trim().to_owned())
+        })
+        .unwrap_or_else(|| "stunnel4 ?".into())
+}
+
+/// Runs a command and returns its trimmed stdout, or `?`.
+fn line(argv: &[&str]) -> String {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "?".into())
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into())
+}

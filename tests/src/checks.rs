@@ -1,0 +1,58 @@
+//! Independent checks of what keyward produced, shared by the SoftHSM and TPM scenarios:
+//! NVFlare's own verification in Python `cryptography`, and OAEP-SHA-256 ciphertexts made
+//! by openssl for keyward to decrypt.
+
+use std::path::Path;
+
+use crate::tools::{assert_success, openssl, run_python};
+
+/// NVFlare's `verify_content` (`PSS(MGF1(SHA256), PSS.MAX_LENGTH)` + SHA256) plus an exact
+/// salt-222 check, and a tampered message that must fail.
+const VERIFY_NVFLARE: &str = r#"
+import sys
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+key = serialization.load_pem_public_key(open(sys.argv[1], "rb").read())
+sig = open(sys.argv[2], "rb").read(); msg = open(sys.argv[3], "rb").read()
+for salt in (padding.PSS.MAX_LENGTH, 222):
+    key.verify(sig, msg, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=salt), hashes.SHA256())
+try:
+    key.verify(sig, msg + b"x", padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH), hashes.SHA256())
+    sys.exit("tampered message verified")
+except Exception:
+    pass
+print("ok")
+"#;
+
+/// Asserts that Python `cryptography` verifies `sig` over `msg` as NVFlare does and with
+/// salt exactly 222, and rejects a tampered message.
+pub fn assert_python_verifies_nvflare(public_pem: &Path, sig: &Path, msg: &Path) {
+    let arg = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
+    let out = run_python(VERIFY_NVFLARE, &[&arg(public_pem), &arg(sig), &arg(msg)]);
+    assert_success(&out, "python cryptography verify");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+}
+
+/// Encrypts `plain` to `ct` with openssl RSA-OAEP (`oaep_md` and MGF1 over the same hash).
+pub fn openssl_oaep_encrypt(public_pem: &Path, oaep_md: &str, plain: &Path, ct: &Path) {
+    let md = format!("rsa_oaep_md:{oaep_md}");
+    let mgf = format!("rsa_mgf1_md:{oaep_md}");
+    let out = openssl(&[
+        "pkeyutl",
+        "-encrypt",
+        "-pubin",
+        "-inkey",
+        public_pem.to_str().expect("utf-8 path"),
+        "-pkeyopt",
+        "rsa_padding_mode:oaep",
+        "-pkeyopt",
+        &md,
+        "-pkeyopt",
+        &mgf,
+        "-in",
+        plain.to_str().expect("utf-8 path"),
+        "-out",
+        ct.to_str().expect("utf-8 path"),
+    ]);
+    assert_success(&out, &format!("openssl OAEP-{oaep_md} encrypt"));
+}

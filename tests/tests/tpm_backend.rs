@@ -1,0 +1,228 @@
+//! The TPM backend on a real swtpm, through the real `keyward` CLI and agent: keys born in
+//! the TPM and never overwritten, signatures checked by openssl (exact PSS salt) and Python
+//! `cryptography` (the way NVFlare verifies), OAEP-SHA-256 decryption inside the TPM, and
+//! keys that survive an swtpm restart, with the agent reconnecting by itself.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+
+use keyward_tests::checks::{assert_python_verifies_nvflare, openssl_oaep_encrypt};
+use keyward_tests::tools::assert_success;
+use keyward_tests::{openssl, AgentProcess, AgentSite, TpmSite};
+
+fn sign(site: &TpmSite, key: &str, profile: &str, msg: &[u8]) -> (PathBuf, PathBuf) {
+    let tag = format!("{key}-{profile}-{}", rand::random::<u32>());
+    let msg_path = site.path(&format!("{tag}.msg"));
+    std::fs::write(&msg_path, msg).unwrap();
+    let sig = site.path(&format!("{tag}.sig"));
+    let (m, s) = (msg_path.to_str().unwrap(), sig.to_str().unwrap());
+    site.keyward_ok(&["sign", key, "--profile", profile, "--in", m, "--out", s]);
+    (msg_path, sig)
+}
+
+fn openssl_verify(public: &Path, (msg, sig): &(PathBuf, PathBuf), digest: &str, extra: &[&str]) -> bool {
+    let mut args = vec!["dgst", digest];
+    args.extend_from_slice(extra);
+    args.extend(["-verify", public.to_str().unwrap(), "-signature", sig.to_str().unwrap(), msg.to_str().unwrap()]);
+    openssl(&args).status.success()
+}
+
+fn pss(salt: &'static str, md: &'static str) -> [&'static str; 6] {
+    ["-sigopt", "rsa_padding_mode:pss", "-sigopt", salt, "-sigopt", md]
+}
+
+#[test]
+fn keys_are_born_in_the_tpm_and_never_overwritten() {
+    let site = TpmSite::new();
+    site.generate("site-1", "rsa-2048");
+    site.generate("ec", "p-256");
+
+    use std::os::unix::fs::PermissionsExt;
+    let blob = site.blob("site-1");
+    let before = std::fs::read(&blob).unwrap();
+    assert_eq!(std::fs::metadata(&blob).unwrap().permissions().mode() & 0o777, 0o600);
+    let out = site.keyward(&["key", "generate", "site-1", "--algorithm", "p-256"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("already exists") && stderr.contains("site-1.tpmkey"), "{stderr}");
+    assert_eq!(std::fs::read(&blob).unwrap(), before, "the existing blob was touched");
+
+    let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
+    assert!(list.lines().any(|l| l.starts_with("ec ") && l.contains("p-256") && l.contains("generated")), "{list}");
+    assert!(list.lines().any(|l| l.starts_with("site-1 ") && l.contains("rsa-2048")), "{list}");
+
+    // The attributes, read by tpm2-tools from the public area in the blob.
+    for (name, want) in [
+        ("site-1", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|decrypt|sign"),
+        ("ec", "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign"),
+    ] {
+        let blob = std::fs::read(site.blob(name)).unwrap();
+        assert_eq!(&blob[..9], b"KWTPMKEY\x01");
+        let len = usize::from(u16::from_be_bytes([blob[9], blob[10]]));
+        let public = site.path(&format!("{name}.tpmt_public"));
+        std::fs::write(&public, &blob[11..11 + len]).unwrap();
+        let out = std::process::Command::new("tpm2_print")
+            .args(["-t", "TPMT_PUBLIC", public.to_str().unwrap()])
+            .output()
+            .expect("tpm2_print is installed (package tpm2-tools)");
+        assert_success(&out, "tpm2_print");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.lines().any(|l| l.trim() == format!("value: {want}")), "{name}:\n{text}");
+    }
+
+    for (name, want) in [("site-1", "Public-Key: (2048 bit)"), ("ec", "NIST CURVE: P-256")] {
+        let pem = site.public_pem(name);
+        let out = openssl(&["pkey", "-pubin", "-in", pem.to_str().unwrap(), "-noout", "-text"]);
+        assert_success(&out, "openssl pkey");
+        assert!(String::from_utf8_lossy(&out.stdout).contains(want), "{out:?}");
+    }
+}
+
+#[test]
+fn nvflare_signature_from_the_tpm_has_salt_222_for_openssl_and_python_cryptography() {
+    let site = TpmSite::new();
+    site.generate("site-1", "rsa-2048");
+    let public = site.public_pem("site-1");
+    let _agent = AgentProcess::start(&site);
+
+    let signed = sign(&site, "site-1", "nvflare", b"site-1b0c2d1e6-3f4a-4b5c-9d8e-7f6a5b4c3d2e");
+    assert_eq!(std::fs::read(&signed.1).unwrap().len(), 256);
+    assert!(openssl_verify(&public, &signed, "-sha256", &pss("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256")));
+    assert!(!openssl_verify(&public, &signed, "-sha256", &pss("rsa_pss_saltlen:32", "rsa_mgf1_md:sha256")));
+
+    assert_python_verifies_nvflare(&public, &signed.1, &signed.0);
+}
+
+#[test]
+fn tls_profiles_from_the_tpm_verify_in_openssl() {
+    let site = TpmSite::new();
+    site.generate("rsa", "rsa-2048");
+    site.generate("ec", "p-256");
+    let (rsa, ec) = (site.public_pem("rsa"), site.public_pem("ec"));
+    let _agent = AgentProcess::start(&site);
+
+    let ecdsa = sign(&site, "ec", "tls", b"tls 1.3 certificate verify content");
+    assert_eq!(std::fs::read(&ecdsa.1).unwrap()[0], 0x30, "ECDSA signature must be DER");
+    assert!(openssl_verify(&ec, &ecdsa, "-sha256", &[]), "ECDSA P-256");
+
+    let pss256 = sign(&site, "rsa", "tls", b"tls pss");
+    assert!(openssl_verify(&rsa, &pss256, "-sha256", &pss("rsa_pss_saltlen:32", "rsa_mgf1_md:sha256")));
+    let pss384 = sign(&site, "rsa", "tls-rsa-pss-sha384", b"tls pss 384");
+    assert!(openssl_verify(&rsa, &pss384, "-sha384", &pss("rsa_pss_saltlen:48", "rsa_mgf1_md:sha384")));
+    let pkcs1 = sign(&site, "rsa", "tls-rsa-pkcs1-sha256", b"tls 1.2");
+    assert!(openssl_verify(&rsa, &pkcs1, "-sha256", &[]), "RSA PKCS#1 v1.5 SHA-256");
+
+    let out = site.keyward(&["sign", "ec", "--profile", "nvflare", "--in", ecdsa.0.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+}
+
+#[test]
+fn an_openssl_oaep_sha256_ciphertext_decrypts_inside_the_tpm_through_the_agent() {
+    let site = TpmSite::new();
+    site.generate("site-1", "rsa-2048");
+    let public = site.public_pem("site-1");
+    let agent = AgentProcess::start(&site);
+
+    let plain = site.path("plain");
+    let aes_key: Vec<u8> = (0..32).map(|_| rand::random::<u8>()).collect();
+    std::fs::write(&plain, &aes_key).unwrap();
+    let ct = site.path("ct");
+    openssl_oaep_encrypt(&public, "sha256", &plain, &ct);
+    let decrypted = site.path("decrypted");
+    site.keyward_ok(&["decrypt", "site-1", "--in", ct.to_str().unwrap(), "--out", decrypted.to_str().unwrap()]);
+    assert_eq!(std::fs::read(&decrypted).unwrap(), aes_key);
+
+    let mut bad = std::fs::read(&ct).unwrap();
+    bad[100] ^= 0x55;
+    let bad_ct = site.path("bad-ct");
+    std::fs::write(&bad_ct, &bad).unwrap();
+    let out = site.keyward(&["decrypt", "site-1", "--in", bad_ct.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("decryption_failed"), "{out:?}\n{}", agent.log_text());
+    // The agent keeps serving after the refusal.
+    site.keyward_ok(&["decrypt", "site-1", "--in", ct.to_str().unwrap(), "--out", decrypted.to_str().unwrap()]);
+}
+
+#[test]
+fn a_key_survives_an_swtpm_restart_and_the_agent_reconnects_without_restarting() {
+    let mut site = TpmSite::new();
+    site.generate("site-1", "rsa-2048");
+    let public = site.public_pem("site-1");
+    let salt222 = pss("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
+
+    // Reboot: swtpm stopped and started on the same state; a new agent signs with the key.
+    site.swtpm.restart();
+    let mut agent = AgentProcess::start(&site);
+    assert!(openssl_verify(&public, &sign(&site, "site-1", "nvflare", b"after restart"), "-sha256", &salt222));
+
+    // Crash: swtpm killed under a running agent fails fast as `backend_unavailable`...
+    site.swtpm.kill();
+    let msg = site.path("m");
+    std::fs::write(&msg, b"while down").unwrap();
+    let started = std::time::Instant::now();
+    let out = site.keyward(&["sign", "site-1", "--profile", "nvflare", "--in", msg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backend_unavailable"), "{out:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+    let out = site.keyward(&["status", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "`keyward status` must fail while the TPM is down: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\"backend_health\": \"down\""), "{out:?}");
+
+    // ...and once swtpm is back on the same state, the same agent signs again.
+    site.swtpm.restart();
+    let again = sign(&site, "site-1", "nvflare", b"after reconnect");
+    assert!(openssl_verify(&public, &again, "-sha256", &salt222));
+    let status = String::from_utf8(site.keyward_ok(&["status", "--json"]).stdout).unwrap();
+    assert!(status.contains("\"ok\"") && status.contains("\"tpm\""), "{status}");
+    let log = agent.log_text();
+    assert!(!log.contains("WARNING:esys") && !log.contains("ERROR:esys"), "libtss2 noise in log:\n{log}");
+    assert!(agent.terminate().success());
+}
+
+#[test]
+fn a_wrong_auth_value_fails_once_with_a_clear_error_and_is_not_retried() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = TpmSite::new();
+    let auth = site.path("auth");
+    std::fs::write(&auth, "right horse battery\n").unwrap();
+    std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600)).unwrap();
+    site.set_backend("auth_file", auth.to_str().unwrap());
+    site.generate("site-1", "rsa-2048");
+    let msg = site.path("m");
+    std::fs::write(&msg, b"x").unwrap();
+    let sign_args = ["sign", "site-1", "--profile", "nvflare", "--in", msg.to_str().unwrap()];
+    {
+        let _agent = AgentProcess::start(&site);
+        site.keyward_ok(&sign_args);
+    }
+
+    std::fs::write(&auth, "wrong\n").unwrap();
+    let agent = AgentProcess::start(&site);
+    for _ in 0..2 {
+        let out = site.keyward(&sign_args);
+        assert_eq!(out.status.code(), Some(6), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("pin_incorrect") && stderr.contains("auth value"), "{stderr}");
+        assert!(!stderr.contains("wrong"), "the auth value leaked: {stderr}");
+    }
+    let log = agent.log_text();
+    assert_eq!(log.matches("rejected the key auth value").count(), 1, "offered more than once:\n{log}");
+    assert!(!log.contains("right horse") && !log.contains("wrong\n"), "{log}");
+}
+
+#[test]
+fn init_refuses_a_tcti_tss_esapi_would_misread() {
+    let dir = tempfile::Builder::new().prefix("kwt").tempdir_in("/tmp").unwrap();
+    let config = dir.path().join("keyward.toml");
+    let out = std::process::Command::new(keyward_tests::tools::keyward_bin())
+        .env("KEYWARD_CONFIG", &config)
+        .args(["init", "--backend", "tpm", "--tcti", "swtpm:path=/tmp/tpm.sock", "--key-dir"])
+        .arg(dir.path().join("keys"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("swtpm:path=/tmp/tpm.sock") && stderr.contains("localhost:2321"), "{stderr}");
+    assert!(!config.exists());
+}

@@ -1,0 +1,102 @@
+//! Key templates and creation under the storage primary, and reading a key's algorithm and
+//! SubjectPublicKeyInfo from its TPMT_PUBLIC (no TPM call needed).
+//!
+//! Every key is fixedTPM, fixedParent, sensitiveDataOrigin (born in this TPM, never
+//! duplicable) and userWithAuth (the auth value, empty unless configured, authorises use).
+//! RSA keys are unrestricted sign+decrypt with the NULL scheme, so one key can do TPM2_Sign
+//! with the scheme a TLS profile needs, OAEP-SHA-256 in TPM2_RSA_Decrypt, and the raw
+//! private operation the maximum-salt PSS path uses (see `sign.rs`). P-256 keys are
+//! sign-only ECDSA-SHA-256.
+
+use keyward_core::{KeyAlgorithm, KeyId, Pin, PublicKey, StoreError};
+use rsa::pkcs8::EncodePublicKey;
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+use tss_esapi::interface_types::ecc::EccCurve;
+use tss_esapi::interface_types::key_bits::RsaKeyBits;
+use tss_esapi::structures::{EccScheme, HashScheme, Public, RsaExponent};
+
+use crate::blob::KeyBlob;
+use crate::error::TpmError;
+use crate::store::Connection;
+
+fn template(algorithm: KeyAlgorithm) -> Result<Public, tss_esapi::Error> {
+    match algorithm {
+        KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
+            let bits = if algorithm == KeyAlgorithm::Rsa2048 { RsaKeyBits::Rsa2048 } else { RsaKeyBits::Rsa3072 };
+            tss_esapi::utils::create_unrestricted_encryption_decryption_rsa_public(bits, RsaExponent::default())
+        }
+        KeyAlgorithm::EcP256 => tss_esapi::utils::create_unrestricted_signing_ecc_public(
+            EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+            EccCurve::NistP256,
+        ),
+    }
+}
+
+/// The auth value for a key, from the configured secret.
+pub(crate) fn auth_value(auth: Option<&Pin>) -> Result<Option<tss_esapi::structures::Auth>, StoreError> {
+    auth.map(|pin| {
+        tss_esapi::structures::Auth::try_from(pin.expose().as_bytes().to_vec())
+            .map_err(|_| StoreError::InvalidInput { what: "the TPM key auth value is longer than 64 bytes".into() })
+    })
+    .transpose()
+}
+
+/// Creates a key of `algorithm` under the primary; returns it wrapped by the primary.
+pub(crate) fn create(
+    conn: &mut Connection,
+    algorithm: KeyAlgorithm,
+    auth: Option<tss_esapi::structures::Auth>,
+) -> Result<KeyBlob, TpmError> {
+    let public = template(algorithm).map_err(TpmError::call("building key template"))?;
+    let primary = conn.primary;
+    let created = conn
+        .ctx
+        .execute_with_session(Some(tss_esapi::interface_types::session_handles::AuthSession::Password), |c| {
+            c.create(primary, public, auth, None, None, None)
+        })
+        .map_err(TpmError::call("TPM2_Create"))?;
+    Ok(KeyBlob { public: created.out_public, private: created.out_private })
+}
+
+/// The key's algorithm, if it is one keyward uses.
+pub(crate) fn algorithm_of(id: &KeyId, public: &Public) -> Result<KeyAlgorithm, StoreError> {
+    let unsupported = |what: &str| StoreError::Unsupported { what: format!("TPM key `{id}`: {what}") };
+    match public {
+        Public::Rsa { parameters, .. } => match parameters.key_bits() {
+            RsaKeyBits::Rsa2048 => Ok(KeyAlgorithm::Rsa2048),
+            RsaKeyBits::Rsa3072 => Ok(KeyAlgorithm::Rsa3072),
+            _ => Err(unsupported("RSA size other than 2048 or 3072")),
+        },
+        Public::Ecc { parameters, .. } if parameters.ecc_curve() == EccCurve::NistP256 => Ok(KeyAlgorithm::EcP256),
+        Public::Ecc { .. } => Err(unsupported("EC curve other than P-256")),
+        _ => Err(unsupported("not an RSA or EC key")),
+    }
+}
+
+/// The SubjectPublicKeyInfo of a TPM public area.
+pub(crate) fn public_key(id: &KeyId, public: &Public) -> Result<PublicKey, StoreError> {
+    let algorithm = algorithm_of(id, public)?;
+    let spki = match public {
+        Public::Rsa { parameters, unique, .. } => {
+            let e = match parameters.exponent().value() {
+                0 => 65537,
+                e => e,
+            };
+            let key = rsa::RsaPublicKey::new(rsa::BigUint::from_bytes_be(unique.value()), rsa::BigUint::from(e))
+                .map_err(|e| StoreError::backend("decoding TPM RSA public key", e))?;
+            key.to_public_key_der().map_err(|e| StoreError::backend("encoding SPKI", e))?.into_vec()
+        }
+        Public::Ecc { unique, .. } => {
+            let mut sec1 = vec![0x04];
+            for coordinate in [unique.x().value(), unique.y().value()] {
+                sec1.extend(std::iter::repeat_n(0u8, 32usize.saturating_sub(coordinate.len())));
+                sec1.extend_from_slice(coordinate);
+            }
+            let key = p256::PublicKey::from_sec1_bytes(&sec1)
+                .map_err(|e| StoreError::backend("decoding TPM EC public key", e))?;
+            key.to_public_key_der().map_err(|e| StoreError::backend("encoding SPKI", e))?.into_vec()
+        }
+        _ => return Err(StoreError::Unsupported { what: format!("TPM key `{id}`: not an RSA or EC key") }),
+    };
+    Ok(PublicKey { algorithm, spki_der: spki })
+}
