@@ -45,6 +45,8 @@ esac
 HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO_ROOT="$(cd -- "$HERE/.." && pwd -P)"
 cd -- "$REPO_ROOT"
+# Nothing here reads standard input; make sure no tool (rustc probes read `-`) inherits a stray one.
+exec </dev/null
 
 if [[ "${CI:-}" == "true" ]]; then
     export CARGO_TERM_COLOR=never
