@@ -52,6 +52,30 @@ if [[ "${CI:-}" == "true" ]]; then
     export CARGO_TERM_COLOR=never
 fi
 
+# Runs cargo, retrying (up to 3 times) when only its rustc target-information probe failed. On
+# this 2-core VM that probe (`rustc - --print=...`) has failed right after a large build in
+# another profile or target dir, reading stray compiler output as its input, and cargo then
+# caches the failure in <target>/.rustc_info.json; nothing else is retried.
+cargo_retry() {
+    local attempt errlog
+    errlog="$(mktemp)"
+    for attempt in 1 2 3; do
+        if "$@" 2> >(tee "$errlog" >&2); then
+            rm -f -- "$errlog"
+            return 0
+        fi
+        sleep 1
+        if ! grep -q "to learn about target-specific information" "$errlog"; then
+            rm -f -- "$errlog"
+            return 1
+        fi
+        log "cargo's rustc probe failed (attempt $attempt); clearing its cache and retrying"
+        rm -f -- target/.rustc_info.json target/lint/.rustc_info.json
+    done
+    rm -f -- "$errlog"
+    return 1
+}
+
 step "installing missing system packages"
 bash "$HERE/install-packages.sh"
 
@@ -68,21 +92,19 @@ command -v cargo >/dev/null 2>&1 ||
 
 step "checking format and lints (cargo fmt --check, cargo clippy -D warnings)"
 cargo fmt --all --check
-# A target dir of its own: a clippy run once left a failed rustc probe cached in target/.rustc_info.json
-# that broke the following build (seen after tss-esapi joined the tree).
-cargo clippy --target-dir target/lint --workspace --all-targets -- -D warnings
+cargo_retry cargo clippy --target-dir target/lint --workspace --all-targets -- -D warnings
 
 step "building the workspace (cargo build --workspace --all-targets)"
-cargo build --workspace --all-targets
+cargo_retry cargo build --workspace --all-targets
 
 step "running the Rust tests (cargo test --workspace -- --test-threads 4)"
-cargo test --workspace -- --test-threads 4
+cargo_retry cargo test --workspace -- --test-threads 4
 
 step "running the Python tests (pytest python/tests, real agent and real nvflare)"
 KEYWARD_BIN="$REPO_ROOT/target/debug/keyward" "$KEYWARD_PYTHON" -m pytest -q "$REPO_ROOT/python/tests"
 
 step "running the benchmarks once in --quick mode (keeps them working; assert no speed)"
-cargo run -q -p keyward-tests --bin keyward-bench -- --quick >/dev/null
-cargo run -q -p keyward-tests --bin tls-bench -- --quick >/dev/null
+cargo_retry cargo run -q -p keyward-tests --bin keyward-bench -- --quick >/dev/null
+cargo_retry cargo run -q -p keyward-tests --bin tls-bench -- --quick >/dev/null
 
 log "all tests passed"
