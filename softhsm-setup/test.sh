@@ -64,7 +64,7 @@ cargo_retry() {
             rm -f -- "$errlog"
             return 0
         fi
-        sleep 1
+        sleep "$((attempt * 10))"
         if ! grep -q "to learn about target-specific information" "$errlog"; then
             rm -f -- "$errlog"
             return 1
@@ -92,6 +92,9 @@ command -v cargo >/dev/null 2>&1 ||
 
 step "checking format and lints (cargo fmt --check, cargo clippy -D warnings)"
 cargo fmt --all --check
+# Let both target dirs cache their rustc probe before any large build (see cargo_retry).
+cargo_retry cargo build -q -p keyward-core
+cargo_retry cargo clippy -q --target-dir target/lint -p keyward-core
 cargo_retry cargo clippy --target-dir target/lint --workspace --all-targets -- -D warnings
 
 step "building the workspace (cargo build --workspace --all-targets)"
