@@ -56,3 +56,22 @@ pub fn openssl_oaep_encrypt(public_pem: &Path, oaep_md: &str, plain: &Path, ct: 
     ]);
     assert_success(&out, &format!("openssl OAEP-{oaep_md} encrypt"));
 }
+
+/// openssl's own verdict on a signature: `openssl dgst <digest> [extra] -verify public -signature sig msg`.
+pub fn openssl_verifies(public_pem: &Path, msg: &Path, sig: &Path, digest: &str, extra: &[&str]) -> bool {
+    let (public, sig, msg) = (s(public_pem), s(sig), s(msg));
+    let mut args = vec!["dgst", digest];
+    args.extend_from_slice(extra);
+    args.extend(["-verify", public, "-signature", sig, msg]);
+    openssl(&args).status.success()
+}
+
+/// The `-sigopt` arguments for RSA-PSS with an exact salt (`rsa_pss_saltlen:222`) and MGF1
+/// hash (`rsa_mgf1_md:sha256`).
+pub fn pss_sigopts(salt: &'static str, mgf: &'static str) -> [&'static str; 6] {
+    ["-sigopt", "rsa_padding_mode:pss", "-sigopt", salt, "-sigopt", mgf]
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}

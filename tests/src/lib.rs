@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod checks;
 pub mod pki;
+pub mod report;
 pub mod softhsm;
 pub mod swtpm;
 pub mod tls;

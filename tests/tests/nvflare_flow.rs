@@ -12,6 +12,7 @@ use base64::Engine;
 use keyward_agent::client::{AgentClient, ClientError};
 use keyward_core::protocol::{ErrorCode, Operation, Reply};
 use keyward_core::KeyId;
+use keyward_tests::checks::{openssl_verifies, pss_sigopts};
 use keyward_tests::pki::sign_pss_max_salt;
 use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, AgentProcess, Site, TestCa};
@@ -81,23 +82,7 @@ fn verify_with_openssl(site: &Site, cert: &Path, msg: &[u8], sig: &[u8]) -> bool
         &openssl(&["x509", "-in", cert.to_str().unwrap(), "-pubkey", "-noout", "-out", p.to_str().unwrap()]),
         "pubkey",
     );
-    openssl(&[
-        "dgst",
-        "-sha256",
-        "-sigopt",
-        "rsa_padding_mode:pss",
-        "-sigopt",
-        "rsa_pss_saltlen:222",
-        "-sigopt",
-        "rsa_mgf1_md:sha256",
-        "-verify",
-        p.to_str().unwrap(),
-        "-signature",
-        s.to_str().unwrap(),
-        m.to_str().unwrap(),
-    ])
-    .status
-    .success()
+    openssl_verifies(&p, &m, &s, "-sha256", &pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256"))
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use keyward_tests::checks::{openssl_verifies, pss_sigopts};
 use keyward_tests::softhsm::{private_key_listing, probe_private_key};
 use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, Site};
@@ -68,22 +69,8 @@ fn generate_over_an_existing_name_fails_and_the_old_key_still_signs() {
         sig.to_str().unwrap(),
     ]);
     let pem = site.public_pem("site-1");
-    let out = openssl(&[
-        "dgst",
-        "-sha256",
-        "-sigopt",
-        "rsa_padding_mode:pss",
-        "-sigopt",
-        "rsa_pss_saltlen:222",
-        "-sigopt",
-        "rsa_mgf1_md:sha256",
-        "-verify",
-        pem.to_str().unwrap(),
-        "-signature",
-        sig.to_str().unwrap(),
-        msg.to_str().unwrap(),
-    ]);
-    assert_success(&out, "openssl verify of the old key's signature");
+    let salt222 = pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
+    assert!(openssl_verifies(&pem, &msg, &sig, "-sha256", &salt222), "openssl verify of the old key's signature");
     drop(agent);
 }
 

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use keyward_tests::checks::{assert_python_verifies_nvflare, openssl_oaep_encrypt};
+use keyward_tests::checks::{assert_python_verifies_nvflare, openssl_oaep_encrypt, openssl_verifies, pss_sigopts};
 use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, AgentProcess, AgentSite, TpmSite};
 
@@ -22,14 +22,7 @@ fn sign(site: &TpmSite, key: &str, profile: &str, msg: &[u8]) -> (PathBuf, PathB
 }
 
 fn openssl_verify(public: &Path, (msg, sig): &(PathBuf, PathBuf), digest: &str, extra: &[&str]) -> bool {
-    let mut args = vec!["dgst", digest];
-    args.extend_from_slice(extra);
-    args.extend(["-verify", public.to_str().unwrap(), "-signature", sig.to_str().unwrap(), msg.to_str().unwrap()]);
-    openssl(&args).status.success()
-}
-
-fn pss(salt: &'static str, md: &'static str) -> [&'static str; 6] {
-    ["-sigopt", "rsa_padding_mode:pss", "-sigopt", salt, "-sigopt", md]
+    openssl_verifies(public, msg, sig, digest, extra)
 }
 
 #[test]
@@ -88,8 +81,8 @@ fn nvflare_signature_from_the_tpm_has_salt_222_for_openssl_and_python_cryptograp
 
     let signed = sign(&site, "site-1", "nvflare", b"site-1b0c2d1e6-3f4a-4b5c-9d8e-7f6a5b4c3d2e");
     assert_eq!(std::fs::read(&signed.1).unwrap().len(), 256);
-    assert!(openssl_verify(&public, &signed, "-sha256", &pss("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256")));
-    assert!(!openssl_verify(&public, &signed, "-sha256", &pss("rsa_pss_saltlen:32", "rsa_mgf1_md:sha256")));
+    assert!(openssl_verify(&public, &signed, "-sha256", &pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256")));
+    assert!(!openssl_verify(&public, &signed, "-sha256", &pss_sigopts("rsa_pss_saltlen:32", "rsa_mgf1_md:sha256")));
 
     assert_python_verifies_nvflare(&public, &signed.1, &signed.0);
 }
@@ -107,9 +100,9 @@ fn tls_profiles_from_the_tpm_verify_in_openssl() {
     assert!(openssl_verify(&ec, &ecdsa, "-sha256", &[]), "ECDSA P-256");
 
     let pss256 = sign(&site, "rsa", "tls", b"tls pss");
-    assert!(openssl_verify(&rsa, &pss256, "-sha256", &pss("rsa_pss_saltlen:32", "rsa_mgf1_md:sha256")));
+    assert!(openssl_verify(&rsa, &pss256, "-sha256", &pss_sigopts("rsa_pss_saltlen:32", "rsa_mgf1_md:sha256")));
     let pss384 = sign(&site, "rsa", "tls-rsa-pss-sha384", b"tls pss 384");
-    assert!(openssl_verify(&rsa, &pss384, "-sha384", &pss("rsa_pss_saltlen:48", "rsa_mgf1_md:sha384")));
+    assert!(openssl_verify(&rsa, &pss384, "-sha384", &pss_sigopts("rsa_pss_saltlen:48", "rsa_mgf1_md:sha384")));
     let pkcs1 = sign(&site, "rsa", "tls-rsa-pkcs1-sha256", b"tls 1.2");
     assert!(openssl_verify(&rsa, &pkcs1, "-sha256", &[]), "RSA PKCS#1 v1.5 SHA-256");
 
@@ -149,7 +142,7 @@ fn a_key_survives_an_swtpm_restart_and_the_agent_reconnects_without_restarting()
     let mut site = TpmSite::new();
     site.generate("site-1", "rsa-2048");
     let public = site.public_pem("site-1");
-    let salt222 = pss("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
+    let salt222 = pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
 
     // Reboot: swtpm stopped and started on the same state; a new agent signs with the key.
     site.swtpm.restart();

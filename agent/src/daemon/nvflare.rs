@@ -136,9 +136,10 @@ pub fn verify_token(
 /// agent verifies the server first. NVFlare's other use of the key, the cell cipher, signs
 /// `0x01 || nonce || ...`, which never has that shape.
 pub fn refuse_registration_shaped(agent: &Agent, key: &KeyId, data: &[u8]) -> Result<(), Failure> {
-    if agent.policies.get(key).nvflare.is_none() {
+    if agent.policies.get(key).nvflare.is_none() || !ends_with_uuid(data) {
         return Ok(());
     }
+    // Only now (rare) read the installed certificate for the site CN.
     let Some(cn) = agent.certs.get(key).as_deref().and_then(site_cn) else { return Ok(()) };
     let shaped = data
         .strip_prefix(cn.as_bytes())
@@ -153,6 +154,15 @@ pub fn refuse_registration_shaped(agent: &Agent, key: &KeyId, data: &[u8]) -> Re
         });
     }
     Ok(())
+}
+
+/// Whether `data` ends with text `uuid` parses (hyphenated, simple, braced or URN form): a
+/// cheap filter that keeps the sign path free of file reads for everything else.
+fn ends_with_uuid(data: &[u8]) -> bool {
+    [32, 36, 38, 45].into_iter().any(|len| {
+        data.len() >= len
+            && std::str::from_utf8(&data[data.len() - len..]).is_ok_and(|tail| uuid::Uuid::try_parse(tail).is_ok())
+    })
 }
 
 /// The subject CN of the leaf in a PEM certificate chain.

@@ -38,6 +38,7 @@ use keyward_agent::store_handle::StoreHandle;
 use keyward_core::protocol::{Operation, Reply};
 use keyward_core::{KeyId, KeyStore, Pin, SignProfile, TlsScheme};
 use keyward_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
+use keyward_tests::report::{command_output, cpu_model, percentile};
 use keyward_tests::{AgentProcess, Site};
 use sha2::Digest;
 
@@ -192,7 +193,7 @@ fn parse_options(args: Vec<String>) -> Result<Options> {
 
 fn run(options: &Options) -> Result<()> {
     let duration = Duration::from_secs_f64(options.seconds);
-    let date = command_line(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]);
+    let date = command_output(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]);
     eprintln!("keyward-bench: creating a SoftHSM2 token and keys");
     let site = Site::new();
     for case in CASES {
@@ -482,14 +483,6 @@ where
 }
 
 /// Nearest-rank percentile of sorted nanoseconds.
-fn percentile(sorted: &[u64], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    Duration::from_nanos(sorted[rank.clamp(1, sorted.len()) - 1])
-}
-
 /// utime + stime of a process (all its threads), from `/proc/<pid>/stat`.
 fn process_cpu(pid: u32) -> Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("/proc/{pid}/stat"))?;
@@ -503,30 +496,7 @@ fn process_cpu(pid: u32) -> Result<Duration> {
 
 fn clock_ticks_per_sec() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| command_line(&["getconf", "CLK_TCK"]).parse().unwrap_or(100))
-}
-
-/// Runs a command and returns its trimmed stdout, or `?` when it cannot run.
-fn command_line(argv: &[&str]) -> String {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "?".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
+    *TICKS.get_or_init(|| command_output(&["getconf", "CLK_TCK"]).parse().unwrap_or(100))
 }
 
 fn us(d: Duration) -> String {
@@ -565,11 +535,11 @@ fn print_report(options: &Options, rows: &[Row], date: &str, load: [&str; 2]) {
     println!("- command: `cargo run --release -p keyward-tests --bin keyward-bench{args}`");
     println!(
         "- machine: {} × {} (nproc), kernel {}",
-        command_line(&["nproc"]),
+        command_output(&["nproc"]),
         cpu_model(),
-        command_line(&["uname", "-r"])
+        command_output(&["uname", "-r"])
     );
-    println!("- SoftHSM: `{}`", command_line(&["dpkg-query", "-W", "softhsm2"]).replace('\t', " "));
+    println!("- SoftHSM: `{}`", command_output(&["dpkg-query", "-W", "softhsm2"]).replace('\t', " "));
     println!("- load average before / after: `{}` / `{}`", load[0], load[1]);
     println!(
         "- {} s per case and path, as {ROUNDS} interleaved rounds (each after a warm-up); message {} bytes; \

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use keyward_tests::report::{command_output, cpu_model, percentile};
 use keyward_tests::tls::{free_port, wait_until};
 use keyward_tests::tools::{assert_success, openssl, stop_child};
 use keyward_tests::{AgentProcess, OpensslServer, Site, TestCa, TunnelProcess};
@@ -118,7 +119,7 @@ struct Client {
 }
 
 fn run(duration: Duration, args: &[String]) -> Result<()> {
-    let date = line(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]);
+    let date = command_output(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]);
     eprintln!("tls-bench: creating a SoftHSM2 token, keys and a test PKI");
     let site = Site::new();
     let dir = site.path("");
@@ -199,10 +200,15 @@ fn run(duration: Duration, args: &[String]) -> Result<()> {
         "- command: `cargo run --release -p keyward-tests --bin tls-bench --{}`",
         args.iter().map(|a| format!(" {a}")).collect::<String>()
     );
-    println!("- machine: {} × {}, kernel {}", line(&["nproc"]), cpu_model(), line(&["uname", "-r"]));
+    println!(
+        "- machine: {} × {}, kernel {}",
+        command_output(&["nproc"]),
+        cpu_model(),
+        command_output(&["uname", "-r"])
+    );
     println!(
         "- {}; {}",
-        line(&["openssl", "version"]),
+        command_output(&["openssl", "version"]),
         if have_stunnel { stunnel_version() } else { "stunnel4 not installed: path skipped".into() }
     );
     println!("- load average before / after: `{}` / `{}`", load_before.trim(), load_after.trim());
@@ -319,11 +325,8 @@ fn measure(duration: Duration, mut once: impl FnMut() -> Result<Vec<u8>>) -> Res
     }
     let wall = start.elapsed();
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        let rank = (p * latencies.len() as f64).ceil() as usize;
-        Duration::from_nanos(latencies[rank.clamp(1, latencies.len()) - 1])
-    };
-    Ok(Sample { conns: latencies.len() as u64, wall, p50: pct(0.5), p99: pct(0.99) })
+    let (p50, p99) = (percentile(&latencies, 0.5), percentile(&latencies, 0.99));
+    Ok(Sample { conns: latencies.len() as u64, wall, p50, p99 })
 }
 
 /// `stunnel4` in client mode on a free loopback port, with the key in a file.
@@ -370,27 +373,4 @@ fn stunnel_version() -> String {
             String::from_utf8_lossy(&o.stderr).lines().find(|l| l.starts_with("stunnel ")).map(|l| l.trim().to_owned())
         })
         .unwrap_or_else(|| "stunnel4 ?".into())
-}
-
-/// Runs a command and returns its trimmed stdout, or `?`.
-fn line(argv: &[&str]) -> String {
-    Command::new(argv[0])
-        .args(&argv[1..])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_else(|| "?".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
 }
