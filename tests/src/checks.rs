@@ -1,34 +1,38 @@
 //! Independent checks of what keyward produced, shared by the SoftHSM and TPM scenarios:
-//! NVFlare's own verification in Python `cryptography`, and OAEP-SHA-256 ciphertexts made
+//! NVFlare's own verification (the real `nvflare` package), and OAEP-SHA-256 ciphertexts made
 //! by openssl for keyward to decrypt.
 
 use std::path::Path;
 
 use crate::tools::{assert_success, openssl, run_python};
 
-/// NVFlare's `verify_content` (`PSS(MGF1(SHA256), PSS.MAX_LENGTH)` + SHA256) plus an exact
-/// salt-222 check, and a tampered message that must fail.
+/// NVFlare's own `nvflare.lighter.utils.verify_content` (the real package; `PSS.MAX_LENGTH`
+/// + SHA-256), Python `cryptography` with the exact salt `argv[4]`, and a tampered message
+/// that must fail both.
 const VERIFY_NVFLARE: &str = r#"
 import sys
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
+from nvflare.lighter.utils import verify_content
 key = serialization.load_pem_public_key(open(sys.argv[1], "rb").read())
 sig = open(sys.argv[2], "rb").read(); msg = open(sys.argv[3], "rb").read()
-for salt in (padding.PSS.MAX_LENGTH, 222):
-    key.verify(sig, msg, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=salt), hashes.SHA256())
+verify_content(msg, sig, key)
+key.verify(sig, msg, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=int(sys.argv[4])), hashes.SHA256())
 try:
-    key.verify(sig, msg + b"x", padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH), hashes.SHA256())
+    verify_content(msg + b"x", sig, key)
     sys.exit("tampered message verified")
 except Exception:
     pass
 print("ok")
 "#;
 
-/// Asserts that Python `cryptography` verifies `sig` over `msg` as NVFlare does and with
-/// salt exactly 222, and rejects a tampered message.
+/// Asserts that NVFlare's own `verify_content` accepts `sig` over `msg`, that its salt is
+/// the maximum for the key (`(bits - 256 - 16) / 8`: 222 for RSA-2048, 350 for RSA-3072),
+/// and that a tampered message is rejected.
 pub fn assert_python_verifies_nvflare(public_pem: &Path, sig: &Path, msg: &Path) {
     let arg = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
-    let out = run_python(VERIFY_NVFLARE, &[&arg(public_pem), &arg(sig), &arg(msg)]);
+    let salt = std::fs::metadata(sig).expect("signature file").len() - 32 - 2;
+    let out = run_python(VERIFY_NVFLARE, &[&arg(public_pem), &arg(sig), &arg(msg), &salt.to_string()]);
     assert_success(&out, "python cryptography verify");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }

@@ -16,6 +16,12 @@ const RC_AUTH_FAIL: u32 = 0x08E;
 const RC_BAD_AUTH: u32 = 0x0A2;
 /// `TPM_RC_LOCKOUT` (format 0 warning).
 const RC_LOCKOUT: u32 = 0x921;
+/// TPM_RC_REFERENCE_H0 (warning): the first handle refers to an object that is not loaded.
+const RC_REFERENCE_H0: u32 = 0x910;
+/// TPM_RC_INITIALIZE: the TPM needs TPM2_Startup (it was reset).
+const RC_INITIALIZE: u32 = 0x100;
+/// TPM_RC_HANDLE (format 1, handle number masked off).
+const RC_HANDLE: u32 = 0x08B;
 
 /// A TPM failure, with the step that failed.
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +94,18 @@ impl TpmError {
         matches!(self, Self::Connect { .. }) || self.response_code().is_some_and(|rc| (rc >> 16) & 0xff == TCTI_LAYER)
     }
 
+    /// Whether the TPM no longer holds an object this connection loaded (the storage
+    /// primary or a key): TPM_RC_REFERENCE_H0..H6 (another client flushed it: on swtpm,
+    /// which has no resource manager, every new connection flushes leaked transients),
+    /// TPM_RC_HANDLE, or TPM_RC_INITIALIZE (the TPM was reset under us). Reconnecting
+    /// re-derives the primary, so the call can be repeated once.
+    pub fn is_stale_handle(&self) -> bool {
+        let Some(rc) = self.response_code().filter(|rc| rc >> 16 == 0) else { return false };
+        (RC_REFERENCE_H0..=RC_REFERENCE_H0 + 6).contains(&rc)
+            || rc == RC_INITIALIZE
+            || (rc & 0x80 != 0 && rc & 0xbf == RC_HANDLE)
+    }
+
     /// Classifies into the error callers and the wire rely on; `tpm` names the TPM.
     pub fn into_store_error(self, tpm: &str) -> StoreError {
         if self.is_connection_lost() {
@@ -149,6 +167,13 @@ mod tests {
         assert!(matches!(call_error(0x98e).into_store_error("t"), StoreError::PinIncorrect { .. }));
         assert!(matches!(call_error(0x9a2).into_store_error("t"), StoreError::PinIncorrect { .. }));
         assert!(matches!(call_error(0x921).into_store_error("t"), StoreError::PinLocked { .. }));
+        // Objects flushed by another client or a TPM reset: reconnect and repeat.
+        for stale in [0x910, 0x916, 0x100, 0x18b] {
+            assert!(call_error(stale).is_stale_handle(), "{stale:#x}");
+        }
+        for other in [0x98e, 0x921, 0x902, 0x000a_000a] {
+            assert!(!call_error(other).is_stale_handle(), "{other:#x}");
+        }
         // TPM_RC_OBJECT_MEMORY stays a backend error with the code in the chain.
         let err = call_error(0x902).into_store_error("t");
         assert!(matches!(err, StoreError::Backend { op: "TPM2_Sign", .. }));

@@ -9,7 +9,7 @@
 //!   operation and flushed after it.
 //!
 //! Files: `config.rs` (TCTI, key folder), `backend.rs` (open), `store.rs` (connection,
-//! KeyStore), `blob.rs` (key files), `keygen.rs` (templates, public keys), `sign.rs`,
+//! KeyStore), `blob.rs` (key files), `keygen.rs` (templates, public keys), `import.rs` (one-time import), `sign.rs`,
 //! `decrypt.rs`, `error.rs`.
 //!
 //! Device quirks (swtpm 0.7 / libtpms 0.9 / libtss2 3.2.1):
@@ -26,6 +26,7 @@ mod blob;
 mod config;
 mod decrypt;
 mod error;
+mod import;
 mod keygen;
 mod sign;
 mod store;

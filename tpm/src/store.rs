@@ -127,35 +127,45 @@ impl TpmStore {
         Self { shared, conn, auth_rejected: false }
     }
 
-    /// Runs `op` on the connection (connecting first if needed), classifies its error, and
-    /// forgets the connection when it was lost so the next call reconnects.
-    fn run<T>(&mut self, op: impl FnOnce(&mut Connection) -> Result<T, Failure>) -> Result<T, StoreError> {
+    /// Runs `op` on the connection (connecting first if needed) and classifies its error.
+    /// A lost connection is forgotten so the next call reconnects; a stale handle (another
+    /// client flushed our primary or key, or the TPM was reset) reconnects at once and
+    /// repeats `op` once: signing, decrypting and creating a key are safe to repeat.
+    fn run<T>(&mut self, mut op: impl FnMut(&mut Connection) -> Result<T, Failure>) -> Result<T, StoreError> {
         let tpm = self.shared.config.tcti.to_string();
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            empty => match Connection::open(&self.shared) {
-                Ok(conn) => {
-                    tracing::info!(tpm = %tpm, "connected to TPM");
-                    empty.insert(conn)
-                }
-                Err(e) => return Err(e.into_store_error(&tpm)),
-            },
-        };
-        match op(conn) {
-            Ok(value) => Ok(value),
-            Err(Failure::Store(e)) => Err(e),
-            Err(Failure::Tpm(e)) => {
-                if e.is_connection_lost() {
-                    tracing::warn!(tpm = %tpm, error = %keyward_core::error::chain(&e), "lost the TPM connection; will reconnect");
-                    self.conn = None;
-                }
-                let err = e.into_store_error(&tpm);
-                if matches!(err, StoreError::PinIncorrect { .. }) {
-                    tracing::error!(tpm = %tpm, "the TPM rejected the key auth value; not offering it again until restart");
-                    self.auth_rejected = true;
-                }
-                Err(err)
+        let mut repeated = false;
+        loop {
+            let conn = match &mut self.conn {
+                Some(conn) => conn,
+                empty => match Connection::open(&self.shared) {
+                    Ok(conn) => {
+                        tracing::info!(tpm = %tpm, "connected to TPM");
+                        empty.insert(conn)
+                    }
+                    Err(e) => return Err(e.into_store_error(&tpm)),
+                },
+            };
+            let e = match op(conn) {
+                Ok(value) => return Ok(value),
+                Err(Failure::Store(e)) => return Err(e),
+                Err(Failure::Tpm(e)) => e,
+            };
+            if e.is_stale_handle() && !repeated {
+                tracing::warn!(tpm = %tpm, error = %keyward_core::error::chain(&e), "TPM objects were flushed under us; reconnecting and repeating once");
+                self.conn = None;
+                repeated = true;
+                continue;
             }
+            if e.is_connection_lost() {
+                tracing::warn!(tpm = %tpm, error = %keyward_core::error::chain(&e), "lost the TPM connection; will reconnect");
+                self.conn = None;
+            }
+            let err = e.into_store_error(&tpm);
+            if matches!(err, StoreError::PinIncorrect { .. }) {
+                tracing::error!(tpm = %tpm, "the TPM rejected the key auth value; not offering it again until restart");
+                self.auth_rejected = true;
+            }
+            return Err(err);
         }
     }
 
@@ -164,6 +174,35 @@ impl TpmStore {
         blob::read(&self.shared.config.key_dir, id)
             .map_err(|e| e.into_store_error(&tpm))?
             .ok_or_else(|| StoreError::KeyNotFound { id: id.clone() })
+    }
+
+    /// Makes a new key with `make` and writes its blob, never replacing an existing one:
+    /// the name is checked before the TPM is asked and the blob is linked into place
+    /// atomically (a race between two creators leaves the first).
+    fn create_blob(
+        &mut self,
+        id: &KeyId,
+        what: &'static str,
+        make: impl Fn(&mut Connection, Option<tss_esapi::structures::Auth>) -> Result<KeyBlob, TpmError>,
+    ) -> Result<KeyInfo, StoreError> {
+        let key_dir = self.shared.config.key_dir.clone();
+        let path = blob::path(&key_dir, id);
+        let exists = || StoreError::KeyExists { id: id.clone(), detail: format!("key blob `{}`", path.display()) };
+        if path.exists() {
+            return Err(exists());
+        }
+        let auth = self.auth()?;
+        let blob = self.run(|conn| Ok(make(conn, auth.clone())?))?;
+        match blob::write_new(&key_dir, id, &blob) {
+            Ok(_) => {}
+            Err(TpmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(exists())
+            }
+            Err(e) => return Err(e.into_store_error(&self.shared.config.tcti.to_string())),
+        }
+        let info = info_of(id, &blob)?;
+        tracing::info!(key = %id, algorithm = %info.algorithm, blob = %path.display(), "{what}");
+        Ok(info)
     }
 
     fn auth(&self) -> Result<Option<tss_esapi::structures::Auth>, StoreError> {
@@ -203,28 +242,12 @@ impl KeyStore for TpmStore {
     }
 
     fn generate(&mut self, id: &KeyId, algorithm: KeyAlgorithm) -> Result<KeyInfo, StoreError> {
-        let key_dir = self.shared.config.key_dir.clone();
-        let path = blob::path(&key_dir, id);
-        let exists = || StoreError::KeyExists { id: id.clone(), detail: format!("key blob `{}`", path.display()) };
-        if path.exists() {
-            return Err(exists());
-        }
-        let auth = self.auth()?;
-        let blob = self.run(|conn| Ok(crate::keygen::create(conn, algorithm, auth)?))?;
-        match blob::write_new(&key_dir, id, &blob) {
-            Ok(_) => {}
-            Err(TpmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(exists())
-            }
-            Err(e) => return Err(e.into_store_error(&self.shared.config.tcti.to_string())),
-        }
-        tracing::info!(key = %id, %algorithm, blob = %path.display(), "generated key in the TPM");
-        info_of(id, &blob)
+        self.create_blob(id, "generated key in the TPM", |conn, auth| crate::keygen::create(conn, algorithm, auth))
     }
 
-    fn import(&mut self, id: &KeyId, _key: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
-        Err(StoreError::Unsupported {
-            what: format!("importing `{id}` into a TPM (not implemented yet; generate a key in the TPM instead)"),
+    fn import(&mut self, id: &KeyId, key: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
+        self.create_blob(id, "imported key into the TPM (held by it, not born in it)", |conn, auth| {
+            crate::import::import(conn, key, auth)
         })
     }
 
@@ -238,7 +261,7 @@ impl KeyStore for TpmStore {
         let req =
             SignRequest { mechanism: profile.mechanism(algorithm)?, msg, rsa_bits: algorithm.rsa_bits().unwrap_or(0) };
         let auth = self.auth()?;
-        self.run(|conn| conn.with_key(&blob, auth, |ctx, key| crate::sign::sign(ctx, key, &req)))
+        self.run(|conn| conn.with_key(&blob, auth.clone(), |ctx, key| crate::sign::sign(ctx, key, &req)))
     }
 
     fn decrypt(&mut self, id: &KeyId, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
@@ -253,7 +276,7 @@ impl KeyStore for TpmStore {
             });
         }
         let auth = self.auth()?;
-        self.run(|conn| conn.with_key(&blob, auth, |ctx, key| crate::decrypt::decrypt(ctx, key, ciphertext)))
+        self.run(|conn| conn.with_key(&blob, auth.clone(), |ctx, key| crate::decrypt::decrypt(ctx, key, ciphertext)))
     }
 
     fn check(&mut self) -> Result<(), StoreError> {
