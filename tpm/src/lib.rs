@@ -4,9 +4,9 @@
 //! - [`TpmBackend::open`] connects once, derives the storage primary under the owner
 //!   hierarchy from a fixed template, and hands that connection to the single worker
 //!   (`max_workers() == 1`).
-//! - Keys are born in the TPM (fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth) and
-//!   kept as wrapped blobs on disk, one file per key in `key_dir`; they are loaded for each
-//!   operation and flushed after it.
+//! - Keys are born in the TPM (fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth), or
+//!   imported once (then not fixedTPM, and listed as imported), and kept as wrapped blobs on
+//!   disk, one file per key in `key_dir`; the last key used stays loaded.
 //!
 //! Files: `config.rs` (TCTI, key folder), `backend.rs` (open), `store.rs` (connection,
 //! KeyStore), `blob.rs` (key files), `keygen.rs` (templates, public keys), `import.rs` (one-time import), `sign.rs`,

@@ -5,8 +5,8 @@
 //! connect from a fixed template under the owner hierarchy (same seed, same template, same
 //! key), so blobs wrapped by it load again after a restart. At connect, transient objects
 //! leaked by a crashed process are flushed (swtpm has 3 transient slots; a leak makes the
-//! next load fail with TPM_RC_OBJECT_MEMORY). Each operation loads its key, uses it and
-//! flushes it, so only the primary stays loaded. When the TCTI reports a lost connection
+//! next load fail with TPM_RC_OBJECT_MEMORY). The key of the last operation stays loaded
+//! (one slot); using another key flushes it first. When the TCTI reports a lost connection
 //! (swtpm killed), the connection is dropped and the next request reconnects.
 //!
 //! Authorisation uses password sessions: HMAC sessions cost ~3.4 ms of client CPU per
@@ -21,7 +21,7 @@ use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::resource_handles::Hierarchy;
 use tss_esapi::interface_types::session_handles::AuthSession;
-use tss_esapi::structures::{CapabilityData, RsaExponent, SymmetricDefinitionObject};
+use tss_esapi::structures::{CapabilityData, Private, RsaExponent, SymmetricDefinitionObject};
 use tss_esapi::Context;
 use zeroize::Zeroizing;
 
@@ -30,10 +30,21 @@ use crate::blob::{self, KeyBlob};
 use crate::error::{Failure, TpmError};
 use crate::sign::SignRequest;
 
-/// An open ESAPI context with the storage primary loaded.
+/// An open ESAPI context with the storage primary loaded, and the last key used.
 pub(crate) struct Connection {
     pub(crate) ctx: Context,
     pub(crate) primary: KeyHandle,
+    /// The key of the last operation, left loaded: an FL site uses one key, and loading it
+    /// for every request would double the cost of a P-256 signature on swtpm. One slot
+    /// only (primary + one key of a real TPM's ~3 transient slots).
+    loaded: Option<LoadedKey>,
+}
+
+/// A key loaded into the TPM, and the blob it was loaded from (to notice a different key
+/// under the same name).
+struct LoadedKey {
+    private: Private,
+    handle: KeyHandle,
 }
 
 impl Connection {
@@ -58,32 +69,42 @@ impl Connection {
             })
             .map_err(TpmError::call("TPM2_CreatePrimary (owner storage key)"))?
             .key_handle;
-        Ok(Self { ctx, primary })
+        Ok(Self { ctx, primary, loaded: None })
     }
 
-    /// Loads `blob`, runs `op` with it in a password session, and flushes it again.
+    /// Runs `op` with `blob`'s key in a password session, loading it first unless it is the
+    /// key already loaded (which is flushed to make room for another one).
     fn with_key<T>(
         &mut self,
         blob: &KeyBlob,
         auth: Option<tss_esapi::structures::Auth>,
         op: impl FnOnce(&mut Context, KeyHandle) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
+        let key = match &self.loaded {
+            Some(loaded) if loaded.private == blob.private => loaded.handle,
+            _ => self.load(blob, auth)?,
+        };
+        self.ctx.execute_with_session(Some(AuthSession::Password), |c| op(c, key))
+    }
+
+    /// Flushes the loaded key (if any), loads `blob` and sets its auth value.
+    fn load(&mut self, blob: &KeyBlob, auth: Option<tss_esapi::structures::Auth>) -> Result<KeyHandle, Failure> {
+        if let Some(old) = self.loaded.take() {
+            self.ctx.flush_context(old.handle.into()).map_err(TpmError::call("TPM2_FlushContext"))?;
+        }
         let (primary, private, public) = (self.primary, blob.private.clone(), blob.public.clone());
         let key = self
             .ctx
             .execute_with_session(Some(AuthSession::Password), |c| c.load(primary, private, public))
             .map_err(TpmError::call("TPM2_Load"))?;
-        let result = match auth {
-            Some(auth) => {
-                self.ctx.tr_set_auth(key.into(), auth).map_err(|e| TpmError::call("setting key auth")(e).into())
+        if let Some(auth) = auth {
+            if let Err(e) = self.ctx.tr_set_auth(key.into(), auth) {
+                let _ = self.ctx.flush_context(key.into());
+                return Err(TpmError::call("setting key auth")(e).into());
             }
-            None => Ok(()),
         }
-        .and_then(|()| self.ctx.execute_with_session(Some(AuthSession::Password), |c| op(c, key)));
-        let flushed = self.ctx.flush_context(key.into()).map_err(TpmError::call("TPM2_FlushContext"));
-        let value = result?;
-        flushed?;
-        Ok(value)
+        self.loaded = Some(LoadedKey { private: blob.private.clone(), handle: key });
+        Ok(key)
     }
 }
 
