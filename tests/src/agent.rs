@@ -16,6 +16,14 @@ pub trait AgentSite {
     fn path(&self, name: &str) -> PathBuf;
     /// The agent socket.
     fn socket(&self) -> PathBuf;
+    /// The agent's audit log.
+    fn audit_log(&self) -> PathBuf;
+
+    /// The audit records, parsed.
+    fn audit_records(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).expect("audit line is JSON")).collect()
+    }
 
     /// Runs `keyward ARGS` and returns its output.
     fn keyward(&self, args: &[&str]) -> std::process::Output {

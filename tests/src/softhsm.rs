@@ -161,8 +161,7 @@ impl Site {
 
     /// The audit records, parsed.
     pub fn audit_records(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).expect("audit line is JSON")).collect()
+        AgentSite::audit_records(self)
     }
 }
 
@@ -175,6 +174,9 @@ impl AgentSite for Site {
     }
     fn socket(&self) -> PathBuf {
         self.socket.clone()
+    }
+    fn audit_log(&self) -> PathBuf {
+        Site::audit_log(self)
     }
 }
 

@@ -204,4 +204,7 @@ impl crate::agent::AgentSite for TpmSite {
     fn socket(&self) -> PathBuf {
         self.socket.clone()
     }
+    fn audit_log(&self) -> PathBuf {
+        self.dir.path().join("state/audit.log")
+    }
 }

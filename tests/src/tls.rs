@@ -9,8 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::softhsm::Site;
-
 /// A loopback port that was free a moment ago (bind port 0, read it, release it).
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
@@ -93,7 +91,7 @@ pub struct TunnelProcess {
 impl TunnelProcess {
     /// Starts `keyward tunnel --listen 127.0.0.1:<free> ARGS` and waits for its "listening"
     /// line. The tunnel needs a running agent.
-    pub fn start(site: &Site, args: &[&str]) -> Self {
+    pub fn start(site: &impl crate::AgentSite, args: &[&str]) -> Self {
         let port = free_port();
         let log = site.path(&format!("tunnel-{port}.log"));
         let stderr = std::fs::File::create(&log).expect("log file");

@@ -16,15 +16,15 @@
 use std::path::PathBuf;
 
 use keyward_tests::tls::{free_port, stream_through};
-use keyward_tests::{AgentProcess, OpensslServer, PythonTlsServer, Site, TestCa, TunnelProcess};
+use keyward_tests::{AgentProcess, AgentSite, OpensslServer, PythonTlsServer, Site, TestCa, TpmSite, TunnelProcess};
 
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
 
 /// A site with key `site-1` of `algorithm` and an installed certificate `CN=site-1` from a
 /// test root CA, a server certificate `CN=server1` (SAN DNS:server1) from the same CA, and
 /// a running agent.
-struct TlsSite {
-    site: Site,
+struct TlsSite<S: AgentSite = Site> {
+    site: S,
     ca: TestCa,
     server_cert: PathBuf,
     server_key: PathBuf,
@@ -33,11 +33,17 @@ struct TlsSite {
 
 impl TlsSite {
     fn new(algorithm: &str) -> Self {
-        let site = Site::new();
+        Self::on(Site::new(), algorithm)
+    }
+}
+
+impl<S: AgentSite> TlsSite<S> {
+    /// The site's key, certificate, CA, server certificate and agent on `site`'s backend.
+    fn on(site: S, algorithm: &str) -> Self {
         site.generate("site-1", algorithm);
         let csr = site.path("site-1.csr");
         site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1,O=hospital-a", "--out", csr.to_str().unwrap()]);
-        let ca = TestCa::new(site.hsm.dir.path(), "root");
+        let ca = TestCa::new(&site.path(""), "root");
         let crt = site.path("site-1.crt");
         ca.issue(&csr, &crt, "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n");
         site.keyward_ok(&["cert", "install", "site-1", crt.to_str().unwrap()]);
@@ -48,18 +54,11 @@ impl TlsSite {
     }
 
     fn server(&self, port: u16, extra: &[&str]) -> OpensslServer {
-        OpensslServer::start(self.site.hsm.dir.path(), port, &self.server_cert, &self.server_key, &self.ca.cert, extra)
+        OpensslServer::start(&self.site.path(""), port, &self.server_cert, &self.server_key, &self.ca.cert, extra)
     }
 
     fn python_server(&self, port: u16, tls12: bool) -> PythonTlsServer {
-        PythonTlsServer::start(
-            self.site.hsm.dir.path(),
-            port,
-            &self.server_cert,
-            &self.server_key,
-            &self.ca.cert,
-            tls12,
-        )
+        PythonTlsServer::start(&self.site.path(""), port, &self.server_cert, &self.server_key, &self.ca.cert, tls12)
     }
 
     fn tunnel(&self, upstream_port: u16, server_name: &str) -> TunnelProcess {
@@ -91,7 +90,10 @@ impl TlsSite {
 /// shows `protocol` and the verified site certificate, and the audit one `profile` sign per
 /// connection.
 fn handshake_through_tunnel(algorithm: &str, server_args: &[&str], protocol: &str, profile: &str) {
-    let tls = TlsSite::new(algorithm);
+    handshake_through_tunnel_on(TlsSite::new(algorithm), server_args, protocol, profile);
+}
+
+fn handshake_through_tunnel_on<S: AgentSite>(tls: TlsSite<S>, server_args: &[&str], protocol: &str, profile: &str) {
     let port = free_port();
     let _server = tls.server(port, server_args);
     let tunnel = tls.tunnel(port, "server1");
@@ -136,6 +138,14 @@ fn p256_key_authenticates_a_tls12_handshake_with_ecdsa() {
 }
 
 #[test]
+fn tpm_keys_authenticate_tls13_and_tls12_handshakes() {
+    handshake_through_tunnel_on(TlsSite::on(TpmSite::new(), "rsa-2048"), &[], "TLSv1.3", "tls-rsa-pss-sha256");
+    let args = ["-tls1_2", "-client_sigalgs", "RSA+SHA256:ECDSA+SHA256"];
+    handshake_through_tunnel_on(TlsSite::on(TpmSite::new(), "rsa-2048"), &args, "TLSv1.2", "tls-rsa-pkcs1-sha256");
+    handshake_through_tunnel_on(TlsSite::on(TpmSite::new(), "p-256"), &[], "TLSv1.3", "tls-ecdsa-p256-sha256");
+}
+
+#[test]
 fn alpn_from_the_command_line_is_negotiated_with_the_server() {
     let tls = TlsSite::new("p-256");
     let port = free_port();
@@ -162,7 +172,7 @@ fn refused_upstreams_close_only_their_connection_and_the_tunnel_keeps_serving() 
     // webpki finds the issuer by name and rejects its signature).
     let other = TestCa::new(&tls.site.path(""), "other");
     let (key, cert) = other.leaf("/CN=server1", "impostor", "subjectAltName=DNS:server1\n");
-    let impostor = OpensslServer::start(tls.site.hsm.dir.path(), port, &cert, &key, &tls.ca.cert, &[]);
+    let impostor = OpensslServer::start(&tls.site.path(""), port, &cert, &key, &tls.ca.cert, &[]);
     assert!(tunnel.exchange(REQUEST).is_empty());
     let log = tunnel.wait_log("connection refused", 2);
     assert!(log.contains("TLS handshake with") && log.contains("invalid peer certificate: BadSignature"), "{log}");
@@ -235,7 +245,7 @@ fn an_expired_server_certificate_is_refused_and_the_tunnel_keeps_serving() {
 
     // Same CA, same name, but its validity ended a day ago.
     let (key, cert) = tls.ca.leaf_days("/CN=server1", "expired", "subjectAltName=DNS:server1\n", -1);
-    let expired = OpensslServer::start(tls.site.hsm.dir.path(), port, &cert, &key, &tls.ca.cert, &[]);
+    let expired = OpensslServer::start(&tls.site.path(""), port, &cert, &key, &tls.ca.cert, &[]);
     assert!(tunnel.exchange(REQUEST).is_empty());
     let log = tunnel.wait_log("connection refused", 1);
     assert!(log.contains("TLS handshake with") && log.contains("invalid peer certificate: Expired"), "{log}");
@@ -259,7 +269,7 @@ fn server_trusting_another_ca_rejects_the_site(tls12: bool, expected_line: &str)
     let other = TestCa::new(&tls.site.path(""), "other");
     let version = if tls12 { "-tls1_2" } else { "-tls1_3" };
     let strict =
-        OpensslServer::start(tls.site.hsm.dir.path(), port, &tls.server_cert, &tls.server_key, &other.cert, &[version]);
+        OpensslServer::start(&tls.site.path(""), port, &tls.server_cert, &tls.server_key, &other.cert, &[version]);
     assert!(tunnel.exchange(REQUEST).is_empty(), "{}", tunnel.log_text());
     let log = tunnel.wait_log(expected_line, 1);
     let line = log.lines().find(|l| l.contains(expected_line)).unwrap();
@@ -319,4 +329,42 @@ fn tunnel_refuses_a_non_loopback_listen_address_without_allow_remote() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a loopback address") && stderr.contains("--allow-remote"), "{stderr}");
+}
+
+/// Sends `request` to the tunnel from a process running as `nobody` (Debian's python3,
+/// which `nobody` may execute) and returns what came back.
+fn exchange_as_nobody(tunnel: &TunnelProcess, request: &[u8]) -> Vec<u8> {
+    const CLIENT: &str = "import socket,sys\ns=socket.create_connection(('127.0.0.1',int(sys.argv[1])),timeout=20)\ntry:\n    s.sendall(sys.argv[2].encode())\nexcept OSError:\n    pass\nout=b''\ntry:\n    while (b := s.recv(65536)):\n        out += b\nexcept OSError:\n    pass\nsys.stdout.buffer.write(out)\n";
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c", CLIENT])
+        .arg(tunnel.port.to_string())
+        .arg(std::str::from_utf8(request).unwrap())
+        .output()
+        .expect("setpriv (util-linux) runs python3 as nobody");
+    assert!(out.status.success(), "{out:?}");
+    out.stdout
+}
+
+#[test]
+fn only_allowed_local_users_may_use_the_tunnel() {
+    let tls = TlsSite::new("p-256");
+    let port = free_port();
+    let _server = tls.server(port, &[]);
+
+    // Another local user reaching the loopback port is closed before any upstream
+    // connection, and no signature is made for it.
+    let tunnel = tls.tunnel(port, "server1");
+    assert!(exchange_as_nobody(&tunnel, REQUEST).is_empty());
+    let log = tunnel.wait_log("its local user may not use this tunnel", 1);
+    assert!(log.contains("uid=65534"), "{log}");
+    assert!(tls.signed_profiles().is_empty(), "{:?}", tls.signed_profiles());
+    // The tunnel's own user is served.
+    let page = String::from_utf8_lossy(&tunnel.exchange(REQUEST)).into_owned();
+    assert!(page.contains("Subject: CN=site-1"), "{page}");
+
+    // --allow-uid admits that user.
+    let admitting = tls.tunnel_with(port, "server1", &["--allow-uid", "65534"]);
+    let page = String::from_utf8_lossy(&exchange_as_nobody(&admitting, REQUEST)).into_owned();
+    assert!(page.contains("Subject: CN=site-1"), "{page}\n{}", admitting.log_text());
+    assert_eq!(tls.signed_profiles().len(), 2);
 }

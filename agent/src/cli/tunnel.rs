@@ -1,7 +1,8 @@
 //! `keyward tunnel`: a local plain-TCP listener whose connections leave as mutual TLS signed
 //! by a key the agent holds. Builds the rustls client config (root store = only `--ca`,
 //! client chain = `--cert` or the key's installed certificate, key = `tls::signer`), checks
-//! that the listen address is loopback unless `--allow-remote`, turns TLS session
+//! that the listen address is loopback unless `--allow-remote` (and that each loopback
+//! client's socket belongs to an allowed local user: `--allow-uid`), turns TLS session
 //! resumption off (each connection signs its own handshake), and runs `tls::tunnel::run`
 //! until SIGTERM or SIGINT.
 
@@ -45,6 +46,10 @@ pub struct TunnelArgs {
     /// Allow a non-loopback --listen address (anyone who can connect then uses the key).
     #[arg(long)]
     allow_remote: bool,
+    /// A local uid that may connect (repeatable). Default: only the uid running the tunnel.
+    /// The owner of each client socket is read from /proc/net/tcp{,6}.
+    #[arg(long, value_name = "UID")]
+    allow_uid: Vec<u32>,
     /// Close a connection after this long without a byte either way.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     idle_timeout: Duration,
@@ -120,6 +125,7 @@ pub fn run(socket: PathBuf, args: TunnelArgs) -> Result<()> {
         handshake_timeout: args.connect_timeout,
         idle_timeout: args.idle_timeout,
         max_connections: args.max_connections,
+        allowed_uids: allowed_uids(&args),
     });
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-tunnel").build()?;
@@ -141,6 +147,17 @@ pub fn run(socket: PathBuf, args: TunnelArgs) -> Result<()> {
     })?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// Who may connect: with `--allow-remote` anyone who reaches the address; otherwise the
+/// uid running the tunnel and each `--allow-uid`.
+fn allowed_uids(args: &TunnelArgs) -> Option<Vec<u32>> {
+    if args.allow_remote {
+        return None;
+    }
+    let mut uids = args.allow_uid.clone();
+    uids.push(nix::unistd::geteuid().as_raw());
+    Some(uids)
 }
 
 fn root_store(path: &Path) -> Result<rustls::RootCertStore> {

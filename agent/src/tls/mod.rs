@@ -1,6 +1,8 @@
 //! TLS with a key the agent holds: [`signer`] is the rustls `SigningKey` that forwards
 //! handshake signatures to the agent; [`tunnel`] is `keyward tunnel`, a local plain-TCP to
-//! mutual-TLS bridge for clients that cannot use a remote signer themselves.
+//! mutual-TLS bridge for clients that cannot use a remote signer themselves;
+//! [`loopback_peer`] tells which local user is on the other end of a loopback connection.
 
+pub mod loopback_peer;
 pub mod signer;
 pub mod tunnel;

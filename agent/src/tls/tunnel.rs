@@ -41,6 +41,30 @@ pub struct TunnelSettings {
     pub idle_timeout: Duration,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
+    /// Local users who may use the tunnel: a loopback client whose socket another uid owns
+    /// is closed before any upstream connection. `None`: no check (`--allow-remote`).
+    pub allowed_uids: Option<Vec<u32>>,
+}
+
+/// Whether `peer` may use the tunnel: its socket's owner is an allowed uid.
+fn peer_allowed(client: &TcpStream, peer: SocketAddr, settings: &TunnelSettings) -> bool {
+    let Some(allowed) = &settings.allowed_uids else { return true };
+    let owner = client.local_addr().and_then(|local| super::loopback_peer::owner_uid(peer, local));
+    match owner {
+        Ok(Some(uid)) if allowed.contains(&uid) => true,
+        Ok(Some(uid)) => {
+            tracing::warn!(%peer, uid, allowed = ?allowed, "connection refused: its local user may not use this tunnel");
+            false
+        }
+        Ok(None) => {
+            tracing::warn!(%peer, "connection refused: not a local socket, and the tunnel serves local users only");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "connection refused: cannot read the socket tables to identify the peer");
+            false
+        }
+    }
 }
 
 /// Why a connection was refused before any byte was relayed.
@@ -99,6 +123,9 @@ pub async fn run(
         };
         match accepted {
             Ok((client, peer)) => {
+                if !peer_allowed(&client, peer, &settings) {
+                    continue;
+                }
                 let (connector, settings) = (connector.clone(), Arc::clone(&settings));
                 tokio::spawn(async move {
                     serve_connection(client, peer, &connector, &settings).await;
