@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use keyward_core::{Backend, KeyStore, Pin};
+use keyward_core::{Backend, KeyId, KeyStore, Pin};
 use keyward_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
 use keyward_tpm::{Tcti, TpmBackend, TpmConfig};
 
@@ -54,13 +54,42 @@ fn open_pkcs11(config: &Config) -> Result<Pkcs11Backend> {
 /// # Errors
 /// As [`open`].
 fn open_tpm(config: &Config) -> Result<TpmBackend> {
-    let BackendConfig::Tpm { tcti, key_dir, auth_file } = &config.backend else {
+    let BackendConfig::Tpm { tcti, key_dir, auth_file, persistent_handles } = &config.backend else {
         anyhow::bail!("the configured backend is not a TPM");
     };
     let tcti = Tcti::parse(tcti).context("field `backend.tcti`")?;
+    let persistent = persistent_handles
+        .iter()
+        .map(|(name, handle)| {
+            let field = || format!("field `backend.persistent_handles.{name}`");
+            Ok((KeyId::new(name).with_context(field)?, parse_persistent_handle(handle).with_context(field)?))
+        })
+        .collect::<Result<std::collections::BTreeMap<_, _>>>()?;
+    let mut handles: Vec<u32> = persistent.values().copied().collect();
+    handles.sort_unstable();
+    if let Some(twice) = handles.windows(2).find(|w| w[0] == w[1]) {
+        anyhow::bail!("field `backend.persistent_handles`: handle {:#010x} is given to two keys", twice[0]);
+    }
     let auth = auth_file.as_deref().map(Pin::from_file).transpose().context("field `backend.auth_file`")?;
-    let cfg = TpmConfig { tcti, key_dir: key_dir.clone() };
+    let cfg = TpmConfig { tcti, key_dir: key_dir.clone(), persistent };
     TpmBackend::open(&cfg, auth).with_context(|| format!("opening TPM `{}`", cfg.tcti))
+}
+
+/// `0x81000010`: a handle in the owner's persistent range.
+fn parse_persistent_handle(text: &str) -> Result<u32> {
+    let range = keyward_tpm::PERSISTENT_HANDLES;
+    let handle = text
+        .strip_prefix("0x")
+        .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+        .with_context(|| format!("`{text}` is not a hex handle like 0x81000010"))?;
+    if !range.contains(&handle) {
+        anyhow::bail!(
+            "{handle:#010x} is outside the owner's persistent range {:#010x}-{:#010x}",
+            range.start(),
+            range.end()
+        );
+    }
+    Ok(handle)
 }
 
 /// Checks a TCTI string the way [`open_tpm`] will (for `keyward init`).

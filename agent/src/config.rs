@@ -156,6 +156,10 @@ pub enum BackendConfig {
         /// File holding the keys' auth value (mode 0600 or 0400); none: empty auth value.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         auth_file: Option<PathBuf>,
+        /// Keys kept at persistent handles instead of blob files, by key name:
+        /// `{ site-1 = "0x81000010" }` (owner range 0x81000000-0x817FFFFF).
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        persistent_handles: BTreeMap<String, String>,
     },
 }
 

@@ -195,3 +195,52 @@ fn init_refuses_a_tcti_tss_esapi_would_misread() {
     assert!(stderr.contains("swtpm:path=/tmp/tpm.sock") && stderr.contains("localhost:2321"), "{stderr}");
     assert!(!config.exists());
 }
+
+/// Sets `[backend.persistent_handles]` in the site's config.
+fn set_persistent_handles(site: &TpmSite, handles: &[(&str, &str)]) {
+    let text = std::fs::read_to_string(site.config()).unwrap();
+    let mut doc: toml::Table = toml::from_str(&text).unwrap();
+    let table: toml::Table =
+        handles.iter().map(|(k, v)| ((*k).to_owned(), toml::Value::String((*v).to_owned()))).collect();
+    doc["backend"].as_table_mut().unwrap().insert("persistent_handles".into(), toml::Value::Table(table));
+    std::fs::write(site.config(), toml::to_string(&doc).unwrap()).unwrap();
+}
+
+#[test]
+fn a_key_at_a_persistent_handle_is_never_overwritten_and_survives_a_restart() {
+    let mut site = TpmSite::new();
+    set_persistent_handles(&site, &[("site-1", "0x81000010")]);
+    site.generate("site-1", "rsa-2048");
+    assert!(!site.blob("site-1").exists(), "a persistent key must not also be a blob");
+    let public = site.public_pem("site-1");
+    let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
+    assert!(list.lines().any(|l| l.starts_with("site-1 ") && l.contains("generated")), "{list}");
+
+    // Generating again, or another name bound to the same (now occupied) handle, is refused
+    // with the handle named; the key is untouched.
+    let out = site.keyward(&["key", "generate", "site-1", "--algorithm", "p-256"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("persistent handle 0x81000010 is occupied"), "{out:?}");
+    set_persistent_handles(&site, &[("squatter", "0x81000010")]);
+    let out = site.keyward(&["key", "generate", "squatter", "--algorithm", "p-256"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("0x81000010"), "{out:?}");
+    set_persistent_handles(&site, &[("site-1", "0x81000010")]);
+
+    // The key lives in the TPM's NV memory: it signs after an swtpm restart.
+    site.swtpm.restart();
+    let _agent = AgentProcess::start(&site);
+    let salt222 = pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
+    assert!(openssl_verify(&public, &sign(&site, "site-1", "nvflare", b"from NV"), "-sha256", &salt222));
+
+    // Handles outside the owner's persistent range, or one handle for two keys, are refused.
+    for (handles, want) in [
+        (&[("site-1", "0x80000001")][..], "outside the owner's persistent range"),
+        (&[("site-1", "81000010")][..], "not a hex handle"),
+        (&[("a", "0x81000012"), ("b", "0x81000012")][..], "given to two keys"),
+    ] {
+        set_persistent_handles(&site, handles);
+        let out = site.keyward(&["key", "list"]);
+        assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(want), "{want}: {out:?}");
+    }
+}

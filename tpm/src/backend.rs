@@ -10,8 +10,9 @@ use std::sync::{Arc, Mutex};
 use keyward_core::{Backend, KeyStore, Pin, StoreError};
 
 use crate::config::TpmConfig;
+use crate::connection::Connection;
 use crate::error::TpmError;
-use crate::store::{Connection, TpmStore};
+use crate::store::TpmStore;
 
 /// What the store needs from its backend.
 pub(crate) struct Shared {

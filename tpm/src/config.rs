@@ -8,9 +8,12 @@
 //! `swtpm:host=H,port=P` (swtpm's control channel is then `P+1`), and they are handed to
 //! tss-esapi in a canonical form it reads exactly.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+
+use keyward_core::KeyId;
 
 use crate::error::TpmError;
 
@@ -103,6 +106,9 @@ pub struct TpmConfig {
     pub tcti: Tcti,
     /// Folder of wrapped key blobs (`<name>.tpmkey`, mode 0600); created 0700 if missing.
     pub key_dir: PathBuf,
+    /// Keys kept at persistent handles instead of in blobs, by name (handles in
+    /// [`crate::PERSISTENT_HANDLES`]).
+    pub persistent: BTreeMap<KeyId, u32>,
 }
 
 #[cfg(test)]

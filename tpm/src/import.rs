@@ -29,8 +29,8 @@ use tss_esapi::traits::Marshall;
 use zeroize::Zeroizing;
 
 use crate::blob::KeyBlob;
+use crate::connection::Connection;
 use crate::error::TpmError;
-use crate::store::Connection;
 
 /// Imports `key` under the storage primary; returns it wrapped by the primary.
 pub(crate) fn import(conn: &mut Connection, key: &PrivateKeyMaterial, auth: Option<Auth>) -> Result<KeyBlob, TpmError> {

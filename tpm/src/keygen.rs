@@ -16,8 +16,8 @@ use tss_esapi::interface_types::key_bits::RsaKeyBits;
 use tss_esapi::structures::{EccScheme, HashScheme, Public, RsaExponent};
 
 use crate::blob::KeyBlob;
+use crate::connection::Connection;
 use crate::error::TpmError;
-use crate::store::Connection;
 
 fn template(algorithm: KeyAlgorithm) -> Result<Public, tss_esapi::Error> {
     match algorithm {

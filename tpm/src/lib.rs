@@ -8,8 +8,8 @@
 //!   imported once (then not fixedTPM, and listed as imported), and kept as wrapped blobs on
 //!   disk, one file per key in `key_dir`; the last key used stays loaded.
 //!
-//! Files: `config.rs` (TCTI, key folder), `backend.rs` (open), `store.rs` (connection,
-//! KeyStore), `blob.rs` (key files), `keygen.rs` (templates, public keys), `import.rs` (one-time import), `sign.rs`,
+//! Files: `config.rs` (TCTI, key folder), `backend.rs` (open), `connection.rs` (ESAPI context,
+//! primary, key at hand), `store.rs` (KeyStore), `persistent.rs` (persistent handles), `blob.rs` (key files), `keygen.rs` (templates, public keys), `import.rs` (one-time import), `sign.rs`,
 //! `decrypt.rs`, `error.rs`.
 //!
 //! Device quirks (swtpm 0.7 / libtpms 0.9 / libtss2 3.2.1):
@@ -24,14 +24,17 @@
 mod backend;
 mod blob;
 mod config;
+mod connection;
 mod decrypt;
 mod error;
 mod import;
 mod keygen;
+mod persistent;
 mod sign;
 mod store;
 
 pub use backend::TpmBackend;
 pub use config::{Tcti, TpmConfig};
 pub use error::TpmError;
+pub use persistent::OWNER_RANGE as PERSISTENT_HANDLES;
 pub use store::TpmStore;

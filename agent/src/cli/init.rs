@@ -91,6 +91,7 @@ fn backend_config(args: InitArgs) -> Result<BackendConfig> {
                 tcti,
                 key_dir: absolute(&key_dir)?,
                 auth_file: args.auth_file.as_deref().map(absolute).transpose()?,
+                persistent_handles: std::collections::BTreeMap::new(),
             })
         }
     }
