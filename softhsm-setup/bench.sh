@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 #
-# bench.sh - keyward's signing benchmark on SoftHSM2 (docs/benchmarks.md).
+# bench.sh - keyward's benchmarks, all in one run (docs/benchmarks.md).
 #
-# Purpose:  measure, in one run, signing throughput and p50/p99 latency for
-#           RSA-2048 (`nvflare` profile) and ECDSA P-256 with 1 and 2 clients:
-#           a raw cryptoki loop (the limit), keyward's KeyStore and StoreHandle
-#           in-process, and the real agent through its Unix socket. Prints a
-#           Markdown table with the machine, the date and the command; copy it
-#           into docs/benchmarks.md by hand. Never fails on a slow result.
+# Purpose:  keyward-bench: signing throughput and p50/p99 latency on SoftHSM2
+#           for RSA-2048 (`nvflare`) and ECDSA P-256 with 1 and 2 clients: a
+#           raw cryptoki loop (the limit), keyward's KeyStore and StoreHandle
+#           in-process, and the real agent through its Unix socket.
+#           tpm-bench: the same on swtpm, raw tss-esapi against the agent.
+#           tls-bench: TLS handshakes/s and bulk MB/s through `keyward tunnel`
+#           against stunnel4 and a direct client.
+#           Each prints a Markdown table with the machine and the date; copy
+#           them into docs/benchmarks.md by hand. Never fails on a slow result.
 #
 # Usage:    softhsm-setup/bench.sh [--quick] [--seconds N]
-#               --quick      about 0.5 s per measurement (what CI runs)
-#               --seconds N  seconds per measurement (default 5)
-#           Arguments are passed to the keyward-bench binary unchanged.
+#               --quick      a fraction of a second per measurement (CI)
+#               --seconds N  seconds per measurement (defaults: 5, 3, 5)
+#           Arguments are passed to each bench binary unchanged.
 #
 # Env vars: CI               when "true", cargo output is uncoloured
 #           CARGO_TARGET_DIR, CARGO_*, RUST* are honoured by cargo as usual.
@@ -56,5 +59,8 @@ command -v cargo >/dev/null 2>&1 ||
 log "building (cargo build --release -p keyward-agent -p keyward-tests)"
 cargo build --release -p keyward-agent -p keyward-tests
 
-log "running keyward-bench $*"
-cargo run --release -q -p keyward-tests --bin keyward-bench -- "$@"
+for bench in keyward-bench tpm-bench tls-bench; do
+    log "running $bench $*"
+    cargo run --release -q -p keyward-tests --bin "$bench" -- "$@"
+    echo
+done

@@ -105,5 +105,6 @@ KEYWARD_BIN="$REPO_ROOT/target/debug/keyward" "$KEYWARD_PYTHON" -m pytest -q "$R
 step "running the benchmarks once in --quick mode (keeps them working; assert no speed)"
 cargo_retry cargo run -q -p keyward-tests --bin keyward-bench -- --quick >/dev/null
 cargo_retry cargo run -q -p keyward-tests --bin tls-bench -- --quick >/dev/null
+cargo_retry cargo run -q -p keyward-tests --bin tpm-bench -- --quick >/dev/null
 
 log "all tests passed"
