@@ -93,11 +93,17 @@ impl TunnelProcess {
     /// line. The tunnel needs a running agent.
     pub fn start(site: &impl crate::AgentSite, args: &[&str]) -> Self {
         let port = free_port();
-        let log = site.path(&format!("tunnel-{port}.log"));
+        Self::start_listening(site, &format!("127.0.0.1:{port}"), port, args)
+    }
+
+    /// Starts `keyward tunnel --listen LISTEN ARGS` (`port` is what [`Self::exchange`] uses;
+    /// any value for a Unix socket) and waits for its "listening" line.
+    pub fn start_listening(site: &impl crate::AgentSite, listen: &str, port: u16, args: &[&str]) -> Self {
+        let log = site.path(&format!("tunnel-{}.log", rand_tag()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = site
             .command()
-            .args(["tunnel", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["tunnel", "--listen", listen])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -132,14 +138,46 @@ impl TunnelProcess {
     /// Connects, sends `request`, and returns everything read until EOF (or until the tunnel
     /// resets the connection).
     pub fn exchange(&self, request: &[u8]) -> Vec<u8> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the tunnel");
-        stream.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
-        // A refused connection may already be closed: the write can fail, the read says so.
-        let _ = stream.write_all(request);
-        let mut reply = Vec::new();
-        let _ = stream.read_to_end(&mut reply);
-        reply
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to the tunnel");
+        exchange_on(stream, request)
     }
+
+    /// [`Self::exchange`] over the tunnel's Unix socket `path`.
+    pub fn exchange_unix(&self, path: &Path, request: &[u8]) -> Vec<u8> {
+        let stream = std::os::unix::net::UnixStream::connect(path).expect("connect to the tunnel's socket");
+        exchange_on(stream, request)
+    }
+}
+
+/// Sends `request` and reads until EOF; a refused connection may already be closed, so a
+/// failed write is not an error: the (empty) read says so.
+fn exchange_on<S: Read + Write + SetReadTimeout>(mut stream: S, request: &[u8]) -> Vec<u8> {
+    stream.read_timeout(Duration::from_secs(20));
+    let _ = stream.write_all(request);
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    reply
+}
+
+/// The read timeout of a TCP or Unix stream.
+trait SetReadTimeout {
+    fn read_timeout(&self, limit: Duration);
+}
+
+impl SetReadTimeout for TcpStream {
+    fn read_timeout(&self, limit: Duration) {
+        self.set_read_timeout(Some(limit)).expect("timeout");
+    }
+}
+
+impl SetReadTimeout for std::os::unix::net::UnixStream {
+    fn read_timeout(&self, limit: Duration) {
+        self.set_read_timeout(Some(limit)).expect("timeout");
+    }
+}
+
+fn rand_tag() -> u32 {
+    rand::random()
 }
 
 impl Drop for TunnelProcess {

@@ -66,13 +66,17 @@ impl<S: AgentSite> TlsSite<S> {
     }
 
     fn tunnel_with(&self, upstream_port: u16, server_name: &str, extra: &[&str]) -> TunnelProcess {
-        let upstream = format!("127.0.0.1:{upstream_port}");
-        let ca = self.ca.cert.to_str().unwrap();
-        let socket = self.agent.socket().to_str().unwrap();
+        let mut args = self.tunnel_args(upstream_port, server_name);
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
+        TunnelProcess::start(&self.site, &args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// `keyward tunnel` arguments for `site-1` to the upstream, without `--listen`.
+    fn tunnel_args(&self, upstream_port: u16, server_name: &str) -> Vec<String> {
+        let (ca, socket) = (self.ca.cert.display().to_string(), self.agent.socket().display().to_string());
         #[rustfmt::skip]
-        let mut args = vec!["--key", "site-1", "--upstream", &upstream, "--server-name", server_name, "--ca", ca, "--socket", socket];
-        args.extend_from_slice(extra);
-        TunnelProcess::start(&self.site, &args)
+        let args = ["--key", "site-1", "--upstream", &format!("127.0.0.1:{upstream_port}"), "--server-name", server_name, "--ca", &ca, "--socket", &socket];
+        args.iter().map(|a| (*a).to_owned()).collect()
     }
 
     /// The profiles of the `sign` records in the agent's audit log, in order.
@@ -331,18 +335,38 @@ fn tunnel_refuses_a_non_loopback_listen_address_without_allow_remote() {
     assert!(stderr.contains("not a loopback address") && stderr.contains("--allow-remote"), "{stderr}");
 }
 
-/// Sends `request` to the tunnel from a process running as `nobody` (Debian's python3,
-/// which `nobody` may execute) and returns what came back.
-fn exchange_as_nobody(tunnel: &TunnelProcess, request: &[u8]) -> Vec<u8> {
-    const CLIENT: &str = "import socket,sys\ns=socket.create_connection(('127.0.0.1',int(sys.argv[1])),timeout=20)\ntry:\n    s.sendall(sys.argv[2].encode())\nexcept OSError:\n    pass\nout=b''\ntry:\n    while (b := s.recv(65536)):\n        out += b\nexcept OSError:\n    pass\nsys.stdout.buffer.write(out)\n";
+/// Sends `request` to the tunnel (its TCP port, or the Unix socket `unix`) from a process
+/// running as `user` (Debian's python3, which any user may execute); returns the reply.
+fn exchange_as(user: &str, tunnel: &TunnelProcess, unix: Option<&std::path::Path>, request: &[u8]) -> Vec<u8> {
+    const CLIENT: &str = "import socket,sys\nt=sys.argv[1]\ns=socket.socket(socket.AF_UNIX) if t.startswith('/') else socket.socket()\ns.settimeout(20)\ns.connect(t if t.startswith('/') else ('127.0.0.1',int(t)))\ntry:\n    s.sendall(sys.argv[2].encode())\nexcept OSError:\n    pass\nout=b''\ntry:\n    while (b := s.recv(65536)):\n        out += b\nexcept OSError:\n    pass\nsys.stdout.buffer.write(out)\n";
+    let target = unix.map_or_else(|| tunnel.port.to_string(), |p| p.to_str().unwrap().to_owned());
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "/usr/bin/python3", "-c", CLIENT])
-        .arg(tunnel.port.to_string())
+        .args([
+            &format!("--reuid={user}"),
+            &format!("--regid={}", primary_group(user)),
+            "--clear-groups",
+            "/usr/bin/python3",
+            "-c",
+            CLIENT,
+        ])
+        .arg(target)
         .arg(std::str::from_utf8(request).unwrap())
         .output()
-        .expect("setpriv (util-linux) runs python3 as nobody");
+        .expect("setpriv (util-linux) runs python3 as another user");
     assert!(out.status.success(), "{out:?}");
     out.stdout
+}
+
+/// Debian's primary group of the system users these tests run clients as.
+fn primary_group(user: &str) -> &str {
+    match user {
+        "nobody" => "nogroup",
+        other => other,
+    }
+}
+
+fn exchange_as_nobody(tunnel: &TunnelProcess, request: &[u8]) -> Vec<u8> {
+    exchange_as("nobody", tunnel, None, request)
 }
 
 #[test]
@@ -367,4 +391,38 @@ fn only_allowed_local_users_may_use_the_tunnel() {
     let page = String::from_utf8_lossy(&exchange_as_nobody(&admitting, REQUEST)).into_owned();
     assert!(page.contains("Subject: CN=site-1"), "{page}\n{}", admitting.log_text());
     assert_eq!(tls.signed_profiles().len(), 2);
+}
+
+#[test]
+fn a_unix_socket_tunnel_serves_its_user_and_checks_the_others() {
+    use std::os::unix::fs::PermissionsExt;
+    let tls = TlsSite::new("rsa-2048");
+    let port = free_port();
+    let _server = tls.server(port, &[]);
+
+    // Owner-only by default.
+    let path = tls.site.path("fl.sock");
+    let listen = format!("unix:{}", path.display());
+    let args = tls.tunnel_args(port, "server1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let tunnel = TunnelProcess::start_listening(&tls.site, &listen, 0, &args);
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let page = String::from_utf8_lossy(&tunnel.exchange_unix(&path, REQUEST)).into_owned();
+    assert!(page.contains("Subject: CN=site-1"), "{page}\n{}", tunnel.log_text());
+    // A second tunnel does not take over a live socket.
+    let out = tls.site.keyward(&[&["tunnel", "--listen", &listen][..], &args].concat());
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another process is listening"), "{out:?}");
+    drop(tunnel);
+    assert!(!path.exists(), "the socket file is removed at exit");
+
+    // With --allow-uid the socket is reachable by all, and SO_PEERCRED decides.
+    std::fs::set_permissions(tls.site.path(""), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let args = [&args[..], &["--allow-uid", "65534"]].concat();
+    let shared = TunnelProcess::start_listening(&tls.site, &listen, 0, &args);
+    let page = String::from_utf8_lossy(&exchange_as("nobody", &shared, Some(&path), REQUEST)).into_owned();
+    assert!(page.contains("Subject: CN=site-1"), "{page}\n{}", shared.log_text());
+    assert!(exchange_as("daemon", &shared, Some(&path), REQUEST).is_empty());
+    let log = shared.wait_log("its local user may not use this tunnel", 1);
+    assert!(log.contains("uid=1 "), "{log}");
 }

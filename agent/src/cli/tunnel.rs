@@ -1,4 +1,4 @@
-//! `keyward tunnel`: a local plain-TCP listener whose connections leave as mutual TLS signed
+//! `keyward tunnel`: a local plain-text listener (loopback TCP or a Unix socket) whose connections leave as mutual TLS signed
 //! by a key the agent holds. Builds the rustls client config (root store = only `--ca`,
 //! client chain = `--cert` or the key's installed certificate, key = `tls::signer`), checks
 //! that the listen address is loopback unless `--allow-remote` (and that each loopback
@@ -6,7 +6,6 @@
 //! resumption off (each connection signs its own handshake), and runs `tls::tunnel::run`
 //! until SIGTERM or SIGINT.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +15,7 @@ use clap::Args;
 use keyward_core::KeyId;
 use rustls::pki_types::{CertificateDer, ServerName};
 
+use crate::tls::listen::{ListenAddr, LocalListener};
 use crate::tls::signer::{AgentLink, AgentSigningKey};
 use crate::tls::tunnel::{self, TunnelSettings};
 
@@ -25,9 +25,10 @@ pub struct TunnelArgs {
     /// Key whose certificate and signatures authenticate the tunnel.
     #[arg(long)]
     key: KeyId,
-    /// Plain TCP address local clients connect to.
-    #[arg(long, value_name = "ADDR:PORT")]
-    listen: SocketAddr,
+    /// Where local clients connect in plain text: a loopback `ADDR:PORT`, or
+    /// `unix:/path/to/socket` (0600; 0666 with --allow-uid, the peer's uid is checked).
+    #[arg(long, value_name = "ADDR:PORT|unix:PATH")]
+    listen: ListenAddr,
     /// TLS server, `host:port`.
     #[arg(long, value_name = "HOST:PORT")]
     upstream: String,
@@ -71,7 +72,8 @@ pub struct TunnelArgs {
 /// certificate that is not the key's, or a listen address that cannot be bound.
 pub fn run(socket: PathBuf, args: TunnelArgs) -> Result<()> {
     super::serve::init_logging();
-    if !args.listen.ip().is_loopback() && !args.allow_remote {
+    let remote = matches!(args.listen, ListenAddr::Tcp(addr) if !addr.ip().is_loopback());
+    if remote && !args.allow_remote {
         bail!(
             "--listen {} is not a loopback address: anyone who can connect would use key `{}`; add --allow-remote to mean it",
             args.listen,
@@ -130,7 +132,7 @@ pub fn run(socket: PathBuf, args: TunnelArgs) -> Result<()> {
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-tunnel").build()?;
     runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(args.listen)
+        let listener = LocalListener::bind(&args.listen, !args.allow_uid.is_empty())
             .await
             .with_context(|| format!("binding --listen {}", args.listen))?;
         let shutdown = super::serve::cancel_on_signal()?;

@@ -1,8 +1,10 @@
 //! TLS with a key the agent holds: [`signer`] is the rustls `SigningKey` that forwards
 //! handshake signatures to the agent; [`tunnel`] is `keyward tunnel`, a local plain-TCP to
 //! mutual-TLS bridge for clients that cannot use a remote signer themselves;
-//! [`loopback_peer`] tells which local user is on the other end of a loopback connection.
+//! [`listen`] binds where local clients connect (TCP or Unix socket) and [`loopback_peer`]
+//! tells which local user is on the other end of a loopback TCP connection.
 
+pub mod listen;
 pub mod loopback_peer;
 pub mod signer;
 pub mod tunnel;

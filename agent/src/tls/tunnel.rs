@@ -1,5 +1,5 @@
-//! The tunnel behind `keyward tunnel`: accepts plain TCP connections (loopback by default;
-//! the CLI in `cli/tunnel.rs` checks that) and, for each, opens mutual TLS to one upstream
+//! The tunnel behind `keyward tunnel`: accepts plain connections from local users (a
+//! loopback port or a Unix socket, `listen.rs`; others' connections are closed first) and, for each, opens mutual TLS to one upstream
 //! with the site certificate and the agent-held key (`signer.rs`), verifies the server
 //! against the given root CA and server name, then copies bytes both ways with half-close
 //! and an idle timeout.
@@ -11,7 +11,6 @@
 //! `server::run`: the caller binds the listener (tests bind port 0), a `Semaphore` bounds
 //! concurrent connections, and a `CancellationToken` stops accepting.
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,11 +19,13 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
+
+use super::listen::{LocalListener, LocalStream};
 
 /// How the tunnel reaches its upstream, and its limits.
 #[derive(Clone, Debug)]
@@ -46,10 +47,9 @@ pub struct TunnelSettings {
     pub allowed_uids: Option<Vec<u32>>,
 }
 
-/// Whether `peer` may use the tunnel: its socket's owner is an allowed uid.
-fn peer_allowed(client: &TcpStream, peer: SocketAddr, settings: &TunnelSettings) -> bool {
+/// Whether a client may use the tunnel: its socket's owner is an allowed uid.
+fn peer_allowed(peer: &str, owner: std::io::Result<Option<u32>>, settings: &TunnelSettings) -> bool {
     let Some(allowed) = &settings.allowed_uids else { return true };
-    let owner = client.local_addr().and_then(|local| super::loopback_peer::owner_uid(peer, local));
     match owner {
         Ok(Some(uid)) if allowed.contains(&uid) => true,
         Ok(Some(uid)) => {
@@ -61,7 +61,7 @@ fn peer_allowed(client: &TcpStream, peer: SocketAddr, settings: &TunnelSettings)
             false
         }
         Err(e) => {
-            tracing::warn!(%peer, error = %e, "connection refused: cannot read the socket tables to identify the peer");
+            tracing::warn!(%peer, error = %e, "connection refused: cannot identify the peer's user");
             false
         }
     }
@@ -103,7 +103,7 @@ pub enum TunnelError {
 /// Serves connections from `listener` until `shutdown` is cancelled. Connections still
 /// relaying then are the caller's to end, with the runtime (the CLI gives them 1 s).
 pub async fn run(
-    listener: TcpListener,
+    listener: LocalListener,
     connector: TlsConnector,
     settings: Arc<TunnelSettings>,
     shutdown: CancellationToken,
@@ -122,8 +122,8 @@ pub async fn run(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((client, peer)) => {
-                if !peer_allowed(&client, peer, &settings) {
+            Ok((client, peer, owner)) => {
+                if !peer_allowed(&peer, owner, &settings) {
                     continue;
                 }
                 let (connector, settings) = (connector.clone(), Arc::clone(&settings));
@@ -141,7 +141,7 @@ pub async fn run(
     }
 }
 
-async fn serve_connection(client: TcpStream, peer: SocketAddr, connector: &TlsConnector, settings: &TunnelSettings) {
+async fn serve_connection(client: LocalStream, peer: String, connector: &TlsConnector, settings: &TunnelSettings) {
     let upstream = settings.upstream.as_str();
     let (tls, handshake) = match open_upstream(connector, settings).await {
         Ok(opened) => opened,
@@ -155,7 +155,6 @@ async fn serve_connection(client: TcpStream, peer: SocketAddr, connector: &TlsCo
     let version = session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
     let suite = session.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
     let alpn = session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_else(|| "-".into());
-    let _ = client.set_nodelay(true);
     let relay = relay(client, tls, settings.idle_timeout).await;
     let end = match &relay.error {
         Some(e) => format!("error: {}", ErrorChain(e)),
