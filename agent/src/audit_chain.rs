@@ -115,7 +115,7 @@ mod tests {
             let log = AuditLog::open(&path).unwrap();
             for i in 0..n {
                 log.record(&AuditRecord {
-                    peer: Peer { uid: 1000, gid: 1000, pid: Some(42) },
+                    peer: Peer { uid: 1000, gid: 1000, pid: Some(42), connected: std::time::Duration::ZERO },
                     request_id: run * 100 + i,
                     op: "sign",
                     key: Some("site-1"),
