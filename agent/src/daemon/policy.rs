@@ -24,7 +24,6 @@ use crate::audit::Peer;
 use crate::config::{Config, KeyConfig, RateLimitConfig};
 
 /// One key's rules.
-#[derive(Default)]
 pub struct KeyPolicy {
     /// Plain `sign` allowed.
     pub allow_sign: bool,
@@ -38,6 +37,23 @@ pub struct KeyPolicy {
     executables: Vec<PathBuf>,
     rate_limit: Option<RateLimitConfig>,
     profile_rate_limits: BTreeMap<String, RateLimitConfig>,
+}
+
+/// The rules of a key without a `[keys.<name>]` table.
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        Self {
+            allow_sign: true,
+            allow_decrypt: true,
+            nvflare: None,
+            profiles: Vec::new(),
+            uids: Vec::new(),
+            gids: Vec::new(),
+            executables: Vec::new(),
+            rate_limit: None,
+            profile_rate_limits: BTreeMap::new(),
+        }
+    }
 }
 
 /// What a request does with a key.
@@ -89,8 +105,7 @@ impl Policies {
             let id = KeyId::new(name)?;
             keys.insert(id, key_policy(name, key)?);
         }
-        let default = KeyPolicy { allow_sign: true, allow_decrypt: true, ..KeyPolicy::default() };
-        Ok(Self { keys, default, buckets: Mutex::default() })
+        Ok(Self { keys, default: KeyPolicy::default(), buckets: Mutex::default() })
     }
 
     /// The rules for `key`.
@@ -178,10 +193,8 @@ impl Policies {
 
 impl KeyPolicy {
     fn check_caller(&self, key: &KeyId, peer: &Peer) -> Result<(), Refusal> {
-        if !(self.uids.is_empty() && self.gids.is_empty())
-            && !self.uids.contains(&peer.uid)
-            && !self.gids.contains(&peer.gid)
-        {
+        let unrestricted = self.uids.is_empty() && self.gids.is_empty();
+        if !(unrestricted || self.uids.contains(&peer.uid) || self.gids.contains(&peer.gid)) {
             return Err(denied(format!(
                 "caller uid {} / gid {} may not use key `{key}` (keys.{key}.allowed_uids, allowed_gids)",
                 peer.uid, peer.gid
