@@ -1,5 +1,6 @@
 //! Per-key policy against a real agent: callers refused by executable (the `keyward` CLI is
-//! allowed, this test binary is not; a caller that exited before its request is refused),
+//! allowed and this test binary is not; then the Python client through a symlinked venv
+//! interpreter is allowed and the CLI is not; a caller that exited before its request is refused),
 //! by uid, by profile, and by rate (a burst is cut after exactly `burst` uses and allowed
 //! again after the refill time). Every refusal has its precise code and an audit record, and
 //! the agent keeps serving.
@@ -61,6 +62,32 @@ fn only_the_allowed_executable_may_use_the_key() {
     assert!(message.contains("keys.site-1.allowed_executables"), "{message}");
     // Public information stays readable, and the agent keeps serving.
     client(&agent).call(Operation::PublicKey { key: KeyId::new("site-1").unwrap() }).unwrap();
+    assert_eq!(outcomes(&site, "sign"), ["ok", "policy_denied"]);
+}
+
+#[test]
+fn a_symlinked_interpreter_is_resolved_and_the_keyward_cli_is_then_refused() {
+    // The venv's `python` is a chain of symlinks; the agent compares resolved paths.
+    let python = keyward_tests::python();
+    assert!(python.symlink_metadata().unwrap().file_type().is_symlink(), "{}", python.display());
+    let site = site_with(&format!("[keys.site-1]\nallowed_executables = [\"{}\"]\n", python.display()));
+    let agent = AgentProcess::start(&site);
+
+    let script = "import sys\nfrom keyward import KeywardClient\nKeywardClient(sys.argv[1]).sign('site-1', 'tls', b'hi')\nprint('signed')";
+    let out = std::process::Command::new(&python)
+        .env("PYTHONPATH", keyward_tests::workspace_root().join("python/src"))
+        .args(["-c", script, agent.socket().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "signed", "{out:?}");
+
+    let msg = site.path("m");
+    std::fs::write(&msg, b"from another binary").unwrap();
+    let out =
+        site.keyward(&["sign", "site-1", "--profile", "tls", "--in", msg.to_str().unwrap(), "--out", "/dev/null"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("policy_denied") && stderr.contains("allowed_executables"), "{stderr}");
     assert_eq!(outcomes(&site, "sign"), ["ok", "policy_denied"]);
 }
 
