@@ -160,7 +160,7 @@ fn a_burst_is_cut_after_exactly_burst_uses_and_allowed_again_after_the_refill_ti
     assert_eq!(code, ErrorCode::RateLimited);
 
     // Not before the refill time...
-    std::thread::sleep(Duration::from_secs(4).saturating_sub(cut.elapsed()));
+    std::thread::sleep(Duration::from_secs(3).saturating_sub(cut.elapsed()));
     assert_eq!(refused(sign(&mut c, "site-1", "tls")).0, ErrorCode::RateLimited);
     // ...and exactly one use once it has passed.
     std::thread::sleep(Duration::from_millis(5200).saturating_sub(cut.elapsed()));
