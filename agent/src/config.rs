@@ -15,6 +15,8 @@ pub const CONFIG_ENV: &str = "KEYWARD_CONFIG";
 pub const PIN_FILE_ENV: &str = "KEYWARD_PIN_FILE";
 /// Default config path.
 pub const DEFAULT_CONFIG: &str = "/etc/keyward/keyward.toml";
+/// Default `audit_max_bytes`: 64 MiB.
+pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
 /// systemd credential name looked up in `$CREDENTIALS_DIRECTORY` when nothing else is set.
 pub const DEFAULT_PIN_CREDENTIAL: &str = "keyward-pin";
 
@@ -29,6 +31,10 @@ pub struct Config {
     /// Audit log (JSON lines). Default: `<state_dir>/audit.log`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_log: Option<PathBuf>,
+    /// Size at which the audit log is renamed to `<audit_log>.<N>` and a new one started (the
+    /// hash chain continues across files). Default: 64 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_max_bytes: Option<u64>,
     /// Who may connect.
     #[serde(default)]
     pub access: AccessConfig,
@@ -52,9 +58,40 @@ pub struct KeyConfig {
     /// Whether `decrypt` is allowed (NVFlare's cell cipher needs it).
     #[serde(default = "yes")]
     pub allow_decrypt: bool,
+    /// Signing profiles allowed: `nvflare`, `tls` (every TLS scheme) or exact names such as
+    /// `tls-rsa-pss-sha256`. Empty (the default): all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub profiles: Vec<String>,
+    /// Caller uids allowed to use this key (any of these, or a gid below). Both empty: every
+    /// caller `[access]` lets in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_uids: Vec<u32>,
+    /// Caller primary gids allowed to use this key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_gids: Vec<u32>,
+    /// Absolute paths of the executables allowed to use this key, compared with the caller's
+    /// `/proc/<pid>/exe`. Empty: any executable.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_executables: Vec<PathBuf>,
+    /// A token bucket over every use of the private key (`sign`, `decrypt`, `nvflare_register`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Token buckets per signing profile family (`nvflare`, `tls`), on top of `rate_limit`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub profile_rate_limits: BTreeMap<String, RateLimitConfig>,
     /// The NVFlare authenticator flow for this key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvflare: Option<NvflareConfig>,
+}
+
+/// A token bucket: `burst` uses at once, refilled at `per_minute`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained uses per minute (1 or more).
+    pub per_minute: u32,
+    /// Uses allowed back to back when the bucket is full (1 or more).
+    pub burst: u32,
 }
 
 /// The site's NVFlare trust settings, from its startup kit.
@@ -65,6 +102,31 @@ pub struct NvflareConfig {
     pub root_ca: PathBuf,
     /// The server identity the site expects (`servers[0].identity` in `fed_client.json`).
     pub server_identity: String,
+}
+
+impl KeyConfig {
+    fn validate(&self) -> Result<()> {
+        for profile in &self.profiles {
+            if profile != "tls" && profile.parse::<keyward_core::SignProfile>().is_err() {
+                bail!("field `profiles`: unknown profile `{profile}` (nvflare, tls, or tls-<scheme>)");
+            }
+        }
+        for family in self.profile_rate_limits.keys() {
+            if family != "nvflare" && family != "tls" {
+                bail!("field `profile_rate_limits`: unknown profile family `{family}` (nvflare or tls)");
+            }
+        }
+        for exe in &self.allowed_executables {
+            if !exe.is_absolute() {
+                bail!("field `allowed_executables`: `{}` is not an absolute path", exe.display());
+            }
+        }
+        let limits = self.rate_limit.iter().chain(self.profile_rate_limits.values());
+        if limits.into_iter().any(|l| l.per_minute == 0 || l.burst == 0) {
+            bail!("rate limits need `per_minute` and `burst` of 1 or more");
+        }
+        Ok(())
+    }
 }
 
 fn yes() -> bool {
@@ -232,8 +294,12 @@ impl Config {
         if self.socket.as_os_str().len() > 100 {
             bail!("field `socket`: path `{}` is too long for a Unix socket (max 100 bytes)", self.socket.display());
         }
-        for name in self.keys.keys() {
+        if self.audit_max_bytes.is_some_and(|n| n < 4096) {
+            bail!("field `audit_max_bytes` must be at least 4096");
+        }
+        for (name, key) in &self.keys {
             keyward_core::KeyId::new(name).with_context(|| format!("table `keys.{name}`"))?;
+            key.validate().with_context(|| format!("table `keys.{name}`"))?;
         }
         if let BackendConfig::Pkcs11 { workers, .. } = &self.backend {
             if !(1..=64).contains(workers) {
@@ -246,6 +312,11 @@ impl Config {
     /// The audit log path.
     pub fn audit_log(&self) -> PathBuf {
         self.audit_log.clone().unwrap_or_else(|| self.state_dir.join("audit.log"))
+    }
+
+    /// The audit log's rotation size.
+    pub fn audit_max_bytes(&self) -> u64 {
+        self.audit_max_bytes.unwrap_or(DEFAULT_AUDIT_MAX_BYTES)
     }
 
     /// The folder of installed certificates.

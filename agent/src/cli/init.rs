@@ -107,6 +107,7 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
         socket,
         state_dir,
         audit_log: None,
+        audit_max_bytes: None,
         keys: Default::default(),
         access: AccessConfig::default(),
         limits: LimitsConfig::default(),

@@ -61,7 +61,8 @@ pub fn run(config: Config) -> Result<()> {
     let (store, workers) = StoreHandle::start(&*backend, config.limits.queue_depth, config.limits.request_timeout())
         .context("starting key store workers")?;
     let audit_path = config.audit_log();
-    let audit = AuditLog::open(&audit_path).with_context(|| format!("opening audit log `{}`", audit_path.display()))?;
+    let audit = AuditLog::open_rotating(&audit_path, config.audit_max_bytes())
+        .with_context(|| format!("opening audit log `{}`", audit_path.display()))?;
     let agent = Arc::new(Agent {
         store,
         certs: CertStore::new(config.cert_dir()),

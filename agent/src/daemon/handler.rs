@@ -15,13 +15,21 @@ use tokio::net::UnixStream;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};
 use tokio_util::sync::CancellationToken;
 
-use super::{ops, Agent, Stats};
+use super::{ops, peer_exe, Agent, Stats};
 use crate::audit::{AuditRecord, Peer};
 
 /// Serves one connection until it closes, fails, or the agent shuts down.
 pub async fn handle(stream: UnixStream, agent: Arc<Agent>, shutdown: CancellationToken) {
+    // Read before the credentials: the peer connected no later than this.
+    let connected = match peer_exe::since_boot() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the time since boot; closing connection");
+            return;
+        }
+    };
     let peer = match stream.peer_cred() {
-        Ok(cred) => Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid() },
+        Ok(cred) => Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), connected },
         Err(e) => {
             tracing::warn!(error = %e, "cannot read peer credentials; closing connection");
             return;

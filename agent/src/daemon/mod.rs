@@ -4,14 +4,16 @@
 //!
 //! Files: `socket.rs` (binding safely), `listener.rs` (accept loop, connection limit),
 //! `handler.rs` (frames of one connection), `ops.rs` (what each request does),
-//! `stats.rs` (counters for `status`), `policy.rs` (per-key rules), `nvflare.rs` (the
-//! NVFlare authenticator operations).
+//! `stats.rs` (counters for `status`), `policy.rs` (per-key rules, with `rate_limit.rs` and
+//! `peer_exe.rs`), `nvflare.rs` (the NVFlare authenticator operations).
 
 mod handler;
 mod listener;
 mod nvflare;
 mod ops;
+mod peer_exe;
 mod policy;
+mod rate_limit;
 mod socket;
 mod stats;
 

@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use keyward_core::error::chain;
 use keyward_core::protocol::{decode_request, ErrorCode, KeyEntry, Operation, Reply, Response, StatusReport};
-use keyward_core::{KeyId, SignProfile, StoreError};
+use keyward_core::{KeyId, SignProfile, StoreError, TlsScheme};
 
+use super::policy::{KeyUse, Refusal};
 use super::{nvflare, Agent, Stats};
 use crate::audit::{micros, sha256_hex, AuditRecord, Peer};
 
@@ -101,10 +102,9 @@ fn audit(
     });
 }
 
-fn denied(key: &KeyId, what: &str) -> Failure {
-    Failure {
-        code: ErrorCode::PolicyDenied,
-        message: format!("key `{key}` does not allow {what} (keys.{key}.allow_{what})"),
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        Self { code: r.code, message: r.message }
     }
 }
 
@@ -139,17 +139,28 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             }
         }
         Operation::Sign { key, profile, data } => {
-            if !agent.policies.get(&key).allow_sign {
-                return Err(denied(&key, "sign"));
-            }
+            let explicit = if profile == "tls" {
+                None
+            } else {
+                Some(
+                    profile
+                        .parse::<SignProfile>()
+                        .map_err(|message| Failure { code: ErrorCode::InvalidRequest, message })?,
+                )
+            };
+            agent.policies.admit(&key, &peer, KeyUse::Sign(&profile))?;
             nvflare::refuse_registration_shaped(agent, &key, &data)?;
-            let (signature, used) = sign(agent, key, profile, data).await?;
+            let (signature, used) = sign(agent, key, explicit, data).await?;
             Stats::bump(&agent.stats.signatures);
             let extra = AuditExtra { profile: Some(used), signed: None };
             return Ok((Reply::Signature { profile: used.name().to_owned(), signature }, extra));
         }
-        Operation::NvflareChallenge { key } => nvflare::challenge(agent, peer, &key)?,
+        Operation::NvflareChallenge { key } => {
+            agent.policies.admit(&key, &peer, KeyUse::NvflareChallenge)?;
+            nvflare::challenge(agent, peer, &key)?
+        }
         Operation::NvflareRegister { key, client_nonce, server_cert, server_cn, server_signature, server_nonce } => {
+            agent.policies.admit(&key, &peer, KeyUse::NvflareRegister)?;
             let registration =
                 nvflare::Registration { key, client_nonce, server_cert, server_cn, server_signature, server_nonce };
             let (reply, signed) = nvflare::register(agent, peer, registration).await?;
@@ -160,9 +171,7 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             nvflare::verify_token(agent, peer, &session, &client_name, &token, &token_signature)?
         }
         Operation::Decrypt { key, data } => {
-            if !agent.policies.get(&key).allow_decrypt {
-                return Err(denied(&key, "decrypt"));
-            }
+            agent.policies.admit(&key, &peer, KeyUse::Decrypt)?;
             let plaintext = agent.store.call(move |s| s.decrypt(&key, &data)).await?;
             Stats::bump(&agent.stats.decryptions);
             Reply::Plaintext { plaintext: plaintext.to_vec() }
@@ -194,22 +203,40 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
     Ok((reply, AuditExtra::default()))
 }
 
-/// Resolves the profile (plain `tls` needs the key's algorithm) and signs, in one job.
-async fn sign(agent: &Agent, key: KeyId, profile: String, data: Vec<u8>) -> Result<(Vec<u8>, SignProfile), Failure> {
-    let invalid = |message: String| Failure { code: ErrorCode::InvalidRequest, message };
-    let explicit = if profile == "tls" { None } else { Some(profile.parse::<SignProfile>().map_err(invalid)?) };
-    let result = agent
+/// Resolves the profile (plain `tls` needs the key's algorithm) and signs, in one job. A
+/// resolved profile outside `keys.<name>.profiles` is refused before the token is asked.
+async fn sign(
+    agent: &Agent,
+    key: KeyId,
+    explicit: Option<SignProfile>,
+    data: Vec<u8>,
+) -> Result<(Vec<u8>, SignProfile), Failure> {
+    // What plain `tls` may resolve to, decided here: the worker has no access to the policy.
+    let allowed: Vec<SignProfile> = [TlsScheme::RsaPssSha256, TlsScheme::EcdsaP256Sha256]
+        .into_iter()
+        .map(SignProfile::Tls)
+        .filter(|p| agent.policies.allows_profile(&key, *p))
+        .collect();
+    let id = key.clone();
+    let signed = agent
         .store
         .call(move |s| {
             let profile = match explicit {
                 Some(p) => p,
                 None => {
-                    let alg = s.public_key(&key)?.algorithm;
-                    SignProfile::resolve("tls", alg).map_err(|what| StoreError::InvalidInput { what })?
+                    let alg = s.public_key(&id)?.algorithm;
+                    let p = SignProfile::resolve("tls", alg).map_err(|what| StoreError::InvalidInput { what })?;
+                    if !allowed.contains(&p) {
+                        return Ok(Err(p));
+                    }
+                    p
                 }
             };
-            s.sign(&key, profile, &data).map(|sig| (sig, profile))
+            s.sign(&id, profile, &data).map(|sig| Ok((sig, profile)))
         })
         .await?;
-    Ok(result)
+    signed.map_err(|profile| Failure {
+        code: ErrorCode::PolicyDenied,
+        message: format!("key `{key}` does not allow profile `{profile}` (keys.{key}.profiles)"),
+    })
 }

@@ -68,6 +68,9 @@ pub enum ErrorCode {
     TokenSignatureInvalid,
     /// The key's policy does not allow this operation (or the NVFlare flow is not configured).
     PolicyDenied,
+    /// The key's rate limit (`keys.<name>.rate_limit` or `profile_rate_limits`) is used up;
+    /// the message says when a token is back.
+    RateLimited,
     /// A bug in the agent; details are in its log.
     Internal,
 }
@@ -106,6 +109,7 @@ impl ErrorCode {
             Self::ServerSignatureInvalid => "server_signature_invalid",
             Self::TokenSignatureInvalid => "token_signature_invalid",
             Self::PolicyDenied => "policy_denied",
+            Self::RateLimited => "rate_limited",
             Self::Internal => "internal",
         }
     }

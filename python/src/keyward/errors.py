@@ -218,6 +218,13 @@ class PolicyDenied(AgentError):
     code = "policy_denied"
 
 
+class RateLimited(AgentError):
+    """``rate_limited``: the key's ``rate_limit`` or ``profile_rate_limits`` bucket is empty; the
+    message says when a token is back. A burst of identity signatures is unusual for an FL client."""
+
+    code = "rate_limited"
+
+
 class NonceUnknown(AgentError):
     """``nonce_unknown``: ``nvflare_register`` with a client nonce this agent did not issue or forgot."""
 
@@ -359,6 +366,7 @@ ERROR_CLASSES: dict[str, type[AgentError]] = {
         InvalidRequest,
         UnknownKey,
         PolicyDenied,
+        RateLimited,
         NonceUnknown,
         NonceExpired,
         NonceReplayed,
@@ -418,6 +426,7 @@ __all__ = [
     "PinLocked",
     "PolicyDenied",
     "ProtocolError",
+    "RateLimited",
     "ReadTimeout",
     "RegistrationNotVerified",
     "ReplyTimeout",

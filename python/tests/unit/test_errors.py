@@ -64,10 +64,10 @@ def test_unreachable_agent_message_says_what_to_check():
 
 
 def test_unknown_codes_become_the_base_agent_error_with_the_code_kept():
-    exc = errors.error_from_reply("rate_limited", "slow down", op="sign")
+    exc = errors.error_from_reply("quota_exhausted", "slow down", op="sign")
     assert type(exc) is errors.AgentError
-    assert exc.code == "rate_limited"
-    assert "rate_limited: slow down" in str(exc)
+    assert exc.code == "quota_exhausted"
+    assert "quota_exhausted: slow down" in str(exc)
     assert errors.AgentError.code == "agent_error"  # the class attribute is untouched
 
 
