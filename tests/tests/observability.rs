@@ -1,8 +1,9 @@
 //! Observability with a real agent on SoftHSM: the Prometheus endpoint (`[metrics] listen`)
 //! scraped with a plain TCP `GET`, its counts checked against the signatures made, the
 //! certificate expiry checked against openssl's reading of the installed certificate, the
-//! refusals (other methods, other paths, oversized heads, too many connections); and
-//! `keyward status` showing keys, certificate expiry and latency percentiles.
+//! refusals (other methods, other paths, oversized heads, too many connections), no TCP
+//! socket at all without `[metrics]`; and `keyward status` showing keys, certificate expiry
+//! and latency percentiles.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -62,7 +63,8 @@ fn sign(client: &mut AgentClient, rt: &tokio::runtime::Runtime, key: &str, profi
     }
 }
 
-/// A site with an RSA key holding a certificate (valid 30 days) and a P-256 key without one.
+/// A site with an RSA key holding a certificate (valid 30 days, replacing one valid 10 days,
+/// which `cert install` keeps as `site-1.previous.pem`) and a P-256 key without one.
 fn site_with_certificate() -> (Site, std::path::PathBuf) {
     let site = Site::new();
     site.generate("site-1", "rsa-2048");
@@ -70,9 +72,13 @@ fn site_with_certificate() -> (Site, std::path::PathBuf) {
     let csr = site.path("site-1.csr");
     site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1", "--out", csr.to_str().unwrap()]);
     let ca = TestCa::new(site.hsm.dir.path(), "ca");
+    let old = site.path("site-1-old.crt");
+    ca.issue_days(&csr, &old, "extendedKeyUsage=clientAuth\n", 10);
+    site.keyward_ok(&["cert", "install", "site-1", old.to_str().unwrap()]);
     let crt = site.path("site-1.crt");
     ca.issue_days(&csr, &crt, "extendedKeyUsage=clientAuth\n", 30);
     site.keyward_ok(&["cert", "install", "site-1", crt.to_str().unwrap()]);
+    assert!(site.state_dir.join("certs/site-1.previous.pem").exists());
     (site, crt)
 }
 
@@ -115,7 +121,7 @@ fn metrics_endpoint_counts_signatures_and_reports_certificate_expiry() {
     #[allow(clippy::cast_precision_loss)]
     let expected = not_after(&crt) as f64;
     assert_eq!(sample(&body, "keyward_certificate_expiry_seconds{key=\"site-1\"}"), Some(expected), "{body}");
-    assert!(!body.contains("keyward_certificate_expiry_seconds{key=\"edge\"}"), "{body}");
+    assert_eq!(body.matches("keyward_certificate_expiry_seconds{").count(), 1, "only site-1's current one:\n{body}");
     let pin = std::fs::read_to_string(&site.hsm.pin_file).unwrap();
     assert!(!body.contains(pin.trim()), "the PIN must never appear in metrics");
 
@@ -174,6 +180,35 @@ fn metrics_endpoint_serves_only_get_metrics_with_bounded_requests_and_connection
     stalled.read_to_string(&mut reply).unwrap();
     assert!(reply.starts_with("HTTP/1.1 408 "), "{reply}");
     drop(agent);
+}
+
+/// TCP sockets (IPv4 and IPv6) the process `pid` has open, by matching its socket fds'
+/// inodes against `/proc/net/tcp*`.
+fn tcp_sockets_of(pid: u32) -> usize {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|target| Some(target.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned()))
+        .collect();
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .flat_map(|table| {
+            std::fs::read_to_string(table).unwrap().lines().skip(1).map(str::to_owned).collect::<Vec<_>>()
+        })
+        .filter(|line| line.split_whitespace().nth(9).is_some_and(|inode| inodes.iter().any(|i| i == inode)))
+        .count()
+}
+
+#[test]
+fn metrics_are_off_unless_configured() {
+    let site = Site::new();
+    let agent = AgentProcess::start(&site);
+    assert_eq!(tcp_sockets_of(agent.pid()), 0, "an agent without [metrics] must open no TCP socket");
+    drop(agent);
+    // The same check sees the listener once the table is there (so it can fail).
+    site.append_config(&format!("[metrics]\nlisten = \"127.0.0.1:{}\"\n", free_port()));
+    let agent = AgentProcess::start(&site);
+    assert_eq!(tcp_sockets_of(agent.pid()), 1);
 }
 
 #[test]
