@@ -311,12 +311,17 @@ log "user PIN file: $KEYWARD_PIN_FILE (SO PIN: $KEYWARD_SO_PIN_FILE)"
 # ---------------------------------------------------------------------------
 step "writing the keyward config $CONFIG (keyward init)"
 mkdir -p -- "$STATE/run"
+# The agent refuses to run as root unless its config opts in; a demo in a root container must.
+root_opt=()
+if [[ "$(id -u)" -eq 0 ]]; then
+    root_opt=(--allow-root)
+fi
 kw --config "$CONFIG" init --backend pkcs11 \
     --module "$KEYWARD_PKCS11_MODULE" \
     --token "$KEYWARD_TOKEN_LABEL" \
     --pin-file "$KEYWARD_PIN_FILE" \
     --socket "$SOCKET" \
-    --state-dir "$STATE" >&2
+    --state-dir "$STATE" "${root_opt[@]}" >&2
 [[ -f "$CONFIG" ]] || die "keyward init succeeded but did not write $CONFIG"
 export KEYWARD_CONFIG="$CONFIG"
 log "KEYWARD_CONFIG=$KEYWARD_CONFIG"

@@ -5,7 +5,8 @@
 # Purpose:  make a fresh Debian 12 (or similar apt-based) machine able to build,
 #           test and demo keyward: SoftHSM2, OpenSC, OpenSSL, swtpm, tpm2-tools,
 #           TSS2 headers, pkg-config, python3-venv, util-linux (setpriv),
-#           ca-certificates, hyperfine, shellcheck and stunnel4 (tls-bench).
+#           ca-certificates, hyperfine, shellcheck, stunnel4 (tls-bench) and
+#           systemd (systemd-analyze checks the service unit in the tests).
 #
 # Usage:    softhsm-setup/install-packages.sh
 #
@@ -41,6 +42,7 @@ readonly PACKAGES=(
     hyperfine
     shellcheck
     stunnel4 # tls-bench: the key-file baseline for keyward tunnel
+    systemd  # systemd-analyze verify/security on deploy/systemd/keyward.service
 )
 
 if [[ $# -gt 0 ]]; then

@@ -82,6 +82,27 @@ impl CertStore {
         std::fs::read_to_string(self.path(key)).ok()
     }
 
+    /// When `key`'s installed leaf certificate expires (its notAfter, Unix seconds); none
+    /// without a certificate or when it does not parse.
+    pub fn not_after(&self, key: &KeyId) -> Option<i64> {
+        let text = self.get(key)?;
+        let leaf = ::pem::parse_many(text.as_bytes()).ok()?.into_iter().find(|p| p.tag() == "CERTIFICATE")?;
+        let (_, cert) = X509Certificate::from_der(leaf.contents()).ok()?;
+        Some(cert.validity().not_after.timestamp())
+    }
+
+    /// Keys with an installed certificate (`<key>.pem`; kept `.previous.pem` copies are not).
+    pub fn installed(&self) -> Vec<KeyId> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Vec::new() };
+        let mut keys: Vec<KeyId> = entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|name| !name.ends_with(".previous.pem"))
+            .filter_map(|name| KeyId::new(name.strip_suffix(".pem")?).ok())
+            .collect();
+        keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        keys
+    }
+
     /// Checks and installs `pem_text` for `key` whose public key is `public`.
     ///
     /// # Errors

@@ -43,9 +43,39 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// The key store.
     pub backend: BackendConfig,
+    /// How the agent process runs (`[agent]`).
+    #[serde(default, skip_serializing_if = "AgentConfig::is_default")]
+    pub agent: AgentConfig,
+    /// The Prometheus endpoint (`[metrics]`); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
     /// Per-key policy and NVFlare settings, by key name (`[keys.site-1]`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub keys: BTreeMap<String, KeyConfig>,
+}
+
+/// How the agent process runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Whether `keyward serve` may run as root (euid 0). Off: it refuses, because a root
+    /// agent turns any bug into a root compromise; run it as a dedicated user instead.
+    #[serde(default)]
+    pub allow_root: bool,
+}
+
+impl AgentConfig {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+}
+
+/// The Prometheus text endpoint (docs/configuration.md, `[metrics]`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Loopback address and port to serve `GET /metrics` on, e.g. `127.0.0.1:9464`.
+    pub listen: std::net::SocketAddr,
 }
 
 /// What one key may be used for.
@@ -301,6 +331,11 @@ impl Config {
             keyward_core::KeyId::new(name).with_context(|| format!("table `keys.{name}`"))?;
             key.validate().with_context(|| format!("table `keys.{name}`"))?;
         }
+        if let Some(m) = &self.metrics {
+            if !m.listen.ip().is_loopback() {
+                bail!("field `metrics.listen`: `{}` is not a loopback address; metrics are served on 127.0.0.1 or ::1 only", m.listen);
+            }
+        }
         if let BackendConfig::Pkcs11 { workers, .. } = &self.backend {
             if !(1..=64).contains(workers) {
                 bail!("field `backend.workers` must be between 1 and 64");
@@ -412,6 +447,23 @@ token = "fl-site"
         assert_eq!(key_dir, &PathBuf::from("/etc/keyward/keys"));
         assert!(auth_file.is_none());
         assert!(c.pin_path().is_err());
+    }
+
+    #[test]
+    fn root_is_refused_and_metrics_off_unless_configured() {
+        let c = parse(MINIMAL).unwrap();
+        assert!(!c.agent.allow_root);
+        assert!(c.metrics.is_none());
+        let c =
+            parse(&format!("{MINIMAL}[agent]\nallow_root = true\n[metrics]\nlisten = \"127.0.0.1:9464\"\n")).unwrap();
+        assert!(c.agent.allow_root);
+        assert_eq!(c.metrics.unwrap().listen.port(), 9464);
+    }
+
+    #[test]
+    fn metrics_on_a_non_loopback_address_is_refused() {
+        let err = parse(&format!("{MINIMAL}[metrics]\nlisten = \"0.0.0.0:9464\"\n")).unwrap_err();
+        assert!(format!("{err:#}").contains("metrics.listen"), "{err:#}");
     }
 
     #[test]

@@ -20,5 +20,6 @@ pub mod config;
 pub mod daemon;
 pub mod files;
 pub mod hygiene;
+pub mod notify;
 pub mod store_handle;
 pub mod tls;

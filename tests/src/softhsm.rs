@@ -97,6 +97,8 @@ impl Site {
             &socket,
             "--state-dir",
             &state,
+            // CI runs as root; the agent refuses that unless the config opts in.
+            "--allow-root",
         ]);
         assert_success(&out, "keyward init");
         site

@@ -148,7 +148,9 @@ impl TpmSite {
         let (tcti, keys) = (site.swtpm.tcti(), site.key_dir.display().to_string());
         let (socket, state) = (site.socket.display().to_string(), base.join("state").display().to_string());
         let args = ["init", "--backend", "tpm", "--tcti", &tcti, "--key-dir", &keys, "--socket", &socket];
-        let out = site.command().args(args).args(["--state-dir", &state]).output().expect("run keyward");
+        // CI runs as root; the agent refuses that unless the config opts in.
+        let out =
+            site.command().args(args).args(["--state-dir", &state, "--allow-root"]).output().expect("run keyward");
         assert_success(&out, "keyward init --backend tpm");
         site
     }

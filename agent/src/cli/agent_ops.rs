@@ -96,6 +96,43 @@ fn write_output(path: Option<&Path>, bytes: &[u8], base64: bool, mode: u32) -> R
     }
 }
 
+fn print_keys(keys: &[keyward_core::protocol::KeyStatus]) {
+    println!("keys:        {}", keys.len());
+    let now = std::time::SystemTime::now();
+    for k in keys {
+        let certificate = match k.certificate_not_after.and_then(|t| u64::try_from(t).ok()) {
+            None => "no certificate".to_owned(),
+            Some(t) => {
+                let expiry = std::time::UNIX_EPOCH + std::time::Duration::from_secs(t);
+                let when = humantime::format_rfc3339_seconds(expiry);
+                match expiry.duration_since(now) {
+                    Ok(left) => format!("certificate expires {when} (in {} days)", left.as_secs() / 86_400),
+                    Err(_) => format!("certificate EXPIRED {when}"),
+                }
+            }
+        };
+        println!("  {:<20} {:<12} {certificate}", k.key.as_str(), k.algorithm.to_string());
+    }
+}
+
+fn print_latency(latency: &[keyward_core::protocol::OpLatency]) {
+    if latency.is_empty() {
+        return;
+    }
+    println!("latency:     operation           count      p50       p99");
+    for l in latency {
+        println!("  {:<28} {:>7} {:>8} {:>9}", l.op, l.count, micros(l.p50_us), micros(l.p99_us));
+    }
+}
+
+fn micros(us: u64) -> String {
+    if us >= 10_000 {
+        format!("{} ms", us / 1_000)
+    } else {
+        format!("{:.2} ms", us as f64 / 1_000.0)
+    }
+}
+
 /// `keyward status`.
 ///
 /// # Errors
@@ -113,6 +150,8 @@ pub fn status(socket: PathBuf, json: bool) -> Result<()> {
         println!("connections: {}", s.connections);
         println!("requests:    {} ok, {} failed", s.requests_ok, s.requests_failed);
         println!("operations:  {} signatures, {} decryptions", s.signatures, s.decryptions);
+        print_keys(&s.keys);
+        print_latency(&s.latency);
     }
     if s.backend_health != "ok" {
         bail!("backend is {}", s.backend_health);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 
-use crate::config::{AccessConfig, BackendConfig, Config, LimitsConfig};
+use crate::config::{AccessConfig, AgentConfig, BackendConfig, Config, LimitsConfig};
 
 /// Backends `init` can configure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -48,6 +48,10 @@ pub struct InitArgs {
     /// Folder for certificates and the audit log.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/keyward")]
     state_dir: PathBuf,
+    /// Let `keyward serve` run as root (writes `[agent] allow_root = true`); for containers
+    /// and CI only, a service should run as its own user.
+    #[arg(long)]
+    allow_root: bool,
 }
 
 fn absolute(p: &Path) -> Result<PathBuf> {
@@ -103,11 +107,14 @@ fn backend_config(args: InitArgs) -> Result<BackendConfig> {
 /// When the config exists, or the backend settings are unusable.
 pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
     let (socket, state_dir) = (absolute(&args.socket)?, absolute(&args.state_dir)?);
+    let agent = AgentConfig { allow_root: args.allow_root };
     let config = Config {
         socket,
         state_dir,
         audit_log: None,
         audit_max_bytes: None,
+        agent,
+        metrics: None,
         keys: Default::default(),
         access: AccessConfig::default(),
         limits: LimitsConfig::default(),

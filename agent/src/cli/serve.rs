@@ -1,6 +1,8 @@
 //! `keyward serve`: log in to the token once, start the store workers, bind the socket,
 //! serve until SIGTERM or SIGINT, then drain: stop accepting, let in-flight requests finish
-//! (bounded by `limits.shutdown_grace_ms`), stop the workers, remove the socket.
+//! (bounded by `limits.shutdown_grace_ms`), stop the workers, remove the socket. Under
+//! systemd it reports `READY=1` once the socket is bound and the token logged in, and
+//! `STOPPING=1` at the first termination signal (`notify.rs`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditLog;
 use crate::certs::CertStore;
 use crate::config::Config;
-use crate::daemon::{bind_socket, serve, Access, Agent, NvflareState, Policies, Stats};
+use crate::daemon::{bind_metrics, bind_socket, serve, serve_metrics, Access, Agent, NvflareState, Policies, Stats};
+use crate::notify::notify;
 use crate::store_handle::StoreHandle;
 
 /// Logs to stderr, filtered by `KEYWARD_LOG` (default `info`).
@@ -52,11 +55,19 @@ pub(super) fn cancel_on_signal() -> Result<CancellationToken> {
 /// Start-up failures: PIN, token, socket, audit log.
 pub fn run(config: Config) -> Result<()> {
     init_logging();
+    crate::hygiene::check_not_root(config.agent.allow_root)?;
     crate::hygiene::harden_process();
     let policies = Policies::from_config(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-io").build()?;
     // The socket first: refusing to replace a live agent must not cost a PIN attempt.
-    let bound = runtime.block_on(async { bind_socket(&config.socket, config.access.socket_gid) })?;
+    let (bound, metrics) = runtime.block_on(async {
+        let bound = bind_socket(&config.socket, config.access.socket_gid)?;
+        let metrics = match &config.metrics {
+            Some(m) => Some(bind_metrics(m.listen).await?),
+            None => None,
+        };
+        anyhow::Ok((bound, metrics))
+    })?;
     let backend = crate::backends::open(&config)?;
     let (store, workers) = StoreHandle::start(&*backend, config.limits.queue_depth, config.limits.request_timeout())
         .context("starting key store workers")?;
@@ -77,6 +88,16 @@ pub fn run(config: Config) -> Result<()> {
 
     let result = runtime.block_on(async {
         let shutdown = cancel_on_signal()?;
+        if let Some(listener) = metrics {
+            tracing::info!(listen = %listener.local_addr()?, "metrics endpoint on");
+            tokio::spawn(serve_metrics(listener, Arc::clone(&agent), shutdown.clone()));
+        }
+        let stopping = shutdown.clone();
+        tokio::spawn(async move {
+            stopping.cancelled().await;
+            notify("STOPPING=1");
+        });
+        notify("READY=1");
         tracing::info!(
             socket = %config.socket.display(),
             audit = %audit_path.display(),

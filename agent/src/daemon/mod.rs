@@ -5,10 +5,15 @@
 //! Files: `socket.rs` (binding safely), `listener.rs` (accept loop, connection limit),
 //! `handler.rs` (frames of one connection), `ops.rs` (what each request does),
 //! `stats.rs` (counters for `status`), `policy.rs` (per-key rules, with `rate_limit.rs` and
-//! `peer_exe.rs`), `nvflare.rs` (the NVFlare authenticator operations).
+//! `peer_exe.rs`), `nvflare.rs` (the NVFlare authenticator operations), `histogram.rs`
+//! (latency buckets), `exposition.rs` (the Prometheus text format), `status.rs` (keys and
+//! latency in `status`), `metrics.rs` (the Prometheus endpoint).
 
+mod exposition;
 mod handler;
+mod histogram;
 mod listener;
+mod metrics;
 mod nvflare;
 mod ops;
 mod peer_exe;
@@ -16,6 +21,7 @@ mod policy;
 mod rate_limit;
 mod socket;
 mod stats;
+mod status;
 
 use std::time::Instant;
 
@@ -25,6 +31,7 @@ use crate::config::{AccessConfig, LimitsConfig};
 use crate::store_handle::StoreHandle;
 
 pub use listener::serve;
+pub use metrics::{bind_metrics, serve_metrics};
 pub use nvflare::NvflareState;
 pub use policy::Policies;
 pub use socket::{bind_socket, BoundSocket};

@@ -9,7 +9,7 @@ use keyward_core::protocol::{decode_request, ErrorCode, KeyEntry, Operation, Rep
 use keyward_core::{KeyId, SignProfile, StoreError, TlsScheme};
 
 use super::policy::{KeyUse, Refusal};
-use super::{nvflare, Agent, Stats};
+use super::{nvflare, status, Agent, Stats};
 use crate::audit::{micros, sha256_hex, AuditRecord, Peer};
 
 /// A failed operation: wire code and message.
@@ -43,6 +43,7 @@ pub async fn execute(agent: &Agent, peer: Peer, frame: &[u8], started: Instant) 
             Stats::bump(&agent.stats.requests_failed);
             let id = e.id.unwrap_or(0);
             audit(agent, peer, id, "invalid", None, None, None, e.code.as_str(), started);
+            agent.stats.record("invalid", None, None, e.code.as_str(), started.elapsed());
             return Response::error(id, e.code, e.message);
         }
     };
@@ -73,6 +74,7 @@ pub async fn execute(agent: &Agent, peer: Peer, frame: &[u8], started: Instant) 
     }
     let shown_profile = extra.profile.map(SignProfile::name).or(profile.as_deref());
     audit(agent, peer, id, op_name, key.as_ref(), shown_profile, payload_digest, outcome, started);
+    agent.stats.record(op_name, key.as_ref(), shown_profile, outcome, started.elapsed());
     response
 }
 
@@ -197,6 +199,8 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
                 signatures: Stats::get(&stats.signatures),
                 decryptions: Stats::get(&stats.decryptions),
                 workers: agent.store.workers() as u64,
+                keys: status::keys(agent).await,
+                latency: status::latency(agent),
             })
         }
     };

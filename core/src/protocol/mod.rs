@@ -12,7 +12,7 @@ mod response;
 
 pub use error_code::ErrorCode;
 pub use request::{decode_request, Operation, Request, RequestError};
-pub use response::{KeyEntry, Outcome, Reply, Response, StatusReport, WireError};
+pub use response::{KeyEntry, KeyStatus, OpLatency, Outcome, Reply, Response, StatusReport, WireError};
 
 /// The protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;

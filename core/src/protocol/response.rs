@@ -73,6 +73,36 @@ pub struct StatusReport {
     pub decryptions: u64,
     /// Worker threads holding a store.
     pub workers: u64,
+    /// The keys in the store, with their certificate's expiry (empty when the backend is down).
+    #[serde(default)]
+    pub keys: Vec<KeyStatus>,
+    /// Latency per operation since start (operations seen at least once).
+    #[serde(default)]
+    pub latency: Vec<OpLatency>,
+}
+
+/// One key in a `status` reply.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyStatus {
+    /// Name.
+    pub key: KeyId,
+    /// Type.
+    pub algorithm: KeyAlgorithm,
+    /// When its installed certificate expires (Unix seconds); none without a certificate.
+    pub certificate_not_after: Option<i64>,
+}
+
+/// Latency of one operation, from a fixed-bucket histogram (interpolated in the bucket).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpLatency {
+    /// Operation name.
+    pub op: String,
+    /// Requests answered.
+    pub count: u64,
+    /// Median, in microseconds.
+    pub p50_us: u64,
+    /// 99th percentile, in microseconds.
+    pub p99_us: u64,
 }
 
 /// The successful result of each operation, tagged by `kind`.

@@ -182,7 +182,8 @@ def prepare_agent(base: Path) -> Agent:
     socket_path = str(base / "run" / "agent.sock")
     agent = Agent(bin=binary, dir=base, env=env, socket=socket_path, log=base / "agent.log")
     agent.keyward("init", "--backend", "pkcs11", "--module", hsm["KEYWARD_PKCS11_MODULE"], "--token", "fl-site",
-                  "--pin-file", hsm["KEYWARD_PIN_FILE"], "--socket", socket_path, "--state-dir", str(base / "state"))
+                  "--pin-file", hsm["KEYWARD_PIN_FILE"], "--socket", socket_path, "--state-dir", str(base / "state"),
+                  "--allow-root")  # CI runs as root; the agent refuses that unless the config opts in
     return agent
 
 

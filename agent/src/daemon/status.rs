@@ -1,0 +1,42 @@
+//! The parts of the `status` reply beyond the plain counters: the keys with their
+//! certificate's expiry (from `CertStore`), and p50/p99 latency per operation (from the
+//! histograms in `stats.rs`). The health check and counters are in `ops.rs`.
+
+use keyward_core::error::chain;
+use keyward_core::protocol::{KeyStatus, OpLatency};
+
+use super::Agent;
+
+/// The store's keys and their certificates' expiry; empty when the store cannot list them.
+pub(super) async fn keys(agent: &Agent) -> Vec<KeyStatus> {
+    match agent.store.call(|s| s.list()).await {
+        Ok(keys) => keys
+            .into_iter()
+            .map(|k| KeyStatus {
+                certificate_not_after: agent.certs.not_after(&k.id),
+                key: k.id,
+                algorithm: k.algorithm,
+            })
+            .collect(),
+        Err(e) => {
+            // The health check in the same request already warns about a down backend.
+            tracing::debug!(error = %chain(&e), "status: cannot list keys");
+            Vec::new()
+        }
+    }
+}
+
+/// p50 and p99 per operation seen since start.
+pub(super) fn latency(agent: &Agent) -> Vec<OpLatency> {
+    agent
+        .stats
+        .latency_by_op()
+        .into_iter()
+        .map(|(op, h)| OpLatency {
+            op: op.to_owned(),
+            count: h.count(),
+            p50_us: h.quantile_us(0.5).unwrap_or(0),
+            p99_us: h.quantile_us(0.99).unwrap_or(0),
+        })
+        .collect()
+}
