@@ -93,7 +93,7 @@ pub fn run(config: Config) -> Result<()> {
             tokio::spawn(serve_metrics(listener, Arc::clone(&agent), shutdown.clone()));
         }
         let stopping = shutdown.clone();
-        tokio::spawn(async move {
+        let stop_notice = tokio::spawn(async move {
             stopping.cancelled().await;
             notify("STOPPING=1");
         });
@@ -106,6 +106,8 @@ pub fn run(config: Config) -> Result<()> {
             "keyward agent ready"
         );
         serve(&bound.listener, Arc::clone(&agent), shutdown).await;
+        // Sent while draining; awaited so that it is not lost with the runtime.
+        let _ = stop_notice.await;
         anyhow::Ok(())
     });
     drop(bound);
