@@ -21,4 +21,5 @@ pub mod daemon;
 pub mod files;
 pub mod hygiene;
 pub mod store_handle;
+pub mod store_health;
 pub mod tls;

@@ -58,8 +58,9 @@ pub fn run(config: Config) -> Result<()> {
     // The socket first: refusing to replace a live agent must not cost a PIN attempt.
     let bound = runtime.block_on(async { bind_socket(&config.socket, config.access.socket_gid) })?;
     let backend = crate::backends::open(&config)?;
-    let (store, workers) = StoreHandle::start(&*backend, config.limits.queue_depth, config.limits.request_timeout())
-        .context("starting key store workers")?;
+    let (store, workers) =
+        StoreHandle::start(Arc::clone(&backend), config.limits.queue_depth, config.limits.request_timeout())
+            .context("starting key store workers")?;
     let audit_path = config.audit_log();
     let audit = AuditLog::open(&audit_path).with_context(|| format!("opening audit log `{}`", audit_path.display()))?;
     let agent = Arc::new(Agent {

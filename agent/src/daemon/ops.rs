@@ -168,17 +168,15 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             Reply::Plaintext { plaintext: plaintext.to_vec() }
         }
         Operation::Status => {
-            let health = match agent.store.call(|s| s.check()).await {
-                Ok(()) => "ok".to_owned(),
-                Err(e) => {
-                    tracing::warn!(error = %chain(&e), "backend health check failed");
-                    "down".to_owned()
-                }
-            };
+            // Answered from what is known without a worker, so that a stuck backend call
+            // cannot hold up `status` (see store_health.rs).
+            let health = agent.store.health();
             let info = agent.store.info();
             let stats = &agent.stats;
             Reply::Status(StatusReport {
-                backend_health: health,
+                backend_health: if health.up { "ok" } else { "down" }.to_owned(),
+                backend_error: health.last_error,
+                backend_recovery_attempts: health.recovery_attempts,
                 backend: info.backend.to_owned(),
                 device: info.device.clone(),
                 uptime_seconds: agent.started.elapsed().as_secs(),
