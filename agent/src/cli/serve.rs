@@ -1,7 +1,9 @@
 //! `keyward serve`: log in to the token once, start the store workers, bind the socket,
-//! serve until SIGTERM or SIGINT, then drain: stop accepting, let in-flight requests finish
+//! serve until SIGTERM or SIGINT (SIGHUP reloads key policies and access rules, see
+//! `daemon/reload.rs`), then drain: stop accepting, let in-flight requests finish
 //! (bounded by `limits.shutdown_grace_ms`), stop the workers, remove the socket.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditLog;
 use crate::certs::CertStore;
 use crate::config::Config;
-use crate::daemon::{bind_socket, serve, Access, Agent, NvflareState, Policies, Stats};
+use crate::daemon::{bind_socket, serve, Agent, Live, NvflareState, Reloader, Rules, Stats};
 use crate::store_handle::StoreHandle;
 
 /// Logs to stderr, filtered by `KEYWARD_LOG` (default `info`).
@@ -50,10 +52,10 @@ pub(super) fn cancel_on_signal() -> Result<CancellationToken> {
 ///
 /// # Errors
 /// Start-up failures: PIN, token, socket, audit log.
-pub fn run(config: Config) -> Result<()> {
+pub fn run(config: Config, config_path: &Path) -> Result<()> {
     init_logging();
     crate::hygiene::harden_process();
-    let policies = Policies::from_config(&config)?;
+    let rules = Rules::from_config(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-io").build()?;
     // The socket first: refusing to replace a live agent must not cost a PIN attempt.
     let bound = runtime.block_on(async { bind_socket(&config.socket, config.access.socket_gid) })?;
@@ -68,15 +70,16 @@ pub fn run(config: Config) -> Result<()> {
         certs: CertStore::new(config.cert_dir()),
         audit,
         limits: config.limits.clone(),
-        access: Access::from_config(&config.access),
+        rules: Live::new(rules),
         stats: Stats::default(),
-        policies,
         nvflare: NvflareState::default(),
         started: Instant::now(),
     });
 
     let result = runtime.block_on(async {
         let shutdown = cancel_on_signal()?;
+        let reloader = Reloader::install(config_path, config.clone())?;
+        tokio::spawn(reloader.run(Arc::clone(&agent), shutdown.clone()));
         tracing::info!(
             socket = %config.socket.display(),
             audit = %audit_path.display(),

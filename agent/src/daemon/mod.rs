@@ -5,13 +5,14 @@
 //! Files: `socket.rs` (binding safely), `listener.rs` (accept loop, connection limit),
 //! `handler.rs` (frames of one connection), `ops.rs` (what each request does),
 //! `stats.rs` (counters for `status`), `policy.rs` (per-key rules), `nvflare.rs` (the
-//! NVFlare authenticator operations).
+//! NVFlare authenticator operations), `reload.rs` (SIGHUP: swapping policies and access).
 
 mod handler;
 mod listener;
 mod nvflare;
 mod ops;
 mod policy;
+mod reload;
 mod socket;
 mod stats;
 
@@ -25,6 +26,7 @@ use crate::store_handle::StoreHandle;
 pub use listener::serve;
 pub use nvflare::NvflareState;
 pub use policy::Policies;
+pub use reload::{Live, Reloader, Rules};
 pub use socket::{bind_socket, BoundSocket};
 pub use stats::Stats;
 
@@ -38,12 +40,10 @@ pub struct Agent {
     pub audit: AuditLog,
     /// Limits.
     pub limits: LimitsConfig,
-    /// Who may connect (uids, gids).
-    pub access: Access,
+    /// Per-key rules and who may connect; replaced as a whole on SIGHUP (`reload.rs`).
+    pub rules: Live<Rules>,
     /// Counters.
     pub stats: Stats,
-    /// Per-key rules.
-    pub policies: Policies,
     /// NVFlare nonces and sessions.
     pub nvflare: NvflareState,
     /// When the agent started.

@@ -139,7 +139,7 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             }
         }
         Operation::Sign { key, profile, data } => {
-            if !agent.policies.get(&key).allow_sign {
+            if !agent.rules.load().policies.get(&key).allow_sign {
                 return Err(denied(&key, "sign"));
             }
             nvflare::refuse_registration_shaped(agent, &key, &data)?;
@@ -160,7 +160,7 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             nvflare::verify_token(agent, peer, &session, &client_name, &token, &token_signature)?
         }
         Operation::Decrypt { key, data } => {
-            if !agent.policies.get(&key).allow_decrypt {
+            if !agent.rules.load().policies.get(&key).allow_decrypt {
                 return Err(denied(&key, "decrypt"));
             }
             let plaintext = agent.store.call(move |s| s.decrypt(&key, &data)).await?;
