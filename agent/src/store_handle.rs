@@ -96,6 +96,11 @@ impl StoreHandle {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |store| {
+            // The caller gave up (timeout) while this waited behind a stuck call: do not
+            // run a device operation nobody will receive.
+            if tx.is_closed() {
+                return;
+            }
             let _ = tx.send(op(store));
         });
         match self.jobs.try_send(job) {
@@ -146,5 +151,145 @@ fn health_check(jobs: Sender<Job>, observed: Arc<Observed>, timeout: Duration) -
             Ok(result) => observed.record(&result),
             Err(_) => observed.record_no_answer(timeout.as_millis() as u64),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Condvar, Mutex};
+    use std::time::Instant;
+
+    use keyward_core::private_key::PrivateKeyMaterial;
+    use keyward_core::{KeyAlgorithm, KeyId, KeyInfo, PublicKey, SignProfile};
+    use zeroize::Zeroizing;
+
+    use super::*;
+
+    /// Released once; until then, signing with key `stuck` blocks like a hung device call.
+    #[derive(Default)]
+    struct Gate {
+        open: Mutex<bool>,
+        opened: Condvar,
+    }
+
+    impl Gate {
+        fn wait(&self) {
+            let mut open = self.open.lock().unwrap();
+            while !*open {
+                open = self.opened.wait(open).unwrap();
+            }
+        }
+        fn release(&self) {
+            *self.open.lock().unwrap() = true;
+            self.opened.notify_all();
+        }
+    }
+
+    struct FakeStore {
+        gate: Arc<Gate>,
+        signed: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl KeyStore for FakeStore {
+        fn info(&self) -> StoreInfo {
+            StoreInfo { backend: "fake", device: "fake".into() }
+        }
+        fn list(&mut self) -> Result<Vec<KeyInfo>, StoreError> {
+            Ok(Vec::new())
+        }
+        fn generate(&mut self, _: &KeyId, _: KeyAlgorithm) -> Result<KeyInfo, StoreError> {
+            Err(StoreError::Unsupported { what: "fake".into() })
+        }
+        fn import(&mut self, _: &KeyId, _: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
+            Err(StoreError::Unsupported { what: "fake".into() })
+        }
+        fn public_key(&mut self, _: &KeyId) -> Result<PublicKey, StoreError> {
+            Err(StoreError::Unsupported { what: "fake".into() })
+        }
+        fn sign(&mut self, id: &KeyId, _: SignProfile, msg: &[u8]) -> Result<Vec<u8>, StoreError> {
+            if id.as_str() == "stuck" {
+                self.gate.wait();
+            }
+            self.signed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(msg.to_vec())
+        }
+        fn decrypt(&mut self, _: &KeyId, _: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+            Err(StoreError::Unsupported { what: "fake".into() })
+        }
+        fn check(&mut self) -> Result<(), StoreError> {
+            Ok(())
+        }
+    }
+
+    struct FakeBackend {
+        gate: Arc<Gate>,
+        signed: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Backend for FakeBackend {
+        fn max_workers(&self) -> usize {
+            2
+        }
+        fn open_store(&self) -> Result<Box<dyn KeyStore>, StoreError> {
+            Ok(Box::new(FakeStore { gate: Arc::clone(&self.gate), signed: Arc::clone(&self.signed) }))
+        }
+    }
+
+    async fn sign(handle: &StoreHandle, key: &str) -> Result<Vec<u8>, StoreError> {
+        let id = KeyId::new(key).unwrap();
+        handle.call(move |s| s.sign(&id, SignProfile::Nvflare, b"m")).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_worker_times_out_while_the_other_worker_and_health_keep_answering() {
+        let gate = Arc::new(Gate::default());
+        let signed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let backend = FakeBackend { gate: Arc::clone(&gate), signed: Arc::clone(&signed) };
+        let (handle, workers) = StoreHandle::start(Arc::new(backend), 16, Duration::from_millis(300)).unwrap();
+
+        let started = Instant::now();
+        assert!(matches!(sign(&handle, "stuck").await, Err(StoreError::Timeout { millis: 300 })));
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // One worker is stuck; the other serves every other request.
+        for _ in 0..20 {
+            assert_eq!(sign(&handle, "fine").await.unwrap(), b"m");
+        }
+        // Health needs no worker.
+        let t = Instant::now();
+        assert!(handle.health().up);
+        assert!(t.elapsed() < Duration::from_millis(50));
+
+        // A second stuck call takes the last worker: requests now time out, health still answers.
+        assert!(matches!(sign(&handle, "stuck").await, Err(StoreError::Timeout { .. })));
+        assert!(matches!(sign(&handle, "fine").await, Err(StoreError::Timeout { .. })));
+        let _ = handle.health();
+
+        // Released: the stuck calls finish, the timed-out job waiting behind them is skipped
+        // (nobody would receive it), and service resumes.
+        let before = signed.load(std::sync::atomic::Ordering::SeqCst);
+        gate.release();
+        let resumed = Instant::now();
+        loop {
+            match sign(&handle, "fine").await {
+                Ok(_) => break,
+                Err(StoreError::Timeout { .. }) if resumed.elapsed() < Duration::from_secs(5) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        // The released workers count their signatures a moment after waking: wait for them,
+        // then make sure the skipped job never ran.
+        while signed.load(std::sync::atomic::Ordering::SeqCst) < before + 3
+            && resumed.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            signed.load(std::sync::atomic::Ordering::SeqCst),
+            before + 3,
+            "2 released + 1 new; the skipped job never ran"
+        );
+        drop(handle);
+        workers.join();
     }
 }
