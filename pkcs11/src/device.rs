@@ -38,7 +38,7 @@ use crate::error::Pkcs11Error;
 pub(crate) const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a recovery waits for workers to leave their current device call.
-const QUIESCE_WAIT: Duration = Duration::from_secs(2);
+const QUIESCE_WAIT: Duration = Duration::from_millis(500);
 
 /// A logged-in token in the current module instance.
 pub(crate) struct LoggedIn {
