@@ -5,8 +5,10 @@
 //! at once with `Unavailable` naming the token, and at most one recovery attempt per
 //! [`RECOVERY_INTERVAL`] runs (whichever worker comes first; the others do not wait). An
 //! attempt is `C_Finalize`, `C_Initialize`, finding the token again by the same selector,
-//! and `C_Login` with the PIN kept here in zeroizing memory. A PIN the token rejects on
-//! re-login stops recovery for good: a retry could lock the token.
+//! and `C_Login` with the PIN kept here in zeroizing memory — only if it is the same token
+//! (manufacturer, model, serial) as at start, so the PIN is never offered to a token swapped
+//! in under the same label. A PIN the token rejects on re-login stops recovery for good: a
+//! retry could lock the token.
 //!
 //! Sessions of the previous module instance are never closed after `C_Finalize`: their
 //! handle numbers are reused by the fresh instance, so closing one could close another
@@ -101,7 +103,7 @@ impl Shared {
         let ctx = Pkcs11::new(&module)
             .map_err(|source| Pkcs11Error::LoadModule { path: module.clone(), source })
             .map_err(|e| e.into_store_error(&name))?;
-        let (logged_in, token, device) = connect(&ctx, &selector, &pin).map_err(|(e, label)| {
+        let (logged_in, token, device) = connect(&ctx, &selector, None, &pin).map_err(|(e, label)| {
             let label = label.unwrap_or(name);
             e.into_store_error(&label)
         })?;
@@ -135,8 +137,8 @@ impl Shared {
         Ok(gate)
     }
 
-    /// Records that the token is gone (`why`: the whole cause chain) and returns the
-    /// error for the caller.
+    /// Records that the token is gone (`why`: the failed call and its return value, see
+    /// `Pkcs11Error::brief`) and returns the error for the caller.
     pub(crate) fn mark_down(&self, why: String) -> StoreError {
         let mut health = self.health();
         if health.down.is_none() {
@@ -195,7 +197,7 @@ impl Shared {
         // start a fresh instance (a finalize on an uninitialised module fails harmlessly).
         gate.token = None;
         let _ = self.ctx.clone().finalize();
-        match connect(&self.ctx, &self.selector, &self.pin) {
+        match connect(&self.ctx, &self.selector, Some(&self.device), &self.pin) {
             Ok((logged_in, _, _)) => {
                 gate.token = Some(logged_in);
                 gate.generation += 1;
@@ -240,11 +242,14 @@ impl Shared {
     }
 }
 
-/// Finds the token and logs in. On failure returns the error and, when the token was
-/// found, its label (for the message).
+/// Finds the token and logs in. With `expect` (the description of the token the agent
+/// started with: manufacturer, model, serial), a different token answering to the selector
+/// is refused before the PIN is offered to it. On failure returns the error and, when the
+/// token was found, its label (for the message).
 fn connect(
     ctx: &Pkcs11,
     selector: &TokenSelector,
+    expect: Option<&str>,
     pin: &Pin,
 ) -> Result<(LoggedIn, String, String), (Pkcs11Error, Option<String>)> {
     match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
@@ -252,6 +257,11 @@ fn connect(
         Err(e) => return Err((Pkcs11Error::call("C_Initialize")(e), None)),
     }
     let (slot, token, device) = find_token(ctx, selector).map_err(|e| (e, None))?;
+    if let Some(expected) = expect.filter(|e| *e != device) {
+        let replaced =
+            Pkcs11Error::TokenReplaced { selector: selector.to_string(), expected: expected.to_owned(), found: device };
+        return Err((replaced, Some(token)));
+    }
     let session =
         ctx.open_rw_session(slot).map_err(|e| (Pkcs11Error::call("C_OpenSession")(e), Some(token.clone())))?;
     let auth = AuthPin::from(pin.expose());

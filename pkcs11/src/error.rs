@@ -35,6 +35,16 @@ pub enum Pkcs11Error {
         /// How many matched.
         count: usize,
     },
+    /// After the token went away, another token answers to the selector.
+    #[error("{selector} is now a different token ({found}); keyward logs in again only to the token it started with ({expected}); restart the agent to use the new one")]
+    TokenReplaced {
+        /// What was looked for.
+        selector: String,
+        /// The token the agent started with.
+        expected: String,
+        /// The token found now.
+        found: String,
+    },
     /// A malformed PKCS#11 URI.
     #[error("bad PKCS#11 URI: {0}")]
     BadUri(String),
@@ -105,7 +115,10 @@ impl Pkcs11Error {
                 StoreError::Unavailable { what: format!("token `{token}`"), source: Some(Box::new(self)) }
             }
             _ => match self {
-                Self::TokenNotFound { .. } | Self::TokenAmbiguous { .. } | Self::LoadModule { .. } => {
+                Self::TokenNotFound { .. }
+                | Self::TokenAmbiguous { .. }
+                | Self::TokenReplaced { .. }
+                | Self::LoadModule { .. } => {
                     StoreError::Unavailable { what: format!("token `{token}`"), source: Some(Box::new(self)) }
                 }
                 Self::Call { call, .. } => StoreError::Backend { op: call, source: Box::new(self) },

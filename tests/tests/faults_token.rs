@@ -202,3 +202,47 @@ fn a_pin_refused_on_re_login_stops_recovery_for_good() {
     assert_eq!(logged_attempts(&agent), attempts as usize);
     assert!(agent.log_text().contains("refused the PIN on re-login; not retrying"));
 }
+
+#[test]
+fn a_different_token_under_the_same_label_is_never_offered_the_pin() {
+    let site = Site::new();
+    site.generate("site-1", "rsa-2048");
+    let agent = AgentProcess::start(&site);
+    let mut c = BlockingAgentClient::connect(agent.socket(), IO_TIMEOUT).unwrap();
+    sign(&mut c, b"before").unwrap();
+    let folder = token_folder(&site);
+    let away = hide(&folder);
+    expect_code(sign(&mut c, b"gone"), ErrorCode::BackendUnavailable);
+
+    // Another token, same label, other serial and PIN (throwaway PINs in argv: test only).
+    let out = std::process::Command::new("softhsm2-util")
+        .env("SOFTHSM2_CONF", &site.hsm.conf)
+        .args(["--init-token", "--free", "--label", "fl-site", "--pin", "86420864", "--so-pin", "97531975"])
+        .output()
+        .expect("softhsm2-util is installed");
+    assert!(out.status.success(), "{out:?}");
+    let started = Instant::now();
+    let refused = loop {
+        let s = status(&mut c);
+        if let Some(why) = s.backend_error.clone().filter(|w| w.contains("is now a different token")) {
+            break why;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "impostor not noticed: {:?}\n{}", s, agent.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(refused.contains("restart the agent"), "{refused}");
+    let message = expect_code(sign(&mut c, b"impostor"), ErrorCode::BackendUnavailable);
+    assert!(message.contains("different token"), "{message}");
+
+    // The impostor goes, the original returns: the agent logs in again. Had the PIN been
+    // offered to the impostor, it would have been refused and recovery stopped for good.
+    std::fs::remove_dir_all(token_folder(&site)).unwrap();
+    std::fs::rename(&away, &folder).unwrap();
+    let restored = Instant::now();
+    while let Err(e) = sign(&mut c, b"after") {
+        assert!(matches!(e, ClientError::Agent { code: ErrorCode::BackendUnavailable, .. }), "{e:?}");
+        assert!(restored.elapsed() < Duration::from_secs(5), "not back:\n{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status(&mut c).backend_health, "ok");
+}
