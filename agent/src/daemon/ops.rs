@@ -27,8 +27,12 @@ struct AuditExtra {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        if e.code() == ErrorCode::BackendError || e.code() == ErrorCode::BackendUnavailable {
-            tracing::warn!(error = %chain(&e), "backend failure");
+        // An unavailable backend logs its own state changes once (a token going away, each
+        // recovery attempt); one warning per refused request would flood the log in an outage.
+        match e.code() {
+            ErrorCode::BackendError => tracing::warn!(error = %chain(&e), "backend failure"),
+            ErrorCode::BackendUnavailable => tracing::debug!(error = %chain(&e), "backend unavailable"),
+            _ => {}
         }
         Self { code: e.code(), message: e.to_string() }
     }
