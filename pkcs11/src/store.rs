@@ -213,7 +213,7 @@ impl Pkcs11Store {
     }
 }
 
-/// Bits in a big-endian unsigned integer, ignoring leading zero bytes.
+/// A new session on the logged-in token of the current module instance.
 fn open_session(shared: &Shared, gate: &Gate) -> Result<(Session, Slot), StoreError> {
     let slot = gate
         .token
@@ -227,6 +227,7 @@ fn open_session(shared: &Shared, gate: &Gate) -> Result<(Session, Slot), StoreEr
     Ok((session, slot))
 }
 
+/// Bits in a big-endian unsigned integer, ignoring leading zero bytes.
 fn significant_bits(be: &[u8]) -> usize {
     let skip = be.iter().take_while(|b| **b == 0).count();
     let rest = &be[skip..];
