@@ -22,4 +22,5 @@ pub mod files;
 pub mod hygiene;
 pub mod notify;
 pub mod store_handle;
+pub mod store_health;
 pub mod tls;

@@ -25,4 +25,4 @@ pub use error::StoreError;
 pub use key::{KeyAlgorithm, KeyId, KeyInfo, PublicKey};
 pub use pin::Pin;
 pub use profile::{SignProfile, TlsScheme};
-pub use store::{Backend, KeyStore, StoreInfo};
+pub use store::{Backend, BackendHealth, KeyStore, StoreInfo};

@@ -97,6 +97,18 @@ impl<S: KeyStore + ?Sized> KeyStore for Box<S> {
     }
 }
 
+/// A backend's own view of its device, readable without a worker thread (so `status`
+/// answers even when every worker is stuck in a device call).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendHealth {
+    /// Whether the device is usable right now.
+    pub up: bool,
+    /// Why it is not (the last error, whole cause chain), while it is down.
+    pub last_error: Option<String>,
+    /// Recovery attempts (module re-initialisations) since start.
+    pub recovery_attempts: u64,
+}
+
 /// An opened device (a logged-in token, a TPM connection) that hands out one [`KeyStore`]
 /// per worker thread.
 pub trait Backend: Send + Sync + 'static {
@@ -108,4 +120,10 @@ pub trait Backend: Send + Sync + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] when the device cannot be reached.
     fn open_store(&self) -> Result<Box<dyn KeyStore>, StoreError>;
+
+    /// The backend's health as it last saw it, when it tracks one (PKCS#11 does: it
+    /// recovers a token that went away); `None` lets the caller judge from results.
+    fn health(&self) -> Option<BackendHealth> {
+        None
+    }
 }

@@ -35,6 +35,16 @@ pub enum Pkcs11Error {
         /// How many matched.
         count: usize,
     },
+    /// After the token went away, another token answers to the selector.
+    #[error("{selector} is now a different token ({found}); keyward logs in again only to the token it started with ({expected}); restart the agent to use the new one")]
+    TokenReplaced {
+        /// What was looked for.
+        selector: String,
+        /// The token the agent started with.
+        expected: String,
+        /// The token found now.
+        found: String,
+    },
     /// A malformed PKCS#11 URI.
     #[error("bad PKCS#11 URI: {0}")]
     BadUri(String),
@@ -66,25 +76,49 @@ impl Pkcs11Error {
         }
     }
 
+    /// A one-line description for `status` and for `unavailable` messages: the call and
+    /// the PKCS#11 return value (`C_GetTokenInfo returned GeneralError`), or the message.
+    pub fn brief(&self) -> String {
+        match self {
+            Self::Call { call, source: CkError::Pkcs11(rv, _) } => format!("{call} returned {rv:?}"),
+            Self::Call { call, source } => format!("{call} failed: {source}"),
+            other => other.to_string(),
+        }
+    }
+
+    /// Whether this return value means the token or its session went away (rather than
+    /// a problem with the request).
+    pub fn token_gone(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(
+                RvError::TokenNotPresent
+                    | RvError::TokenNotRecognized
+                    | RvError::DeviceRemoved
+                    | RvError::DeviceError
+                    | RvError::DeviceMemory
+                    | RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::CryptokiNotInitialized
+                    | RvError::UserNotLoggedIn
+            )
+        )
+    }
+
     /// Classifies into the error callers and the wire rely on. `token` names the token.
     pub fn into_store_error(self, token: &str) -> StoreError {
         match self.rv() {
             Some(RvError::PinIncorrect) => StoreError::PinIncorrect { token: token.to_owned() },
             Some(RvError::PinLocked) => StoreError::PinLocked { token: token.to_owned() },
             Some(RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange) => StoreError::DecryptionFailed,
-            Some(
-                RvError::TokenNotPresent
-                | RvError::TokenNotRecognized
-                | RvError::DeviceRemoved
-                | RvError::DeviceError
-                | RvError::DeviceMemory
-                | RvError::SessionHandleInvalid
-                | RvError::SessionClosed
-                | RvError::CryptokiNotInitialized
-                | RvError::UserNotLoggedIn,
-            ) => StoreError::Unavailable { what: format!("token `{token}`"), source: Some(Box::new(self)) },
+            _ if self.token_gone() => {
+                StoreError::Unavailable { what: format!("token `{token}`"), source: Some(Box::new(self)) }
+            }
             _ => match self {
-                Self::TokenNotFound { .. } | Self::TokenAmbiguous { .. } | Self::LoadModule { .. } => {
+                Self::TokenNotFound { .. }
+                | Self::TokenAmbiguous { .. }
+                | Self::TokenReplaced { .. }
+                | Self::LoadModule { .. } => {
                     StoreError::Unavailable { what: format!("token `{token}`"), source: Some(Box::new(self)) }
                 }
                 Self::Call { call, .. } => StoreError::Backend { op: call, source: Box::new(self) },

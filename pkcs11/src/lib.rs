@@ -18,6 +18,7 @@
 mod backend;
 mod config;
 mod decrypt;
+mod device;
 mod error;
 mod keygen;
 mod sign;

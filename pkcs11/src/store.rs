@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use cryptoki::slot::Slot;
 use keyward_core::private_key::PrivateKeyMaterial;
 use keyward_core::{KeyAlgorithm, KeyId, KeyInfo, KeyStore, PublicKey, SignProfile, StoreError, StoreInfo};
 use rsa::pkcs8::EncodePublicKey;
 use zeroize::Zeroizing;
 
-use crate::backend::Shared;
+use crate::device::{Gate, Shared};
 use crate::error::Pkcs11Error;
 
 /// DER of the P-256 curve OID, as `CKA_EC_PARAMS` holds it.
@@ -28,7 +29,12 @@ pub(crate) struct FoundKey {
 pub struct Pkcs11Store {
     pub(crate) session: Session,
     pub(crate) shared: Arc<Shared>,
+    slot: Slot,
+    /// The module generation `session` belongs to (see `device.rs`).
+    generation: u64,
     cache: HashMap<KeyId, FoundKey>,
+    /// Set by [`Pkcs11Store::fail`] when a call said the token or session went away.
+    gone: Option<String>,
 }
 
 impl std::fmt::Debug for Pkcs11Store {
@@ -39,11 +45,51 @@ impl std::fmt::Debug for Pkcs11Store {
 
 impl Pkcs11Store {
     pub(crate) fn open(shared: Arc<Shared>) -> Result<Self, StoreError> {
-        let session = shared
-            .ctx
-            .open_rw_session(shared.slot)
-            .map_err(|e| Pkcs11Error::call("C_OpenSession")(e).into_store_error(&shared.token))?;
-        Ok(Self { session, shared, cache: HashMap::new() })
+        let gate = shared.ready()?;
+        let (session, slot) = open_session(&shared, &gate)?;
+        let generation = gate.generation;
+        drop(gate);
+        Ok(Self { session, shared, slot, generation, cache: HashMap::new(), gone: None })
+    }
+
+    /// Runs one operation on a usable token. While the token is down this fails at once
+    /// (or runs the recovery attempt that is due); after a recovery it first replaces the
+    /// stale session. A failure that may mean "token gone" — a gone-class return value,
+    /// or a key that vanished — is checked with `C_GetTokenInfo`, so a token that went
+    /// away is reported as unavailable and never as "no such key".
+    fn guarded<T>(&mut self, op: impl FnOnce(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let shared = Arc::clone(&self.shared);
+        let gate = shared.ready()?;
+        if self.generation != gate.generation {
+            let (fresh, slot) = open_session(&shared, &gate).map_err(|e| match e {
+                StoreError::Unavailable { .. } => shared.mark_down(format!("C_OpenSession after recovery: {e}")),
+                other => other,
+            })?;
+            // The stale session's handle belongs to a finalized module instance; the fresh
+            // instance reuses handle numbers, so closing it could close another worker's
+            // new session. Leak it instead (a few bytes per recovery).
+            std::mem::forget(std::mem::replace(&mut self.session, fresh));
+            self.slot = slot;
+            self.generation = gate.generation;
+            self.cache.clear();
+        }
+        self.gone = None;
+        let result = op(self);
+        let Err(e) = result else { return result };
+        if let Some(why) = self.gone.take() {
+            self.cache.clear();
+            return Err(shared.mark_down(why));
+        }
+        match e {
+            StoreError::KeyNotFound { .. } | StoreError::Backend { .. } => match shared.ctx.get_token_info(self.slot) {
+                Ok(_) => Err(e),
+                Err(probe) => {
+                    self.cache.clear();
+                    Err(shared.mark_down(Pkcs11Error::call("C_GetTokenInfo")(probe).brief()))
+                }
+            },
+            e => Err(e),
+        }
     }
 
     /// Classifies a PKCS#11 error for this token, dropping cached handles when the
@@ -52,6 +98,9 @@ impl Pkcs11Store {
         move |e| {
             let err = Pkcs11Error::call(call)(e);
             self.cache.clear();
+            if err.token_gone() {
+                self.gone = Some(err.brief());
+            }
             err.into_store_error(&self.shared.token)
         }
     }
@@ -164,6 +213,20 @@ impl Pkcs11Store {
     }
 }
 
+/// A new session on the logged-in token of the current module instance.
+fn open_session(shared: &Shared, gate: &Gate) -> Result<(Session, Slot), StoreError> {
+    let slot = gate
+        .token
+        .as_ref()
+        .map(|t| t.slot)
+        .ok_or(StoreError::Unavailable { what: format!("token `{}` is not logged in", shared.token), source: None })?;
+    let session = shared
+        .ctx
+        .open_rw_session(slot)
+        .map_err(|e| Pkcs11Error::call("C_OpenSession")(e).into_store_error(&shared.token))?;
+    Ok((session, slot))
+}
+
 /// Bits in a big-endian unsigned integer, ignoring leading zero bytes.
 fn significant_bits(be: &[u8]) -> usize {
     let skip = be.iter().take_while(|b| **b == 0).count();
@@ -179,12 +242,9 @@ fn unwrap_der_octet_string(der: &[u8]) -> Option<&[u8]> {
     }
 }
 
-impl KeyStore for Pkcs11Store {
-    fn info(&self) -> StoreInfo {
-        StoreInfo { backend: "pkcs11", device: format!("token `{}` ({})", self.shared.token, self.shared.device) }
-    }
-
-    fn list(&mut self) -> Result<Vec<KeyInfo>, StoreError> {
+/// The operations themselves; the [`KeyStore`] methods run them through `guarded`.
+impl Pkcs11Store {
+    fn list_now(&mut self) -> Result<Vec<KeyInfo>, StoreError> {
         let handles = self.find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])?;
         let mut keys = Vec::new();
         for handle in handles {
@@ -205,38 +265,77 @@ impl KeyStore for Pkcs11Store {
         Ok(keys)
     }
 
-    fn generate(&mut self, id: &KeyId, algorithm: KeyAlgorithm) -> Result<KeyInfo, StoreError> {
+    fn generate_now(&mut self, id: &KeyId, algorithm: KeyAlgorithm) -> Result<KeyInfo, StoreError> {
         self.refuse_existing(id)?;
         let found = crate::keygen::generate(self, id, algorithm)?;
         self.cache.insert(id.clone(), found);
         self.key_info(id, found)
     }
 
-    fn import(&mut self, id: &KeyId, key: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
+    fn import_now(&mut self, id: &KeyId, key: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
         self.refuse_existing(id)?;
         let found = crate::keygen::import(self, id, key)?;
         self.cache.insert(id.clone(), found);
         self.key_info(id, found)
     }
 
-    fn public_key(&mut self, id: &KeyId) -> Result<PublicKey, StoreError> {
+    fn public_key_now(&mut self, id: &KeyId) -> Result<PublicKey, StoreError> {
         let found = self.find_private(id)?;
         self.read_public(id, found)
     }
 
-    fn sign(&mut self, id: &KeyId, profile: SignProfile, msg: &[u8]) -> Result<Vec<u8>, StoreError> {
+    fn sign_now(&mut self, id: &KeyId, profile: SignProfile, msg: &[u8]) -> Result<Vec<u8>, StoreError> {
         let found = self.find_private(id)?;
         crate::sign::sign(self, found, profile, msg)
     }
 
-    fn decrypt(&mut self, id: &KeyId, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    fn decrypt_now(&mut self, id: &KeyId, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
         let found = self.find_private(id)?;
         crate::decrypt::decrypt(self, id, found, ciphertext)
     }
 
+    /// `C_GetTokenInfo`, because SoftHSM keeps answering `C_GetSessionInfo` after its
+    /// token folder is gone.
+    fn check_now(&mut self) -> Result<(), StoreError> {
+        let info = self.shared.ctx.get_token_info(self.slot);
+        info.map(|_| ()).map_err(|e| {
+            self.gone = Some(Pkcs11Error::call("C_GetTokenInfo")(e).brief());
+            StoreError::Unavailable { what: format!("token `{}`", self.shared.token), source: None }
+        })
+    }
+}
+
+impl KeyStore for Pkcs11Store {
+    fn info(&self) -> StoreInfo {
+        StoreInfo { backend: "pkcs11", device: format!("token `{}` ({})", self.shared.token, self.shared.device) }
+    }
+
+    fn list(&mut self) -> Result<Vec<KeyInfo>, StoreError> {
+        self.guarded(Self::list_now)
+    }
+
+    fn generate(&mut self, id: &KeyId, algorithm: KeyAlgorithm) -> Result<KeyInfo, StoreError> {
+        self.guarded(|s| s.generate_now(id, algorithm))
+    }
+
+    fn import(&mut self, id: &KeyId, key: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
+        self.guarded(|s| s.import_now(id, key))
+    }
+
+    fn public_key(&mut self, id: &KeyId) -> Result<PublicKey, StoreError> {
+        self.guarded(|s| s.public_key_now(id))
+    }
+
+    fn sign(&mut self, id: &KeyId, profile: SignProfile, msg: &[u8]) -> Result<Vec<u8>, StoreError> {
+        self.guarded(|s| s.sign_now(id, profile, msg))
+    }
+
+    fn decrypt(&mut self, id: &KeyId, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+        self.guarded(|s| s.decrypt_now(id, ciphertext))
+    }
+
     fn check(&mut self) -> Result<(), StoreError> {
-        let info = self.session.get_session_info();
-        info.map(|_| ()).map_err(self.fail("C_GetSessionInfo"))
+        self.guarded(Self::check_now)
     }
 }
 

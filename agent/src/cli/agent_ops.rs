@@ -144,7 +144,13 @@ pub fn status(socket: PathBuf, json: bool) -> Result<()> {
     } else {
         println!("agent:       running (socket {})", socket.display());
         println!("backend:     {} — {}", s.backend, s.device);
-        println!("health:      {}", s.backend_health);
+        match &s.backend_error {
+            Some(error) => println!("health:      {} ({error})", s.backend_health),
+            None => println!("health:      {}", s.backend_health),
+        }
+        if s.backend_recovery_attempts > 0 {
+            println!("recoveries:  {} attempts", s.backend_recovery_attempts);
+        }
         println!("uptime:      {} s", s.uptime_seconds);
         println!("workers:     {}", s.workers);
         println!("connections: {}", s.connections);

@@ -131,7 +131,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(cmd) => cert::run(&load()?, cmd),
         Command::Nvflare(cmd) => nvflare::run(&config_path, &load()?, cmd),
         Command::Audit(cmd) => audit::run(&config_path, cmd),
-        Command::Serve => serve::run(load()?),
+        Command::Serve => serve::run(load()?, &config_path),
         Command::Status { json, socket } => agent_ops::status(socket_or_config(socket, &config_path)?, json),
         Command::Sign(args) => {
             let socket = socket_or_config(args.io.socket.clone(), &config_path)?;

@@ -1,9 +1,11 @@
 //! `keyward serve`: log in to the token once, start the store workers, bind the socket,
-//! serve until SIGTERM or SIGINT, then drain: stop accepting, let in-flight requests finish
+//! serve until SIGTERM or SIGINT (SIGHUP reloads key policies and access rules, see
+//! `daemon/reload.rs`), then drain: stop accepting, let in-flight requests finish
 //! (bounded by `limits.shutdown_grace_ms`), stop the workers, remove the socket. Under
 //! systemd it reports `READY=1` once the socket is bound and the token logged in, and
 //! `STOPPING=1` at the first termination signal (`notify.rs`).
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::audit::AuditLog;
 use crate::certs::CertStore;
 use crate::config::Config;
-use crate::daemon::{bind_metrics, bind_socket, serve, serve_metrics, Access, Agent, NvflareState, Policies, Stats};
+use crate::daemon::{
+    bind_metrics, bind_socket, serve, serve_metrics, Agent, Live, NvflareState, Reloader, Rules, Stats,
+};
 use crate::notify::notify;
 use crate::store_handle::StoreHandle;
 
@@ -53,11 +57,11 @@ pub(super) fn cancel_on_signal() -> Result<CancellationToken> {
 ///
 /// # Errors
 /// Start-up failures: PIN, token, socket, audit log.
-pub fn run(config: Config) -> Result<()> {
+pub fn run(config: Config, config_path: &Path) -> Result<()> {
     init_logging();
     crate::hygiene::check_not_root(config.agent.allow_root)?;
     crate::hygiene::harden_process();
-    let policies = Policies::from_config(&config)?;
+    let rules = Rules::from_config(&config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("keyward-io").build()?;
     // The socket first: refusing to replace a live agent must not cost a PIN attempt.
     let (bound, metrics) = runtime.block_on(async {
@@ -69,8 +73,9 @@ pub fn run(config: Config) -> Result<()> {
         anyhow::Ok((bound, metrics))
     })?;
     let backend = crate::backends::open(&config)?;
-    let (store, workers) = StoreHandle::start(&*backend, config.limits.queue_depth, config.limits.request_timeout())
-        .context("starting key store workers")?;
+    let (store, workers) =
+        StoreHandle::start(Arc::clone(&backend), config.limits.queue_depth, config.limits.request_timeout())
+            .context("starting key store workers")?;
     let audit_path = config.audit_log();
     let audit = AuditLog::open_rotating(&audit_path, config.audit_max_bytes())
         .with_context(|| format!("opening audit log `{}`", audit_path.display()))?;
@@ -79,15 +84,16 @@ pub fn run(config: Config) -> Result<()> {
         certs: CertStore::new(config.cert_dir()),
         audit,
         limits: config.limits.clone(),
-        access: Access::from_config(&config.access),
+        rules: Live::new(rules),
         stats: Stats::default(),
-        policies,
         nvflare: NvflareState::default(),
         started: Instant::now(),
     });
 
     let result = runtime.block_on(async {
         let shutdown = cancel_on_signal()?;
+        let reloader = Reloader::install(config_path, config.clone())?;
+        tokio::spawn(reloader.run(Arc::clone(&agent), shutdown.clone()));
         if let Some(listener) = metrics {
             tracing::info!(listen = %listener.local_addr()?, "metrics endpoint on");
             tokio::spawn(serve_metrics(listener, Arc::clone(&agent), shutdown.clone()));

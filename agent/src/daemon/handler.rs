@@ -39,7 +39,7 @@ pub async fn handle(stream: UnixStream, agent: Arc<Agent>, shutdown: Cancellatio
     let mut reader = FramedRead::new(read_half, protocol::codec(agent.limits.max_frame_bytes));
     // Replies have their own, larger limit: the request limit must not silently drop them.
     let mut writer = FramedWrite::new(write_half, protocol::codec(protocol::MAX_REPLY_BYTES));
-    if !agent.access.allows(peer.uid, peer.gid) {
+    if !agent.rules.load().access.allows(peer.uid, peer.gid) {
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection from a peer that is not allowed");
         agent.audit.record(&AuditRecord {
             peer,

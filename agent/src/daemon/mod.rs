@@ -5,9 +5,10 @@
 //! Files: `socket.rs` (binding safely), `listener.rs` (accept loop, connection limit),
 //! `handler.rs` (frames of one connection), `ops.rs` (what each request does),
 //! `stats.rs` (counters for `status`), `policy.rs` (per-key rules, with `rate_limit.rs` and
-//! `peer_exe.rs`), `nvflare.rs` (the NVFlare authenticator operations), `histogram.rs`
-//! (latency buckets), `exposition.rs` (the Prometheus text format), `status.rs` (keys and
-//! latency in `status`), `metrics.rs` (the Prometheus endpoint).
+//! `peer_exe.rs`), `nvflare.rs` (the NVFlare authenticator operations), `reload.rs` (SIGHUP:
+//! swapping policies and access), `histogram.rs` (latency buckets), `exposition.rs` (the
+//! Prometheus text format), `status.rs` (keys and latency in `status`), `metrics.rs` (the
+//! Prometheus endpoint).
 
 mod exposition;
 mod handler;
@@ -19,6 +20,7 @@ mod ops;
 mod peer_exe;
 mod policy;
 mod rate_limit;
+mod reload;
 mod socket;
 mod stats;
 mod status;
@@ -34,6 +36,7 @@ pub use listener::serve;
 pub use metrics::{bind_metrics, serve_metrics};
 pub use nvflare::NvflareState;
 pub use policy::Policies;
+pub use reload::{Live, Reloader, Rules};
 pub use socket::{bind_socket, BoundSocket};
 pub use stats::Stats;
 
@@ -47,12 +50,10 @@ pub struct Agent {
     pub audit: AuditLog,
     /// Limits.
     pub limits: LimitsConfig,
-    /// Who may connect (uids, gids).
-    pub access: Access,
+    /// Per-key rules and who may connect; replaced as a whole on SIGHUP (`reload.rs`).
+    pub rules: Live<Rules>,
     /// Counters.
     pub stats: Stats,
-    /// Per-key rules.
-    pub policies: Policies,
     /// NVFlare nonces and sessions.
     pub nvflare: NvflareState,
     /// When the agent started.

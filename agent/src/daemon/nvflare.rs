@@ -53,7 +53,7 @@ fn not_configured(key: &KeyId) -> Failure {
 
 /// `nvflare_challenge`.
 pub fn challenge(agent: &Agent, peer: Peer, key: &KeyId) -> Result<Reply, Failure> {
-    if agent.policies.get(key).nvflare.is_none() {
+    if agent.rules.load().policies.get(key).nvflare.is_none() {
         return Err(not_configured(key));
     }
     let nonce = lock(&agent.nvflare.nonces).issue(peer.uid, key, Instant::now());
@@ -78,7 +78,8 @@ pub struct Registration {
 
 /// `nvflare_register`; also returns the signed message for the audit record.
 pub async fn register(agent: &Agent, peer: Peer, r: Registration) -> Result<(Reply, Vec<u8>), Failure> {
-    let trust = agent.policies.get(&r.key).nvflare.as_ref().ok_or_else(|| not_configured(&r.key))?;
+    let rules = agent.rules.load();
+    let trust = rules.policies.get(&r.key).nvflare.as_ref().ok_or_else(|| not_configured(&r.key))?;
     lock(&agent.nvflare.nonces).consume(&r.client_nonce, peer.uid, &r.key, Instant::now())?;
     let reply = ServerReply { cert_pem: &r.server_cert, cn: &r.server_cn, signature: &r.server_signature };
     let server = trust.verify_reply(&reply, &r.client_nonce, SystemTime::now())?;
@@ -136,7 +137,7 @@ pub fn verify_token(
 /// agent verifies the server first. NVFlare's other use of the key, the cell cipher, signs
 /// `0x01 || nonce || ...`, which never has that shape.
 pub fn refuse_registration_shaped(agent: &Agent, key: &KeyId, data: &[u8]) -> Result<(), Failure> {
-    if agent.policies.get(key).nvflare.is_none() || !ends_with_uuid(data) {
+    if agent.rules.load().policies.get(key).nvflare.is_none() || !ends_with_uuid(data) {
         return Ok(());
     }
     // Only now (rare) read the installed certificate for the site CN.

@@ -28,8 +28,12 @@ struct AuditExtra {
 
 impl From<StoreError> for Failure {
     fn from(e: StoreError) -> Self {
-        if e.code() == ErrorCode::BackendError || e.code() == ErrorCode::BackendUnavailable {
-            tracing::warn!(error = %chain(&e), "backend failure");
+        // An unavailable backend logs its own state changes once (a token going away, each
+        // recovery attempt); one warning per refused request would flood the log in an outage.
+        match e.code() {
+            ErrorCode::BackendError => tracing::warn!(error = %chain(&e), "backend failure"),
+            ErrorCode::BackendUnavailable => tracing::debug!(error = %chain(&e), "backend unavailable"),
+            _ => {}
         }
         Self { code: e.code(), message: e.to_string() }
     }
@@ -150,7 +154,7 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
                         .map_err(|message| Failure { code: ErrorCode::InvalidRequest, message })?,
                 )
             };
-            agent.policies.admit(&key, &peer, KeyUse::Sign(&profile))?;
+            agent.rules.load().policies.admit(&key, &peer, KeyUse::Sign(&profile))?;
             nvflare::refuse_registration_shaped(agent, &key, &data)?;
             let (signature, used) = sign(agent, key, explicit, data).await?;
             Stats::bump(&agent.stats.signatures);
@@ -158,11 +162,11 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             return Ok((Reply::Signature { profile: used.name().to_owned(), signature }, extra));
         }
         Operation::NvflareChallenge { key } => {
-            agent.policies.admit(&key, &peer, KeyUse::NvflareChallenge)?;
+            agent.rules.load().policies.admit(&key, &peer, KeyUse::NvflareChallenge)?;
             nvflare::challenge(agent, peer, &key)?
         }
         Operation::NvflareRegister { key, client_nonce, server_cert, server_cn, server_signature, server_nonce } => {
-            agent.policies.admit(&key, &peer, KeyUse::NvflareRegister)?;
+            agent.rules.load().policies.admit(&key, &peer, KeyUse::NvflareRegister)?;
             let registration =
                 nvflare::Registration { key, client_nonce, server_cert, server_cn, server_signature, server_nonce };
             let (reply, signed) = nvflare::register(agent, peer, registration).await?;
@@ -173,23 +177,21 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             nvflare::verify_token(agent, peer, &session, &client_name, &token, &token_signature)?
         }
         Operation::Decrypt { key, data } => {
-            agent.policies.admit(&key, &peer, KeyUse::Decrypt)?;
+            agent.rules.load().policies.admit(&key, &peer, KeyUse::Decrypt)?;
             let plaintext = agent.store.call(move |s| s.decrypt(&key, &data)).await?;
             Stats::bump(&agent.stats.decryptions);
             Reply::Plaintext { plaintext: plaintext.to_vec() }
         }
         Operation::Status => {
-            let health = match agent.store.call(|s| s.check()).await {
-                Ok(()) => "ok".to_owned(),
-                Err(e) => {
-                    tracing::warn!(error = %chain(&e), "backend health check failed");
-                    "down".to_owned()
-                }
-            };
+            // Answered from what is known without a worker, so that a stuck backend call
+            // cannot hold up `status` (see store_health.rs).
+            let health = agent.store.health();
             let info = agent.store.info();
             let stats = &agent.stats;
             Reply::Status(StatusReport {
-                backend_health: health,
+                backend_health: if health.up { "ok" } else { "down" }.to_owned(),
+                backend_error: health.last_error,
+                backend_recovery_attempts: health.recovery_attempts,
                 backend: info.backend.to_owned(),
                 device: info.device.clone(),
                 uptime_seconds: agent.started.elapsed().as_secs(),
@@ -219,7 +221,7 @@ async fn sign(
     let allowed: Vec<SignProfile> = [TlsScheme::RsaPssSha256, TlsScheme::EcdsaP256Sha256]
         .into_iter()
         .map(SignProfile::Tls)
-        .filter(|p| agent.policies.allows_profile(&key, *p))
+        .filter(|p| agent.rules.load().policies.allows_profile(&key, *p))
         .collect();
     let id = key.clone();
     let signed = agent

@@ -55,6 +55,12 @@ pub struct KeyEntry {
 pub struct StatusReport {
     /// `ok` or `down`.
     pub backend_health: String,
+    /// Why the backend is down (absent while `ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_error: Option<String>,
+    /// Backend recovery attempts (PKCS#11 module re-initialisations) since start.
+    #[serde(default)]
+    pub backend_recovery_attempts: u64,
     /// Backend kind.
     pub backend: String,
     /// Device description.

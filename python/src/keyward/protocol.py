@@ -307,6 +307,10 @@ class Status:
     signatures: int
     decryptions: int
     workers: int
+    #: Why the backend is down (``None`` while ``backend_health`` is ``"ok"``).
+    backend_error: str | None = None
+    #: PKCS#11 module re-initialisations since the agent started.
+    backend_recovery_attempts: int = 0
     #: The whole reply body, including fields this version does not know.
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -323,6 +327,10 @@ class Status:
             signatures=_int(body, "signatures"),
             decryptions=_int(body, "decryptions"),
             workers=_int(body, "workers"),
+            backend_error=_field(body, "backend_error", str) if "backend_error" in body else None,
+            backend_recovery_attempts=(
+                _int(body, "backend_recovery_attempts") if "backend_recovery_attempts" in body else 0
+            ),
             raw=dict(body),
         )
 

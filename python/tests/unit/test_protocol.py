@@ -58,6 +58,14 @@ def test_other_documented_replies_parse():
     st = protocol.Status.from_body(protocol.check_reply(status, request_id=9, op="status"))
     assert (st.requests_ok, st.requests_failed, st.signatures, st.workers) == (8, 6, 3, 2)
     assert st.raw["future_field"] == [1]
+    assert (st.backend_error, st.backend_recovery_attempts) == (None, 0)
+    down = protocol.Status.from_body(
+        {**status.body, "backend_health": "down", "backend_error": "C_GetTokenInfo returned GeneralError",
+         "backend_recovery_attempts": 3}
+    )
+    assert (down.backend_health, down.backend_error, down.backend_recovery_attempts) == (
+        "down", "C_GetTokenInfo returned GeneralError", 3
+    )
     pk = protocol.decode_reply(
         b'{"v":1,"id":3,"status":"ok","body":{"kind":"public_key","key":"ec-1","algorithm":"p-256",'
         b'"spki_der":"AQID","certificate_pem":null,"extra":"ignored"}}'

@@ -373,7 +373,7 @@ fn store_handle(
     duration: Duration,
 ) -> Result<Sample> {
     let backend = open_backend(module, token, pin_file, 2)?;
-    let (handle, pool) = StoreHandle::start(&backend, 1024, Duration::from_secs(10))?;
+    let (handle, pool) = StoreHandle::start(std::sync::Arc::new(backend), 1024, Duration::from_secs(10))?;
     let id = KeyId::new(case.key)?;
     let mut workers = Vec::new();
     for _ in 0..clients {
