@@ -186,6 +186,7 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             // Answered from what is known without a worker, so that a stuck backend call
             // cannot hold up `status` (see store_health.rs).
             let health = agent.store.health();
+            let keys = status::keys(agent, health.up).await;
             let info = agent.store.info();
             let stats = &agent.stats;
             Reply::Status(StatusReport {
@@ -201,7 +202,7 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
                 signatures: Stats::get(&stats.signatures),
                 decryptions: Stats::get(&stats.decryptions),
                 workers: agent.store.workers() as u64,
-                keys: status::keys(agent).await,
+                keys,
                 latency: status::latency(agent),
             })
         }

@@ -1,15 +1,28 @@
 //! The parts of the `status` reply beyond the plain counters: the keys with their
-//! certificate's expiry (from `CertStore`), and p50/p99 latency per operation (from the
+//! certificate's expiry (from `CertStore`, listed only when the backend is up and answers
+//! quickly), and p50/p99 latency per operation (from the
 //! histograms in `stats.rs`). The health check and counters are in `ops.rs`.
 
+use std::time::Duration;
+
 use keyward_core::error::chain;
+use keyward_core::StoreError;
 use keyward_core::protocol::{KeyStatus, OpLatency};
 
 use super::Agent;
 
-/// The store's keys and their certificates' expiry; empty when the store cannot list them.
-pub(super) async fn keys(agent: &Agent) -> Vec<KeyStatus> {
-    match agent.store.call(|s| s.list()).await {
+/// How long `status` waits for a worker to list the keys: a busy or stuck backend must not
+/// hold up the one request that reports on it.
+const LIST_KEYS_WAIT: Duration = Duration::from_millis(250);
+
+/// The store's keys and their certificates' expiry; empty when the backend is down or
+/// cannot list them within [`LIST_KEYS_WAIT`].
+pub(super) async fn keys(agent: &Agent, backend_up: bool) -> Vec<KeyStatus> {
+    if !backend_up {
+        return Vec::new();
+    }
+    let listed = tokio::time::timeout(LIST_KEYS_WAIT, agent.store.call(|s| s.list())).await;
+    match listed.unwrap_or(Err(StoreError::Timeout { millis: LIST_KEYS_WAIT.as_millis() as u64 })) {
         Ok(keys) => keys
             .into_iter()
             .map(|k| KeyStatus {
