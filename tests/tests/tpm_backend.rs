@@ -138,9 +138,38 @@ fn a_key_survives_an_swtpm_restart_and_the_agent_reconnects_without_restarting()
     assert_eq!(out.status.code(), Some(1), "`keyward status` must fail while the TPM is down: {out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"backend_health\": \"down\""), "{out:?}");
 
-    // ...and once swtpm is back on the same state, the same agent signs again.
+    // A client hammering the agent meanwhile gets the same answer at once: the agent tries
+    // to reconnect at most once per second.
+    let hammer = std::time::Instant::now();
+    for _ in 0..20 {
+        let out = site.keyward(&["sign", "site-1", "--profile", "nvflare", "--in", msg.to_str().unwrap()]);
+        assert!(String::from_utf8_lossy(&out.stderr).contains("backend_unavailable"), "{out:?}");
+    }
+    assert!(hammer.elapsed() < std::time::Duration::from_secs(10), "20 refusals took {:?}", hammer.elapsed());
+
+    // ...and once swtpm is back on the same state, the same agent signs again (within the
+    // reconnect interval).
     site.swtpm.restart();
-    let again = sign(&site, "site-1", "nvflare", b"after reconnect");
+    let back = std::time::Instant::now();
+    let again = loop {
+        let sig = site.path("again.sig");
+        let out = site.keyward(&[
+            "sign",
+            "site-1",
+            "--profile",
+            "nvflare",
+            "--in",
+            msg.to_str().unwrap(),
+            "--out",
+            sig.to_str().unwrap(),
+        ]);
+        if out.status.success() {
+            break (msg.clone(), sig);
+        }
+        assert!(back.elapsed() < std::time::Duration::from_secs(5), "no signature 5 s after swtpm came back: {out:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    eprintln!("swtpm back -> first good signature in {:?}", back.elapsed());
     assert!(openssl_verify(&public, &again, "-sha256", &salt222));
     let status = String::from_utf8(site.keyward_ok(&["status", "--json"]).stdout).unwrap();
     assert!(status.contains("\"ok\"") && status.contains("\"tpm\""), "{status}");

@@ -5,6 +5,7 @@
 //! objects (another client flushed them, or a reset), the request reconnects and repeats once.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use keyward_core::private_key::PrivateKeyMaterial;
 use keyward_core::{KeyAlgorithm, KeyId, KeyInfo, KeyStore, PublicKey, SignProfile, StoreError, StoreInfo};
@@ -24,7 +25,13 @@ pub struct TpmStore {
     /// Set when the TPM rejected the auth value: it is not offered again (each failure
     /// counts towards the TPM's dictionary-attack lockout), until the agent restarts.
     auth_rejected: bool,
+    /// After a failed connect: no new attempt before this instant (clients hammering a
+    /// missing TPM get the last error at once), and that error.
+    retry_connect_at: Option<(Instant, String)>,
 }
+
+/// At most one connect attempt per this interval while the TPM is unreachable.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for TpmStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -37,7 +44,7 @@ impl std::fmt::Debug for TpmStore {
 
 impl TpmStore {
     pub(crate) fn new(shared: Arc<Shared>, conn: Option<Connection>) -> Self {
-        Self { shared, conn, auth_rejected: false }
+        Self { shared, conn, auth_rejected: false, retry_connect_at: None }
     }
 
     /// Runs `op` on the connection (connecting first if needed) and classifies its error.
@@ -48,16 +55,28 @@ impl TpmStore {
         let tpm = self.shared.config.tcti.to_string();
         let mut repeated = false;
         loop {
-            let conn = match &mut self.conn {
-                Some(conn) => conn,
-                empty => match Connection::open(&self.shared) {
+            if self.conn.is_none() {
+                if let Some((at, last)) = &self.retry_connect_at {
+                    if Instant::now() < *at {
+                        let what =
+                            format!("TPM `{tpm}` (last connect failed: {last}; retrying at most once per second)");
+                        return Err(StoreError::Unavailable { what, source: None });
+                    }
+                }
+                match Connection::open(&self.shared) {
                     Ok(conn) => {
                         tracing::info!(tpm = %tpm, "connected to TPM");
-                        empty.insert(conn)
+                        self.retry_connect_at = None;
+                        self.conn = Some(conn);
                     }
-                    Err(e) => return Err(e.into_store_error(&tpm)),
-                },
-            };
+                    Err(e) => {
+                        let last = keyward_core::error::chain(&e);
+                        self.retry_connect_at = Some((Instant::now() + RECONNECT_INTERVAL, last));
+                        return Err(e.into_store_error(&tpm));
+                    }
+                }
+            }
+            let Some(conn) = self.conn.as_mut() else { continue };
             let e = match op(conn) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Store(e)) => return Err(e),
