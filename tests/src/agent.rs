@@ -42,6 +42,18 @@ pub trait AgentSite {
         self.keyward_ok(&["key", "generate", name, "--algorithm", algorithm]);
     }
 
+    /// Signs `msg` with `keyward sign` through the agent; returns the message and signature
+    /// files.
+    fn sign_file(&self, key: &str, profile: &str, msg: &[u8]) -> (PathBuf, PathBuf) {
+        let tag = format!("{key}-{profile}-{}", rand::random::<u32>());
+        let msg_path = self.path(&format!("{tag}.msg"));
+        std::fs::write(&msg_path, msg).expect("write message");
+        let sig = self.path(&format!("{tag}.sig"));
+        let (m, s) = (msg_path.to_str().expect("utf-8"), sig.to_str().expect("utf-8"));
+        self.keyward_ok(&["sign", key, "--profile", profile, "--in", m, "--out", s]);
+        (msg_path, sig)
+    }
+
     /// Writes the key's public key PEM to a file and returns its path.
     fn public_pem(&self, name: &str) -> PathBuf {
         let path = self.path(&format!("{name}.pub.pem"));
@@ -139,6 +151,22 @@ impl AgentProcess {
     /// The agent's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Signs a short message with `key` as `nvflare` over a new connection: `Ok` or the
+    /// agent's error code.
+    pub fn try_sign(&self, key: &str) -> Result<(), keyward_core::protocol::ErrorCode> {
+        use keyward_agent::client::ClientError;
+        use keyward_core::protocol::{Operation, Reply};
+        let mut c =
+            keyward_agent::blocking_client::BlockingAgentClient::connect(self.socket(), Duration::from_secs(20))
+                .expect("connect to the agent");
+        let key = keyward_core::KeyId::new(key).expect("key name");
+        match c.call(Operation::Sign { key, profile: "nvflare".into(), data: b"m".to_vec() }) {
+            Ok(Reply::Signature { .. }) => Ok(()),
+            Err(ClientError::Agent { code, .. }) => Err(code),
+            other => panic!("unexpected {other:?}"),
+        }
     }
 
     /// The socket path.

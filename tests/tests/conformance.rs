@@ -17,16 +17,6 @@ use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, AgentProcess, AgentSite};
 
 /// Signs `msg` with `key` and `profile` through the agent; returns (message, signature) paths.
-fn sign(site: &impl AgentSite, key: &str, profile: &str, msg: &[u8]) -> (PathBuf, PathBuf) {
-    let tag = format!("{key}-{profile}-{}", rand::random::<u32>());
-    let msg_path = site.path(&format!("{tag}.msg"));
-    std::fs::write(&msg_path, msg).unwrap();
-    let sig = site.path(&format!("{tag}.sig"));
-    let (m, s) = (msg_path.to_str().unwrap(), sig.to_str().unwrap());
-    site.keyward_ok(&["sign", key, "--profile", profile, "--in", m, "--out", s]);
-    (msg_path, sig)
-}
-
 fn verifies(public: &Path, (msg, sig): &(PathBuf, PathBuf), digest: &str, extra: &[&str]) -> bool {
     openssl_verifies(public, msg, sig, digest, extra)
 }
@@ -75,7 +65,7 @@ fn generated_keys_are_listed_as_generated_and_never_overwritten(site: &impl Agen
     let _agent = AgentProcess::start(site);
     let public = site.public_pem("rsa");
     let salt222 = pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
-    assert!(verifies(&public, &sign(site, "rsa", "nvflare", b"still the old key"), "-sha256", &salt222));
+    assert!(verifies(&public, &site.sign_file("rsa", "nvflare", b"still the old key"), "-sha256", &salt222));
 }
 
 fn imported_keys_match_their_source_and_the_source_is_destroyed(site: &impl AgentSite) {
@@ -101,9 +91,9 @@ fn imported_keys_match_their_source_and_the_source_is_destroyed(site: &impl Agen
     }
     let _agent = AgentProcess::start(site);
     let public = site.public_pem("imp-rsa");
-    let signed = sign(site, "imp-rsa", "nvflare", b"site-1 registration from an imported key");
+    let signed = site.sign_file("imp-rsa", "nvflare", b"site-1 registration from an imported key");
     assert_python_verifies_nvflare(&public, &signed.1, &signed.0);
-    let ecdsa = sign(site, "imp-ec", "tls", b"imported ec");
+    let ecdsa = site.sign_file("imp-ec", "tls", b"imported ec");
     assert!(verifies(&site.public_pem("imp-ec"), &ecdsa, "-sha256", &[]));
 }
 
@@ -115,7 +105,8 @@ fn nvflare_profile_has_the_maximum_salt_and_passes_nvflares_verifier(site: &impl
         [("rsa", "rsa_pss_saltlen:222", "rsa_pss_saltlen:32"), ("rsa3k", "rsa_pss_saltlen:350", "rsa_pss_saltlen:32")]
     {
         let public = site.public_pem(key);
-        let signed = sign(site, key, "nvflare", b"site-1b0c2d1e6-3f4a-4b5c-9d8e-7f6a5b4c3d2e");
+        let signed = site.sign_file(key, "nvflare", b"site-1b0c2d1e6-3f4a-4b5c-9d8e-7f6a5b4c3d2e");
+        assert_eq!(std::fs::read(&signed.1).unwrap().len(), if key == "rsa" { 256 } else { 384 });
         assert!(verifies(&public, &signed, "-sha256", &pss_sigopts(salt, "rsa_mgf1_md:sha256")), "{key} {salt}");
         assert!(!verifies(&public, &signed, "-sha256", &pss_sigopts(wrong, "rsa_mgf1_md:sha256")), "{key} {wrong}");
         assert_python_verifies_nvflare(&public, &signed.1, &signed.0);
@@ -128,14 +119,16 @@ fn tls_profiles_verify_in_openssl(site: &impl AgentSite) {
     let (rsa, ec) = (site.public_pem("rsa"), site.public_pem("ec"));
     let _agent = AgentProcess::start(site);
 
-    let ecdsa = sign(site, "ec", "tls", b"tls 1.3 certificate verify content");
+    let ecdsa = site.sign_file("ec", "tls", b"tls 1.3 certificate verify content");
     assert_eq!(std::fs::read(&ecdsa.1).unwrap()[0], 0x30, "ECDSA signature must be DER");
     assert!(verifies(&ec, &ecdsa, "-sha256", &[]), "ECDSA P-256");
-    let pss256 = sign(site, "rsa", "tls", b"tls pss");
+    let explicit = site.sign_file("ec", "tls-ecdsa-p256-sha256", b"explicit scheme");
+    assert!(verifies(&ec, &explicit, "-sha256", &[]), "explicit tls-ecdsa-p256-sha256");
+    let pss256 = site.sign_file("rsa", "tls", b"tls pss");
     assert!(verifies(&rsa, &pss256, "-sha256", &pss_sigopts("rsa_pss_saltlen:32", "rsa_mgf1_md:sha256")));
-    let pss384 = sign(site, "rsa", "tls-rsa-pss-sha384", b"tls pss 384");
+    let pss384 = site.sign_file("rsa", "tls-rsa-pss-sha384", b"tls pss 384");
     assert!(verifies(&rsa, &pss384, "-sha384", &pss_sigopts("rsa_pss_saltlen:48", "rsa_mgf1_md:sha384")));
-    let pkcs1 = sign(site, "rsa", "tls-rsa-pkcs1-sha256", b"tls 1.2");
+    let pkcs1 = site.sign_file("rsa", "tls-rsa-pkcs1-sha256", b"tls 1.2");
     assert!(verifies(&rsa, &pkcs1, "-sha256", &[]), "RSA PKCS#1 v1.5 SHA-256");
 
     let out = site.keyward(&["sign", "ec", "--profile", "nvflare", "--in", ecdsa.0.to_str().unwrap()]);
@@ -157,6 +150,8 @@ fn oaep_sha256_ciphertexts_from_openssl_decrypt_and_tampered_ones_do_not(site: &
     let decrypt_ok = ["decrypt", "rsa", "--in", ct.to_str().unwrap(), "--out", decrypted.to_str().unwrap()];
     site.keyward_ok(&decrypt_ok);
     assert_eq!(std::fs::read(&decrypted).unwrap(), aes_key);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&decrypted).unwrap().permissions().mode() & 0o777, 0o600, "plaintext file mode");
 
     let mut bad = std::fs::read(&ct).unwrap();
     bad[100] ^= 0x55;
@@ -182,7 +177,7 @@ fn an_unknown_key_is_refused_and_the_agent_keeps_serving(site: &impl AgentSite) 
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown_key"), "{out:?}");
     let out = site.keyward(&["key", "public", "nobody"]);
     assert!(!out.status.success(), "{out:?}");
-    sign(site, "rsa", "tls", b"still serving");
+    site.sign_file("rsa", "tls", b"still serving");
 }
 
 /// Instantiates every case for one backend, each on its own fresh site.

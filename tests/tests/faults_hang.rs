@@ -11,9 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_agent::client::ClientError;
 use keyward_core::protocol::{ErrorCode, Operation, Reply, StatusReport};
-use keyward_core::KeyId;
 use keyward_tests::{python, AgentProcess, Site};
 
 const LOCKER: &str = r#"
@@ -57,16 +55,6 @@ impl Drop for TokenLocks {
     }
 }
 
-fn sign(agent: &AgentProcess) -> Result<(), ErrorCode> {
-    let mut c = BlockingAgentClient::connect(agent.socket(), Duration::from_secs(20)).unwrap();
-    let key = KeyId::new("site-1").unwrap();
-    match c.call(Operation::Sign { key, profile: "nvflare".into(), data: b"m".to_vec() }) {
-        Ok(Reply::Signature { .. }) => Ok(()),
-        Err(ClientError::Agent { code, .. }) => Err(code),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 /// `status`, and how long it took.
 fn status(agent: &AgentProcess) -> (StatusReport, Duration) {
     let started = Instant::now();
@@ -82,11 +70,11 @@ fn a_hung_token_call_times_out_while_status_keeps_answering_and_signing_resumes_
     site.generate("site-1", "rsa-2048");
     let agent = AgentProcess::start(&site);
     let pid = agent.pid();
-    assert_eq!(sign(&agent), Ok(()));
+    assert_eq!(agent.try_sign("site-1"), Ok(()));
 
     let locks = TokenLocks::take(&site);
     let started = Instant::now();
-    assert_eq!(sign(&agent), Err(ErrorCode::Timeout));
+    assert_eq!(agent.try_sign("site-1"), Err(ErrorCode::Timeout));
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1000) && took < Duration::from_secs(3), "timeout after {took:?}");
 
@@ -114,7 +102,7 @@ fn a_hung_token_call_times_out_while_status_keeps_answering_and_signing_resumes_
     drop(locks);
     let released = Instant::now();
     loop {
-        match sign(&agent) {
+        match agent.try_sign("site-1") {
             Ok(()) => break,
             Err(ErrorCode::Timeout | ErrorCode::Busy) if released.elapsed() < Duration::from_secs(10) => {}
             other => panic!("after release: {other:?}\n{}", agent.log_text()),

@@ -8,21 +8,8 @@
 
 use std::time::{Duration, Instant};
 
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_agent::client::ClientError;
-use keyward_core::protocol::{ErrorCode, Operation, Reply};
-use keyward_core::KeyId;
+use keyward_core::protocol::ErrorCode;
 use keyward_tests::{AgentProcess, Site};
-
-fn sign(agent: &AgentProcess) -> Result<(), ErrorCode> {
-    let mut c = BlockingAgentClient::connect(agent.socket(), Duration::from_secs(20)).unwrap();
-    let key = KeyId::new("site-1").unwrap();
-    match c.call(Operation::Sign { key, profile: "nvflare".into(), data: b"m".to_vec() }) {
-        Ok(Reply::Signature { .. }) => Ok(()),
-        Err(ClientError::Agent { code, .. }) => Err(code),
-        other => panic!("unexpected {other:?}"),
-    }
-}
 
 fn hangup(agent: &AgentProcess) {
     let pid = nix::unistd::Pid::from_raw(i32::try_from(agent.pid()).unwrap());
@@ -55,13 +42,13 @@ fn sighup_swaps_key_policies_and_a_broken_config_leaves_the_old_rules_serving() 
     write_config(&site, &with_sign(true));
     let agent = AgentProcess::start(&site);
     let pid = agent.pid();
-    assert_eq!(sign(&agent), Ok(()));
+    assert_eq!(agent.try_sign("site-1"), Ok(()));
 
     // A good config: signing is refused from now on.
     write_config(&site, &with_sign(false));
     hangup(&agent);
     wait_for_log(&agent, "config reloaded", 1);
-    assert_eq!(sign(&agent), Err(ErrorCode::PolicyDenied));
+    assert_eq!(agent.try_sign("site-1"), Err(ErrorCode::PolicyDenied));
 
     // Broken configs that would allow signing again: each is rejected, naming the problem,
     // and the rules in force (no signing) stay.
@@ -85,7 +72,7 @@ fn sighup_swaps_key_policies_and_a_broken_config_leaves_the_old_rules_serving() 
         let log = wait_for_log(&agent, "config reload rejected", n + 1);
         let line = log.lines().filter(|l| l.contains("config reload rejected")).nth(n).unwrap();
         assert!(line.contains(named), "rejection does not name `{named}`: {line}");
-        assert_eq!(sign(&agent), Err(ErrorCode::PolicyDenied), "old rules must stay after: {named}");
+        assert_eq!(agent.try_sign("site-1"), Err(ErrorCode::PolicyDenied), "old rules must stay after: {named}");
     }
 
     // A good config that also changes the backend: the policy applies, the backend change
@@ -96,6 +83,6 @@ fn sighup_swaps_key_policies_and_a_broken_config_leaves_the_old_rules_serving() 
     hangup(&agent);
     let log = wait_for_log(&agent, "config reloaded", 2);
     assert!(log.contains("`backend` changed; it takes effect only after a restart"), "{log}");
-    assert_eq!(sign(&agent), Ok(()));
+    assert_eq!(agent.try_sign("site-1"), Ok(()));
     assert_eq!(agent.pid(), pid);
 }

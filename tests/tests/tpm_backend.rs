@@ -12,16 +12,6 @@ use keyward_tests::checks::{openssl_verifies, pss_sigopts};
 use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, AgentProcess, AgentSite, TpmSite};
 
-fn sign(site: &TpmSite, key: &str, profile: &str, msg: &[u8]) -> (PathBuf, PathBuf) {
-    let tag = format!("{key}-{profile}-{}", rand::random::<u32>());
-    let msg_path = site.path(&format!("{tag}.msg"));
-    std::fs::write(&msg_path, msg).unwrap();
-    let sig = site.path(&format!("{tag}.sig"));
-    let (m, s) = (msg_path.to_str().unwrap(), sig.to_str().unwrap());
-    site.keyward_ok(&["sign", key, "--profile", profile, "--in", m, "--out", s]);
-    (msg_path, sig)
-}
-
 fn openssl_verify(public: &Path, (msg, sig): &(PathBuf, PathBuf), digest: &str, extra: &[&str]) -> bool {
     openssl_verifies(public, msg, sig, digest, extra)
 }
@@ -106,10 +96,10 @@ fn key_management_while_the_agent_runs_does_not_break_it() {
     let agent = AgentProcess::start(&site);
     let public = site.public_pem("site-1");
     let salt222 = pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
-    assert!(openssl_verify(&public, &sign(&site, "site-1", "nvflare", b"before"), "-sha256", &salt222));
+    assert!(openssl_verify(&public, &site.sign_file("site-1", "nvflare", b"before"), "-sha256", &salt222));
     site.generate("ec", "p-256");
-    assert!(openssl_verify(&public, &sign(&site, "site-1", "nvflare", b"after"), "-sha256", &salt222));
-    assert!(openssl_verify(&site.public_pem("ec"), &sign(&site, "ec", "tls", b"new key"), "-sha256", &[]));
+    assert!(openssl_verify(&public, &site.sign_file("site-1", "nvflare", b"after"), "-sha256", &salt222));
+    assert!(openssl_verify(&site.public_pem("ec"), &site.sign_file("ec", "tls", b"new key"), "-sha256", &[]));
     assert!(agent.log_text().contains("reconnecting and repeating once"), "{}", agent.log_text());
 }
 
@@ -123,7 +113,7 @@ fn a_key_survives_an_swtpm_restart_and_the_agent_reconnects_without_restarting()
     // Reboot: swtpm stopped and started on the same state; a new agent signs with the key.
     site.swtpm.restart();
     let mut agent = AgentProcess::start(&site);
-    assert!(openssl_verify(&public, &sign(&site, "site-1", "nvflare", b"after restart"), "-sha256", &salt222));
+    assert!(openssl_verify(&public, &site.sign_file("site-1", "nvflare", b"after restart"), "-sha256", &salt222));
 
     // Crash: swtpm killed under a running agent fails fast as `backend_unavailable`...
     site.swtpm.kill();
@@ -260,7 +250,7 @@ fn a_key_at_a_persistent_handle_is_never_overwritten_and_survives_a_restart() {
     site.swtpm.restart();
     let _agent = AgentProcess::start(&site);
     let salt222 = pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
-    assert!(openssl_verify(&public, &sign(&site, "site-1", "nvflare", b"from NV"), "-sha256", &salt222));
+    assert!(openssl_verify(&public, &site.sign_file("site-1", "nvflare", b"from NV"), "-sha256", &salt222));
 
     // Handles outside the owner's persistent range, or one handle for two keys, are refused.
     for (handles, want) in [
