@@ -11,6 +11,7 @@ mod handler;
 mod listener;
 mod nvflare;
 mod ops;
+mod peer_limit;
 mod policy;
 mod socket;
 mod stats;
