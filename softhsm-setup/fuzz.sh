@@ -54,7 +54,7 @@ fi
 export RUSTC_BOOTSTRAP=1
 
 targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
-log "building the targets: $(echo $targets)"
+log "building the targets: ${targets//$'\n'/ }"
 cargo fuzz build
 
 failed=()

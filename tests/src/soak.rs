@@ -96,6 +96,20 @@ impl SoakReport {
         Usage { fds, rss_kib }
     }
 
+    /// The samples about every `step`: `t=30s fds=77 rss=15416KiB`, one per line, to show
+    /// whether fds and RSS stay flat.
+    pub fn series(&self, step: Duration) -> String {
+        let mut out = String::new();
+        let mut next = Duration::ZERO;
+        for (t, u) in &self.samples {
+            if *t >= next {
+                out.push_str(&format!("t={:>4}s fds={} rss={}KiB\n", t.as_secs(), u.fds, u.rss_kib));
+                next = *t + step;
+            }
+        }
+        out
+    }
+
     /// The figures as Markdown, for `docs/reliability.md`.
     pub fn markdown(&self) -> String {
         let c = &self.counts;

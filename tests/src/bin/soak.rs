@@ -46,6 +46,7 @@ fn main() -> ExitCode {
     println!("machine: {} ({} cores), {}", cpu_model(), command_output(&["nproc"]), command_output(&["uname", "-sr"]));
     println!("date: {}", command_output(&["date", "-u", "+%Y-%m-%d %H:%M UTC"]));
     print!("{}", report.markdown());
+    print!("{}", report.series(Duration::from_secs(30)));
     for w in &report.wrong {
         println!("wrong: {w}");
     }
