@@ -25,14 +25,9 @@ fuzz_target!(|data: &[u8]| {
     check_request(data);
     let mut codec = codec(MAX_FRAME);
     let mut buf = BytesMut::from(data);
-    loop {
-        match codec.decode(&mut buf) {
-            Ok(Some(frame)) => {
-                assert!(frame.len() <= MAX_FRAME, "frame of {} bytes over the limit", frame.len());
-                check_request(&frame);
-            }
-            Ok(None) | Err(_) => break,
-        }
+    while let Ok(Some(frame)) = codec.decode(&mut buf) {
+        assert!(frame.len() <= MAX_FRAME, "frame of {} bytes over the limit", frame.len());
+        check_request(&frame);
     }
     let _ = codec.decode_eof(&mut buf);
 });

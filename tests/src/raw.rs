@@ -59,10 +59,15 @@ impl RawConn {
         self.read_reply()
     }
 
-    /// True when the agent has closed the connection (reads end of stream).
+    /// True when the agent has closed the connection: end of stream, or a reset (what a
+    /// Unix socket reports when the agent closed it with our unread request still queued).
     pub fn is_closed(&mut self) -> bool {
         let mut buf = [0u8; 1];
-        matches!(self.stream.read(&mut buf), Ok(0))
+        match self.stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
     }
 }
 
