@@ -3,7 +3,9 @@
 # test.sh - run keyward's whole test suite (README command 2; also CI).
 #
 # Purpose:  prepare the machine (system packages, Python venv) and run every
-#           test: build all targets of the workspace, then `cargo test`.
+#           test: build all targets of the workspace, then `cargo test`, the
+#           Python tests, the benchmarks once, and every fuzz target for 20 s
+#           (fuzz.sh).
 #
 # Usage:    softhsm-setup/test.sh
 #           Exits non-zero on the first failure.
@@ -17,14 +19,16 @@
 # Changes on the machine:
 #           installs missing apt packages (install-packages.sh, may use sudo);
 #           creates/updates <repo>/.venv (python-venv.sh, downloads from PyPI);
-#           cargo builds into target/ (downloads crates on first run). Tests
+#           cargo builds into target/ (downloads crates on first run); installs
+#           cargo-fuzz into ~/.cargo/bin when missing and builds the fuzz
+#           targets into fuzz/target/ (fuzz.sh). Tests
 #           create their own temporary SoftHSM2 tokens; nothing else changes.
 #
 set -euo pipefail
 umask 077
 
 readonly PROG="test"
-readonly TOTAL_STEPS=7
+readonly TOTAL_STEPS=8
 
 log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
 die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
@@ -70,7 +74,7 @@ cargo_retry() {
             return 1
         fi
         log "cargo's rustc probe failed (attempt $attempt); clearing its cache and retrying"
-        rm -f -- target/.rustc_info.json target/lint/.rustc_info.json
+        rm -f -- target/.rustc_info.json target/lint/.rustc_info.json fuzz/target/.rustc_info.json
     done
     rm -f -- "$errlog"
     return 1
@@ -106,5 +110,8 @@ step "running the benchmarks once in --quick mode (keeps them working; assert no
 cargo_retry cargo run -q -p keyward-tests --bin keyward-bench -- --quick >/dev/null
 cargo_retry cargo run -q -p keyward-tests --bin tls-bench -- --quick >/dev/null
 cargo_retry cargo run -q -p keyward-tests --bin tpm-bench -- --quick >/dev/null
+
+step "fuzzing every parser of outside input for 20 s per target (softhsm-setup/fuzz.sh 20)"
+cargo_retry bash "$HERE/fuzz.sh" 20
 
 log "all tests passed"

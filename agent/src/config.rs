@@ -187,6 +187,9 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     /// Connections served at once.
     pub max_connections: usize,
+    /// Connections one peer process (uid and pid) may hold at once, so that one process
+    /// cannot take every slot.
+    pub max_connections_per_peer: usize,
     /// How long a connection may take to deliver its next whole frame.
     pub read_timeout_ms: u64,
     /// How long a backend operation may take.
@@ -202,6 +205,7 @@ impl Default for LimitsConfig {
         Self {
             max_frame_bytes: keyward_core::protocol::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 256,
+            max_connections_per_peer: 128,
             read_timeout_ms: 30_000,
             request_timeout_ms: 10_000,
             queue_depth: 1024,
@@ -318,7 +322,12 @@ impl Config {
         if !(64..=16 << 20).contains(&l.max_frame_bytes) {
             bail!("field `limits.max_frame_bytes` must be between 64 and 16777216");
         }
-        if l.max_connections == 0 || l.queue_depth == 0 || l.read_timeout_ms == 0 || l.request_timeout_ms == 0 {
+        if l.max_connections == 0
+            || l.max_connections_per_peer == 0
+            || l.queue_depth == 0
+            || l.read_timeout_ms == 0
+            || l.request_timeout_ms == 0
+        {
             bail!("fields in `limits` must be greater than zero");
         }
         if self.socket.as_os_str().len() > 100 {

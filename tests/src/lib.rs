@@ -11,7 +11,10 @@
 pub mod agent;
 pub mod checks;
 pub mod pki;
+pub mod procstat;
+pub mod raw;
 pub mod report;
+pub mod soak;
 pub mod softhsm;
 pub mod swtpm;
 pub mod tls;

@@ -1,5 +1,6 @@
 //! The accept loop: a connection limit (a semaphore; over the limit a client gets a `busy`
-//! reply instead of a silent close), a short back-off when `accept` fails (for example out
+//! reply instead of a silent close), a per-process limit (`peer_limit.rs`, also answered
+//! `busy`), a short back-off when `accept` fails (for example out
 //! of file descriptors), and a graceful stop that waits for in-flight connections.
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::peer_limit::PeerLimit;
 use super::{handler, Agent};
 
 /// Serves `listener` until `shutdown` is cancelled, then waits (up to the configured grace
@@ -20,29 +22,47 @@ use super::{handler, Agent};
 pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: CancellationToken) {
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(agent.limits.max_connections));
+    let per_peer = PeerLimit::new(agent.limits.max_connections_per_peer);
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, _)) => match Arc::clone(&slots).try_acquire_owned() {
-                Ok(permit) => {
-                    let agent = Arc::clone(&agent);
-                    let shutdown = shutdown.clone();
-                    tracker.spawn(async move {
-                        handler::handle(stream, agent, shutdown).await;
-                        drop(permit);
-                    });
+            Ok((stream, _)) => {
+                let peer = stream.peer_cred().map(|c| (c.uid(), c.pid())).ok();
+                let peer_slot = match peer.map(|key| per_peer.try_acquire(key)) {
+                    Some(None) => {
+                        tracing::warn!(
+                            peer = ?peer,
+                            limit = agent.limits.max_connections_per_peer,
+                            "per-process connection limit reached; refusing a connection"
+                        );
+                        tracker.spawn(refuse_busy(stream, "too many connections from this process; try again later"));
+                        continue;
+                    }
+                    // No credentials: the handler refuses the connection before reading.
+                    Some(Some(slot)) => Some(slot),
+                    None => None,
+                };
+                match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(permit) => {
+                        let agent = Arc::clone(&agent);
+                        let shutdown = shutdown.clone();
+                        tracker.spawn(async move {
+                            handler::handle(stream, agent, shutdown).await;
+                            drop((permit, peer_slot));
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            limit = agent.limits.max_connections,
+                            "connection limit reached; refusing a connection"
+                        );
+                        tracker.spawn(refuse_busy(stream, "too many connections; try again later"));
+                    }
                 }
-                Err(_) => {
-                    tracing::warn!(
-                        limit = agent.limits.max_connections,
-                        "connection limit reached; refusing a connection"
-                    );
-                    tracker.spawn(refuse_busy(stream));
-                }
-            },
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed; backing off");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -56,9 +76,9 @@ pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: Cancell
     }
 }
 
-async fn refuse_busy(stream: UnixStream) {
+async fn refuse_busy(stream: UnixStream, message: &'static str) {
     let mut framed = Framed::new(stream, protocol::codec(protocol::DEFAULT_MAX_FRAME_BYTES));
-    let reply = Response::error(0, ErrorCode::Busy, "too many connections; try again later");
+    let reply = Response::error(0, ErrorCode::Busy, message);
     if let Ok(body) = serde_json::to_vec(&reply) {
         let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(bytes::Bytes::from(body))).await;
     }

@@ -18,6 +18,7 @@ mod metrics;
 mod nvflare;
 mod ops;
 mod peer_exe;
+mod peer_limit;
 mod policy;
 mod rate_limit;
 mod reload;
