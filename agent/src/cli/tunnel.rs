@@ -48,7 +48,7 @@ pub struct TunnelArgs {
     #[arg(long)]
     allow_remote: bool,
     /// A local uid that may connect (repeatable). Default: only the uid running the tunnel.
-    /// The owner of each client socket is read from /proc/net/tcp{,6}.
+    /// The owner of each client socket is asked of the kernel (netlink sock_diag).
     #[arg(long, value_name = "UID")]
     allow_uid: Vec<u32>,
     /// Close a connection after this long without a byte either way.
