@@ -1,6 +1,6 @@
 //! The client side of bulk-throughput benchmarks: push `n` bytes over one connection to a
-//! [`TlsSink`](crate::TlsSink), either as the TLS client itself (in-process rustls, or
-//! `openssl s_client` fed from a pipe) or in the clear to a local TLS hop (`stunnel4`,
+//! [`TlsSink`](crate::TlsSink), either as the TLS client itself (in-process rustls, Python's
+//! `ssl` module, or `openssl s_client` fed from a pipe) or in the clear to a local TLS hop (`stunnel4`,
 //! `keyward tunnel`), and end the sending side so the sink sees the end of the stream.
 //! The sink times the transfer; these functions only move the bytes.
 
@@ -87,6 +87,42 @@ pub fn push_s_client(
         bail!("s_client failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
+}
+
+/// The Python client behind [`push_python`]: the standard `ssl` module (OpenSSL), 1 MiB
+/// `sendall` calls, then TCP half-close; prints the sink's answer.
+const PYTHON_CLIENT: &str = r#"
+import os, socket, ssl, sys
+port, ca, cert, key, name, n = sys.argv[1:7]
+left = int(n)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+ctx.load_verify_locations(ca)
+ctx.load_cert_chain(cert, key)
+buf = memoryview(os.urandom(1 << 20))
+with socket.create_connection(("127.0.0.1", int(port))) as raw:
+    with ctx.wrap_socket(raw, server_hostname=name) as s:
+        while left:
+            k = min(left, len(buf))
+            s.sendall(buf[:k])
+            left -= k
+        socket.socket.shutdown(s, socket.SHUT_WR)  # SSLSocket.shutdown would drop TLS
+        print(s.recv(100).decode().strip())
+"#;
+
+/// Python's `ssl` module (OpenSSL, the key in a file) as the TLS client: a direct
+/// OpenSSL client that writes from memory. Returns the sink's answer.
+pub fn push_python(port: u16, server_name: &str, ca: &Path, cert: &Path, key: &Path, n: u64) -> Result<String> {
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_CLIENT, &port.to_string()])
+        .args([ca, cert, key])
+        .args([server_name, &n.to_string()])
+        .output()
+        .context("run python3")?;
+    if !out.status.success() {
+        bail!("python3 ssl client failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 /// Plain TCP to a local TLS hop on `port`: `n` bytes, then half-close; returns the

@@ -261,7 +261,7 @@ fn run(duration: Duration, bulk_bytes: u64, args: &[String]) -> Result<()> {
         load_bulk.trim()
     );
     println!();
-    println!("| path | MB/s | rounds min–max | vs s_client |");
+    println!("| path | MB/s | rounds min–max | vs Python ssl (direct) |");
     println!("|---|--:|--:|--:|");
     for (path, median, range, ratio) in bulk_rows {
         println!("| {} | {median:.0} | {:.0}–{:.0} | {:.1}% |", path.title(), range.0, range.1, ratio * 100.0);
@@ -412,10 +412,11 @@ fn stunnel_version() -> String {
         .unwrap_or_else(|| "stunnel4 ?".into())
 }
 
-/// The bulk paths; `SClient` is the reference ("the direct OpenSSL path").
+/// The bulk paths; `Python` (index [`DIRECT`]) is the reference, "the direct OpenSSL path".
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum BulkPath {
     Rustls,
+    Python,
     SClient,
     Stunnel,
     Tunnel,
@@ -425,12 +426,16 @@ impl BulkPath {
     fn title(self) -> &'static str {
         match self {
             Self::Rustls => "rustls in this process, key file (sink ceiling)",
-            Self::SClient => "openssl s_client, key file, stdin a pipe (direct)",
+            Self::Python => "Python ssl (OpenSSL), key file (direct)",
+            Self::SClient => "openssl s_client, key file, stdin a pipe",
             Self::Stunnel => "stunnel4, key file",
             Self::Tunnel => "keyward tunnel, key in SoftHSM",
         }
     }
 }
+
+/// The index of the reference path in [`BulkRun::measure`]'s rows.
+const DIRECT: usize = 1;
 
 /// The sink and the hops pointed at it: one of each, for one P-256 client identity.
 struct BulkRun<'a> {
@@ -471,7 +476,7 @@ impl<'a> BulkRun<'a> {
     /// Interleaved rounds of `bytes` per path (after a 4 MiB warm-up each); returns the
     /// rows and the sink's view of the session.
     fn measure(&self, bytes: u64) -> Result<(Vec<BulkRow>, String)> {
-        let mut paths = vec![BulkPath::Rustls, BulkPath::SClient];
+        let mut paths = vec![BulkPath::Rustls, BulkPath::Python, BulkPath::SClient];
         if self.stunnel.is_some() {
             paths.push(BulkPath::Stunnel);
         }
@@ -490,7 +495,7 @@ impl<'a> BulkRun<'a> {
                 session = seen;
             }
         }
-        let direct = rates[1].clone();
+        let direct = rates[DIRECT].clone();
         let mut rows = Vec::new();
         for (path, mut rates) in paths.into_iter().zip(rates) {
             let mut ratios: Vec<f64> = rates.iter().zip(&direct).map(|(r, d)| r / d).collect();
@@ -506,6 +511,10 @@ impl<'a> BulkRun<'a> {
         let c = self.client;
         match path {
             BulkPath::Rustls => bulk::push_rustls(Arc::clone(&c.rustls), self.sink.port, "server1", bytes, chunk)?,
+            BulkPath::Python => {
+                let answer = bulk::push_python(self.sink.port, "server1", &self.ca, &c.cert_file, &c.key_file, bytes)?;
+                check_answer(path, &answer, bytes)?;
+            }
             BulkPath::SClient => {
                 bulk::push_s_client(self.sink.port, "server1", &self.ca, &c.cert_file, &c.key_file, bytes, chunk)?
             }
@@ -514,10 +523,7 @@ impl<'a> BulkRun<'a> {
                     BulkPath::Stunnel => self.stunnel.as_ref().context("no stunnel")?.port,
                     _ => self.tunnel.port,
                 };
-                let answer = bulk::push_plain(port, bytes, chunk)?;
-                if answer != format!("received {bytes}") {
-                    bail!("{}: the sink's answer came back as {answer:?}", path.title());
-                }
+                check_answer(path, &bulk::push_plain(port, bytes, chunk)?, bytes)?;
             }
         }
         let report = self.sink.next_report(Duration::from_secs(60))?;
@@ -527,4 +533,12 @@ impl<'a> BulkRun<'a> {
         }
         Ok((bytes as f64 / report.elapsed.as_secs_f64() / 1e6, report.session))
     }
+}
+
+/// The sink's `received N` as relayed back to the client.
+fn check_answer(path: BulkPath, answer: &str, bytes: u64) -> Result<()> {
+    if answer != format!("received {bytes}") {
+        bail!("{}: the sink's answer came back as {answer:?}", path.title());
+    }
+    Ok(())
 }
