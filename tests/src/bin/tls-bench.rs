@@ -18,8 +18,9 @@
 //! Then bulk throughput of one long connection (TLS 1.3, P-256 client key): each path
 //! pushes `--bulk-mib` MiB to an in-process rustls sink ([`TlsSink`]), which times first
 //! byte to end of stream — `rustls` (this process as the client: the sink's ceiling),
-//! `openssl s_client` with the key in a file fed from a pipe (the direct OpenSSL path, the
-//! reference), `stunnel4` and `keyward tunnel` — in interleaved rounds, median round shown.
+//! Python's `ssl` module with the key in a file (the direct OpenSSL path, the reference;
+//! needs `python3`), `openssl s_client` fed from a pipe (slower than stunnel4, so shown but
+//! not the reference), `stunnel4` and `keyward tunnel` — interleaved rounds, median shown.
 //!
 //! Usage: `cargo run --release -p keyward-tests --bin tls-bench -- [--quick] [--seconds N] [--bulk-mib N]`
 //! (stunnel4 from `softhsm-setup/install-packages.sh`; without it that path is skipped and
