@@ -3,12 +3,13 @@
 //! its own state dir and port pair ([`Swtpm`]) with a config for it ([`TpmSite`]), the real
 //! `keyward serve` binary ([`AgentProcess`]), and the real tools that check its output
 //! (openssl, Python `cryptography`), and TLS peers for the tunnel ([`OpensslServer`],
-//! [`TunnelProcess`]). Every fixture owns a short `/tmp` dir (socket paths
+//! [`TunnelProcess`], and the in-process [`TlsSink`] for throughput). Every fixture owns a short `/tmp` dir (socket paths
 //! are limited to ~107 bytes), passes environment with `Command::env` (never `set_var`),
 //! polls for readiness instead of sleeping, and kills only its own child on drop.
 //! A missing tool is a test failure with a message saying how to install it, never a skip.
 
 pub mod agent;
+pub mod bulk;
 pub mod checks;
 pub mod pki;
 pub mod procstat;
@@ -18,6 +19,7 @@ pub mod soak;
 pub mod softhsm;
 pub mod swtpm;
 pub mod tls;
+pub mod tls_sink;
 pub mod tools;
 
 pub use agent::{AgentProcess, AgentSite};
@@ -25,4 +27,5 @@ pub use pki::TestCa;
 pub use softhsm::{Site, SoftHsm};
 pub use swtpm::{Swtpm, TpmSite};
 pub use tls::{OpensslServer, PythonTlsServer, TunnelProcess};
+pub use tls_sink::TlsSink;
 pub use tools::{openssl, python, workspace_root};

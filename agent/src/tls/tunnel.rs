@@ -196,6 +196,12 @@ async fn open_upstream(
     Ok((tls, started.elapsed()))
 }
 
+/// Copy buffer per direction (128 KiB per connection). With tokio's default 8 KiB every
+/// read became one half-full TLS record; 64 KiB fills four 16 KiB records per read and took
+/// one bulk connection from about 700 to 900+ MB/s on the bench machine (`tls-bench`,
+/// docs/benchmarks.md); 256 KiB gained nothing more.
+const RELAY_BUFFER: usize = 64 * 1024;
+
 struct RelayOutcome {
     to_upstream: u64,
     to_client: u64,
@@ -215,7 +221,7 @@ where
     let mut client = Metered { inner: client, read: 0, last: Arc::clone(&last), epoch };
     let mut upstream = Metered { inner: upstream, read: 0, last: Arc::clone(&last), epoch };
     let (idle_hit, error) = tokio::select! {
-        r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => (false, r.err()),
+        r = tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, RELAY_BUFFER, RELAY_BUFFER) => (false, r.err()),
         () = idle_expired(&last, epoch, idle) => (true, None),
     };
     RelayOutcome { to_upstream: client.read, to_client: upstream.read, idle: idle_hit, error }

@@ -15,7 +15,14 @@
 //! server certificate, TLS 1.3) serving one connection at a time, so there is one client.
 //! The paths of a case run in interleaved rounds and a row shows the median round.
 //!
-//! Usage: `cargo run --release -p keyward-tests --bin tls-bench -- [--quick] [--seconds N]`
+//! Then bulk throughput of one long connection (TLS 1.3, P-256 client key): each path
+//! pushes `--bulk-mib` MiB to an in-process rustls sink ([`TlsSink`]), which times first
+//! byte to end of stream — `rustls` (this process as the client: the sink's ceiling),
+//! Python's `ssl` module with the key in a file (the direct OpenSSL path, the reference;
+//! needs `python3`), `openssl s_client` fed from a pipe (slower than stunnel4, so shown but
+//! not the reference), `stunnel4` and `keyward tunnel` — interleaved rounds, median shown.
+//!
+//! Usage: `cargo run --release -p keyward-tests --bin tls-bench -- [--quick] [--seconds N] [--bulk-mib N]`
 //! (stunnel4 from `softhsm-setup/install-packages.sh`; without it that path is skipped and
 //! the report says so). Prints Markdown for `docs/benchmarks.md`; never asserts a speed.
 
@@ -30,7 +37,7 @@ use anyhow::{bail, Context, Result};
 use keyward_tests::report::{command_output, cpu_model, percentile};
 use keyward_tests::tls::{free_port, wait_until};
 use keyward_tests::tools::{assert_success, openssl, stop_child};
-use keyward_tests::{AgentProcess, OpensslServer, Site, TestCa, TunnelProcess};
+use keyward_tests::{bulk, AgentProcess, OpensslServer, Site, TestCa, TlsSink, TunnelProcess};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
@@ -82,11 +89,19 @@ impl Sample {
 
 fn main() -> Result<()> {
     let mut seconds = 6.0;
+    let mut bulk_mib: u64 = 512;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut iter = args.iter();
     while let Some(arg) = iter.next() {
         match arg.as_str() {
-            "--quick" => seconds = 0.6,
+            "--quick" => (seconds, bulk_mib) = (0.6, 64),
+            "--bulk-mib" => {
+                let v = iter.next().context("--bulk-mib needs a number")?;
+                bulk_mib = v.parse().with_context(|| format!("--bulk-mib: `{v}` is not a whole number"))?;
+                if !(1..=65536).contains(&bulk_mib) {
+                    bail!("--bulk-mib must be in 1..=65536");
+                }
+            }
             "--seconds" => {
                 let v = iter.next().context("--seconds needs a number")?;
                 seconds = v.parse().with_context(|| format!("--seconds: `{v}` is not a number"))?;
@@ -96,29 +111,33 @@ fn main() -> Result<()> {
             }
             "-h" | "--help" => {
                 println!(
-                    "tls-bench [--quick] [--seconds N]\n\n\
+                    "tls-bench [--quick] [--seconds N] [--bulk-mib N]\n\n\
                      Mutual-TLS handshakes/s and latency: rustls and stunnel4 with the client key in a\n\
-                     file, keyward tunnel with the key in SoftHSM2; RSA-2048 and P-256 client keys.\n\n\
-                     --quick      about 0.6 s per case and path\n\
-                     --seconds N  seconds per case and path, split into 3 rounds (default 6)"
+                     file, keyward tunnel with the key in SoftHSM2; RSA-2048 and P-256 client keys.\n\
+                     Then MB/s of one long connection along rustls, s_client, stunnel4 and the tunnel.\n\n\
+                     --quick       about 0.6 s per case and path, 64 MiB per bulk connection\n\
+                     --seconds N   seconds per case and path, split into 3 rounds (default 6)\n\
+                     --bulk-mib N  MiB pushed per bulk connection and round (default 512)"
                 );
                 return Ok(());
             }
             other => bail!("unknown argument `{other}` (see --help)"),
         }
     }
-    run(Duration::from_secs_f64(seconds), &args)
+    run(Duration::from_secs_f64(seconds), bulk_mib << 20, &args)
 }
 
 /// The client-side material of one case.
 struct Client {
     case: Case,
     rustls: Arc<rustls::ClientConfig>,
+    key_file: PathBuf,
+    cert_file: PathBuf,
     tunnel: TunnelProcess,
     stunnel: Option<Stunnel>,
 }
 
-fn run(duration: Duration, args: &[String]) -> Result<()> {
+fn run(duration: Duration, bulk_bytes: u64, args: &[String]) -> Result<()> {
     let date = command_output(&["date", "-u", "+%Y-%m-%d %H:%M:%S UTC"]);
     eprintln!("tls-bench: creating a SoftHSM2 token, keys and a test PKI");
     let site = Site::new();
@@ -157,7 +176,7 @@ fn run(duration: Duration, args: &[String]) -> Result<()> {
         } else {
             None
         };
-        clients.push(Client { case, rustls, tunnel, stunnel });
+        clients.push(Client { case, rustls, key_file, cert_file, tunnel, stunnel });
     }
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
@@ -191,6 +210,12 @@ fn run(duration: Duration, args: &[String]) -> Result<()> {
         }
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+
+    let bulk_client = clients.iter().find(|c| c.case.key == "ec").context("no P-256 case")?;
+    let bulk = BulkRun::start(&site, &agent, &ca.cert, (&server_cert, &server_key), bulk_client, have_stunnel)?;
+    let (bulk_rows, bulk_session) = bulk.measure(bulk_bytes)?;
+    let load_bulk = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    drop(bulk);
     let signs = site.audit_records().iter().filter(|r| r["op"] == "sign").count();
     drop(clients);
     drop(agent);
@@ -228,6 +253,19 @@ fn run(duration: Duration, args: &[String]) -> Result<()> {
             ms(median.p99),
             ratio * 100.0
         );
+    }
+    println!();
+    println!(
+        "Bulk, one connection, {} MiB per path and round, {ROUNDS} rounds (load average after: `{}`); \
+         sink session: {bulk_session}",
+        bulk_bytes >> 20,
+        load_bulk.trim()
+    );
+    println!();
+    println!("| path | MB/s | rounds min–max | vs Python ssl (direct) |");
+    println!("|---|--:|--:|--:|");
+    for (path, median, range, ratio) in bulk_rows {
+        println!("| {} | {median:.0} | {:.0}–{:.0} | {:.1}% |", path.title(), range.0, range.1, ratio * 100.0);
     }
     Ok(())
 }
@@ -373,4 +411,135 @@ fn stunnel_version() -> String {
             String::from_utf8_lossy(&o.stderr).lines().find(|l| l.starts_with("stunnel ")).map(|l| l.trim().to_owned())
         })
         .unwrap_or_else(|| "stunnel4 ?".into())
+}
+
+/// The bulk paths; `Python` (index [`DIRECT`]) is the reference, "the direct OpenSSL path".
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BulkPath {
+    Rustls,
+    Python,
+    SClient,
+    Stunnel,
+    Tunnel,
+}
+
+impl BulkPath {
+    fn title(self) -> &'static str {
+        match self {
+            Self::Rustls => "rustls in this process, key file (sink ceiling)",
+            Self::Python => "Python ssl (OpenSSL), key file (direct)",
+            Self::SClient => "openssl s_client, key file, stdin a pipe",
+            Self::Stunnel => "stunnel4, key file",
+            Self::Tunnel => "keyward tunnel, key in SoftHSM",
+        }
+    }
+}
+
+/// The index of the reference path in [`BulkRun::measure`]'s rows.
+const DIRECT: usize = 1;
+
+/// The sink and the hops pointed at it: one of each, for one P-256 client identity.
+struct BulkRun<'a> {
+    sink: TlsSink,
+    client: &'a Client,
+    ca: PathBuf,
+    tunnel: TunnelProcess,
+    stunnel: Option<Stunnel>,
+}
+
+/// One bulk row: path, median MB/s, (min, max), median ratio to s_client.
+type BulkRow = (BulkPath, f64, (f64, f64), f64);
+
+impl<'a> BulkRun<'a> {
+    fn start(
+        site: &Site,
+        agent: &AgentProcess,
+        ca: &Path,
+        (server_cert, server_key): (&Path, &Path),
+        client: &'a Client,
+        have_stunnel: bool,
+    ) -> Result<Self> {
+        let sink = TlsSink::start(server_cert, server_key, ca)?;
+        let upstream = format!("127.0.0.1:{}", sink.port);
+        #[rustfmt::skip]
+        let tunnel = TunnelProcess::start(site, &[
+            "--key", client.case.key, "--upstream", &upstream, "--server-name", "server1", "--ca", s(ca),
+            "--socket", s(agent.socket()),
+        ]);
+        let stunnel = if have_stunnel {
+            Some(Stunnel::start(&site.path(""), "bulk", &upstream, &client.cert_file, &client.key_file, ca)?)
+        } else {
+            None
+        };
+        Ok(Self { sink, client, ca: ca.to_owned(), tunnel, stunnel })
+    }
+
+    /// Interleaved rounds of `bytes` per path (after a 4 MiB warm-up each); returns the
+    /// rows and the sink's view of the session.
+    fn measure(&self, bytes: u64) -> Result<(Vec<BulkRow>, String)> {
+        let mut paths = vec![BulkPath::Rustls, BulkPath::Python, BulkPath::SClient];
+        if self.stunnel.is_some() {
+            paths.push(BulkPath::Stunnel);
+        }
+        paths.push(BulkPath::Tunnel);
+        let chunk = bulk::chunk();
+        let mut session = String::new();
+        for path in &paths {
+            self.once(*path, 4 << 20, &chunk)?;
+        }
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); paths.len()];
+        for r in 1..=ROUNDS {
+            eprintln!("tls-bench: bulk · round {r}/{ROUNDS}");
+            for (path, rates) in paths.iter().zip(&mut rates) {
+                let (rate, seen) = self.once(*path, bytes, &chunk)?;
+                rates.push(rate);
+                session = seen;
+            }
+        }
+        let direct = rates[DIRECT].clone();
+        let mut rows = Vec::new();
+        for (path, mut rates) in paths.into_iter().zip(rates) {
+            let mut ratios: Vec<f64> = rates.iter().zip(&direct).map(|(r, d)| r / d).collect();
+            ratios.sort_by(f64::total_cmp);
+            rates.sort_by(f64::total_cmp);
+            rows.push((path, rates[ROUNDS / 2], (rates[0], rates[ROUNDS - 1]), ratios[ROUNDS / 2]));
+        }
+        Ok((rows, session))
+    }
+
+    /// Pushes `bytes` along `path`; returns MB/s (10^6 bytes) as the sink timed it.
+    fn once(&self, path: BulkPath, bytes: u64, chunk: &[u8]) -> Result<(f64, String)> {
+        let c = self.client;
+        match path {
+            BulkPath::Rustls => bulk::push_rustls(Arc::clone(&c.rustls), self.sink.port, "server1", bytes, chunk)?,
+            BulkPath::Python => {
+                let answer = bulk::push_python(self.sink.port, "server1", &self.ca, &c.cert_file, &c.key_file, bytes)?;
+                check_answer(path, &answer, bytes)?;
+            }
+            BulkPath::SClient => {
+                bulk::push_s_client(self.sink.port, "server1", &self.ca, &c.cert_file, &c.key_file, bytes, chunk)?
+            }
+            BulkPath::Stunnel | BulkPath::Tunnel => {
+                let port = match path {
+                    BulkPath::Stunnel => self.stunnel.as_ref().context("no stunnel")?.port,
+                    _ => self.tunnel.port,
+                };
+                check_answer(path, &bulk::push_plain(port, bytes, chunk)?, bytes)?;
+            }
+        }
+        let report = self.sink.next_report(Duration::from_secs(60))?;
+        if report.bytes != bytes {
+            let why = report.error.unwrap_or_default();
+            bail!("{}: the sink got {} bytes of {bytes} {why}", path.title(), report.bytes);
+        }
+        Ok((bytes as f64 / report.elapsed.as_secs_f64() / 1e6, report.session))
+    }
+}
+
+/// The sink's `received N` as relayed back to the client.
+fn check_answer(path: BulkPath, answer: &str, bytes: u64) -> Result<()> {
+    if answer != format!("received {bytes}") {
+        bail!("{}: the sink's answer came back as {answer:?}", path.title());
+    }
+    Ok(())
 }
