@@ -24,6 +24,7 @@ const VERSION: u8 = 1;
 pub(crate) const SUFFIX: &str = ".tpmkey";
 
 /// A key as the TPM wrapped it.
+#[derive(Clone)]
 pub(crate) struct KeyBlob {
     pub(crate) public: Public,
     pub(crate) private: Private,

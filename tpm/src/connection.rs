@@ -33,6 +33,7 @@ pub(crate) struct Connection {
 }
 
 /// Where a key is kept: a wrapped blob (loaded on use) or a persistent handle.
+#[derive(Clone)]
 pub(crate) enum StoredKey {
     /// A key file in `key_dir`.
     Wrapped(KeyBlob),

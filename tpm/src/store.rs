@@ -4,6 +4,7 @@
 //! connection is dropped and the next request reconnects; when the TPM no longer holds our
 //! objects (another client flushed them, or a reset), the request reconnects and repeats once.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,25 @@ pub struct TpmStore {
     /// After a failed connect: no new attempt before this instant (clients hammering a
     /// missing TPM get the last error at once), and that error.
     retry_connect_at: Option<(Instant, String)>,
+    /// Keys looked up before (see [`TpmStore::stored`]).
+    cache: HashMap<KeyId, (Option<FileStamp>, StoredKey)>,
+}
+
+/// Which file a blob was read from, and its state then: a replaced or rewritten file differs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let mtime_ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        Self { dev: meta.dev(), ino: meta.ino(), len: meta.len(), mtime_ns }
+    }
 }
 
 /// At most one connect attempt per this interval while the TPM is unreachable.
@@ -44,7 +64,7 @@ impl std::fmt::Debug for TpmStore {
 
 impl TpmStore {
     pub(crate) fn new(shared: Arc<Shared>, conn: Option<Connection>) -> Self {
-        Self { shared, conn, auth_rejected: false, retry_connect_at: None }
+        Self { shared, conn, auth_rejected: false, retry_connect_at: None, cache: HashMap::new() }
     }
 
     /// Runs `op` on the connection (connecting first if needed) and classifies its error.
@@ -67,6 +87,8 @@ impl TpmStore {
                     Ok(conn) => {
                         tracing::info!(tpm = %tpm, "connected to TPM");
                         self.retry_connect_at = None;
+                        // A persistent key's public area is read again from the (maybe new) TPM.
+                        self.cache.retain(|_, (stamp, _)| stamp.is_some());
                         self.conn = Some(conn);
                     }
                     Err(e) => {
@@ -101,22 +123,44 @@ impl TpmStore {
         }
     }
 
-    /// Where `id` is kept: at its configured persistent handle, else in its blob file.
+    /// Where `id` is kept: at its configured persistent handle, else in its blob file. The
+    /// answer is cached: a blob until its file changes (one `stat` per request), a
+    /// persistent key's public area until the connection is renewed.
     fn stored(&mut self, id: &KeyId) -> Result<StoredKey, StoreError> {
         if let Some(&handle) = self.shared.config.persistent.get(id) {
+            if let Some((None, key)) = self.cache.get(id) {
+                return Ok(key.clone());
+            }
             let public = self.run(|conn| {
                 if !crate::persistent::is_occupied(&mut conn.ctx, handle)? {
                     return Err(Failure::Store(StoreError::KeyNotFound { id: id.clone() }));
                 }
                 Ok(crate::persistent::read_public(&mut conn.ctx, handle)?)
             })?;
-            return Ok(StoredKey::Persistent { handle, public });
+            let key = StoredKey::Persistent { handle, public };
+            self.cache.insert(id.clone(), (None, key.clone()));
+            return Ok(key);
         }
         let tpm = self.shared.config.tcti.to_string();
+        let path = blob::path(&self.shared.config.key_dir, id);
+        let stamp = match std::fs::metadata(&path) {
+            Ok(meta) => FileStamp::of(&meta),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::KeyNotFound { id: id.clone() })
+            }
+            Err(source) => return Err(TpmError::Io { path, source }.into_store_error(&tpm)),
+        };
+        if let Some((Some(cached), key)) = self.cache.get(id) {
+            if *cached == stamp {
+                return Ok(key.clone());
+            }
+        }
         let blob = blob::read(&self.shared.config.key_dir, id)
             .map_err(|e| e.into_store_error(&tpm))?
             .ok_or_else(|| StoreError::KeyNotFound { id: id.clone() })?;
-        Ok(StoredKey::Wrapped(blob))
+        let key = StoredKey::Wrapped(blob);
+        self.cache.insert(id.clone(), (Some(stamp), key.clone()));
+        Ok(key)
     }
 
     /// Makes a new key with `make` and keeps it, never replacing an existing one: at its
