@@ -7,8 +7,8 @@ use std::path::Path;
 use crate::tools::{assert_success, openssl, run_python};
 
 /// NVFlare's own `nvflare.lighter.utils.verify_content` (the real package; `PSS.MAX_LENGTH`
-/// + SHA-256), Python `cryptography` with the exact salt `argv[4]`, and a tampered message
-/// that must fail both.
+/// and SHA-256), Python `cryptography` with the exact salt `argv[4]`, and a tampered
+/// message that must fail both.
 const VERIFY_NVFLARE: &str = r#"
 import sys
 from cryptography.hazmat.primitives import hashes, serialization

@@ -114,10 +114,8 @@ fn parts(key: &PrivateKeyMaterial, auth_value: Auth) -> tss_esapi::Result<(Publi
             Ok((public, sensitive))
         }
         PrivateKeyMaterial::EcP256 { scalar, point, .. } => {
-            let (x, y) = point
-                .get(1..)
-                .map(|xy| xy.split_at(32))
-                .ok_or_else(|| tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::InvalidParam))?;
+            let bad_point = tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::InvalidParam);
+            let (x, y) = point.get(1..).and_then(|xy| xy.split_at_checked(32)).ok_or(bad_point)?;
             let public = PublicBuilder::new()
                 .with_public_algorithm(PublicAlgorithm::Ecc)
                 .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
