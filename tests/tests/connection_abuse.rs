@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use keyward_tests::procstat::{self, Usage};
 use keyward_tests::raw::{error_code, RawConn};
-use keyward_tests::{openssl, AgentProcess, Site};
+use keyward_tests::{openssl, AgentProcess, AgentSite, Site};
 use serde_json::Value;
 
 const FLOOD: usize = 1000;
@@ -46,20 +46,8 @@ fn raise_fd_limit() {
 /// Signs through the agent from another process (`keyward sign`, so another peer pid) and
 /// checks the signature with openssl; returns how long the signing took.
 fn sign_from_another_process(site: &Site, public_pem: &Path, tag: &str) -> Duration {
-    let msg = site.path(&format!("msg-{tag}"));
-    let sig = site.path(&format!("sig-{tag}"));
-    std::fs::write(&msg, format!("site-1-{tag}")).unwrap();
     let started = Instant::now();
-    site.keyward_ok(&[
-        "sign",
-        "site-1",
-        "--profile",
-        "nvflare",
-        "--in",
-        msg.to_str().unwrap(),
-        "--out",
-        sig.to_str().unwrap(),
-    ]);
+    let (msg, sig) = site.sign_file("site-1", "nvflare", format!("site-1-{tag}").as_bytes());
     let took = started.elapsed();
     let out = openssl(&[
         "dgst",

@@ -1,9 +1,9 @@
-//! Keys on a real SoftHSM2 token: attributes read back after generate and import, no
-//! overwrite of an existing key, import with and without `--destroy-source`.
+//! Keys on a real SoftHSM2 token: PKCS#11 attributes read back after generate and import,
+//! import with and without `--destroy-source`. No-overwrite and the signature checks shared
+//! with the TPM are in `conformance.rs`.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use keyward_tests::checks::{openssl_verifies, pss_sigopts};
 use keyward_tests::softhsm::{private_key_listing, probe_private_key};
 use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, Site};
@@ -40,38 +40,6 @@ fn generated_keys_are_sensitive_never_extractable_and_cannot_be_read() {
     let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
     assert!(list.contains("site-1") && list.contains("rsa-2048") && list.contains("generated"), "{list}");
     assert!(list.contains("tls-ec") && list.contains("p-256"), "{list}");
-}
-
-#[test]
-fn generate_over_an_existing_name_fails_and_the_old_key_still_signs() {
-    let site = Site::new();
-    site.generate("site-1", "rsa-2048");
-    let before = std::fs::read(site.public_pem("site-1")).unwrap();
-
-    let again = site.keyward(&["key", "generate", "site-1", "--algorithm", "p-256"]);
-    assert_eq!(again.status.code(), Some(5), "exit code for key exists");
-    let stderr = String::from_utf8_lossy(&again.stderr);
-    assert!(stderr.contains("already exists") && stderr.contains("site-1"), "{stderr}");
-
-    assert_eq!(std::fs::read(site.public_pem("site-1")).unwrap(), before, "public key changed");
-    let agent = keyward_tests::AgentProcess::start(&site);
-    let msg = site.path("msg");
-    std::fs::write(&msg, b"site-1nonce").unwrap();
-    let sig = site.path("sig");
-    site.keyward_ok(&[
-        "sign",
-        "site-1",
-        "--profile",
-        "nvflare",
-        "--in",
-        msg.to_str().unwrap(),
-        "--out",
-        sig.to_str().unwrap(),
-    ]);
-    let pem = site.public_pem("site-1");
-    let salt222 = pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
-    assert!(openssl_verifies(&pem, &msg, &sig, "-sha256", &salt222), "openssl verify of the old key's signature");
-    drop(agent);
 }
 
 fn make_pem_key(site: &Site, name: &str, kind: &str) -> std::path::PathBuf {
