@@ -19,10 +19,22 @@ pub trait AgentSite {
     /// The agent's audit log.
     fn audit_log(&self) -> PathBuf;
 
-    /// The audit records, parsed.
+    /// The audit records, parsed, oldest first: the rotated files (`audit.log.1`, `.2`, …)
+    /// in order, then the current one.
     fn audit_records(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
-        text.lines().map(|l| serde_json::from_str(l).expect("audit line is JSON")).collect()
+        let log = self.audit_log();
+        let mut files: Vec<(u64, PathBuf)> = (1..)
+            .map(|n| (n, PathBuf::from(format!("{}.{n}", log.display()))))
+            .take_while(|(_, path)| path.exists())
+            .collect();
+        files.push((u64::MAX, log));
+        files
+            .iter()
+            .flat_map(|(_, path)| {
+                std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>()
+            })
+            .map(|l| serde_json::from_str(&l).expect("audit line is JSON"))
+            .collect()
     }
 
     /// Runs `keyward ARGS` and returns its output.
