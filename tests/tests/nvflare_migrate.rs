@@ -1,6 +1,6 @@
 //! `keyward nvflare migrate` on a startup kit shaped like `nvflare provision`'s (made with
 //! openssl here; the live-federation test in python/ uses a real provisioned kit): the key
-//! moves into the token, the kit keeps no private key, the agent gets the kit's trust, and
+//! moves into the token (or the TPM: the same case on swtpm), the kit keeps no private key, the agent gets the kit's trust, and
 //! kits the change would break are refused untouched.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
@@ -8,9 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use keyward_tests::tools::assert_success;
-use keyward_tests::{openssl, AgentProcess, Site, TestCa};
+use keyward_tests::{openssl, AgentProcess, AgentSite, Site, TestCa, TpmSite};
 
-fn make_kit(site: &Site) -> PathBuf {
+fn make_kit(site: &impl AgentSite) -> PathBuf {
     let dir = site.path("site-1/startup");
     std::fs::create_dir_all(&dir).unwrap();
     let pki = site.path("provision");
@@ -37,7 +37,22 @@ fn kit_holds_a_private_key(dir: &Path) -> bool {
 #[test]
 fn migrate_moves_the_key_into_the_token_and_leaves_a_reference() {
     let site = Site::new();
-    let kit = make_kit(&site);
+    let config = site.config.clone();
+    migrate_moves_the_key_and_leaves_a_reference(&site, &config);
+}
+
+#[test]
+fn migrate_moves_the_key_into_the_tpm_and_leaves_a_reference() {
+    let site = TpmSite::new();
+    let config = site.config().to_owned();
+    migrate_moves_the_key_and_leaves_a_reference(&site, &config);
+}
+
+/// The key moves into the backend (imported, certificate installed), the kit keeps a
+/// reference and no key, the config gets the kit's trust, the agent serves the flow, and a
+/// second migration is refused.
+fn migrate_moves_the_key_and_leaves_a_reference(site: &impl AgentSite, config: &Path) {
+    let kit = make_kit(site);
     let cert_spki = openssl(&["x509", "-in", kit.join("client.crt").to_str().unwrap(), "-pubkey", "-noout"]).stdout;
     assert!(kit_holds_a_private_key(&kit));
 
@@ -53,14 +68,14 @@ fn migrate_moves_the_key_into_the_token_and_leaves_a_reference() {
     assert!(line.contains("imported") && line.ends_with("yes"), "{list}");
     let public = std::fs::read_to_string(site.public_pem("site-1")).unwrap();
     assert_eq!(public.as_bytes(), cert_spki.as_slice());
-    let config = std::fs::read_to_string(&site.config).unwrap();
+    let config = std::fs::read_to_string(config).unwrap();
     assert!(config.contains("[keys.site-1.nvflare]") && config.contains("server_identity = \"server1\""), "{config}");
 
     // The agent starts with the kit's trust and serves the NVFlare flow for the key.
-    let _agent = AgentProcess::start(&site);
+    let _agent = AgentProcess::start(site);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut c = keyward_agent::client::AgentClient::connect(&site.socket).await.unwrap();
+        let mut c = keyward_agent::client::AgentClient::connect(&site.socket()).await.unwrap();
         let key = keyward_core::KeyId::new("site-1").unwrap();
         assert!(c.call(keyward_core::protocol::Operation::NvflareChallenge { key }).await.is_ok());
     });
