@@ -1,7 +1,7 @@
 //! `keyward nvflare migrate` on a startup kit shaped like `nvflare provision`'s (made with
 //! openssl here; the live-federation test in python/ uses a real provisioned kit): the key
-//! moves into the token (or the TPM: the same case on swtpm), the kit keeps no private key, the agent gets the kit's trust, and
-//! kits the change would break are refused untouched.
+//! moves into the token (or the TPM: the same case on swtpm), the kit keeps no private key,
+//! the agent gets the kit's trust, and kits the change would break are refused untouched.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
