@@ -5,8 +5,10 @@
 # Purpose:  fuzz the parsers of data that comes from outside the machine: the
 #           socket's frame decoder and request parser, the NVFlare server
 #           reply check, certificate parsing, and the PEM private-key import.
-#           Each target starts from its committed seeds (fuzz/seeds/<target>)
-#           plus what earlier runs found (fuzz/corpus/<target>, not committed).
+#           Each target starts from its committed seeds (fuzz/seeds/<target>;
+#           for private_key, keys made fresh by fuzz/seeds/private_key.sh, so no
+#           private key is committed) plus what earlier runs found
+#           (fuzz/corpus/<target>, not committed).
 #           Prints one line per target: executions, seconds, corpus size.
 #
 # Usage:    softhsm-setup/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
@@ -57,13 +59,18 @@ targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
 log "building the targets: ${targets//$'\n'/ }"
 cargo fuzz build
 
+# The private_key target's seeds are keys: made here each run, never committed.
+bash seeds/private_key.sh generated/private_key
+
 failed=()
 for target in $targets; do
     mkdir -p "corpus/$target" "artifacts/$target"
     out="artifacts/$target/last-run.log"
     log "running $target for ${SECONDS_PER_TARGET}s"
     status=0
-    cargo fuzz run "$target" "corpus/$target" "seeds/$target" -- \
+    seeds="seeds/$target"
+    [[ -d "$seeds" ]] || seeds="generated/$target"
+    cargo fuzz run "$target" "corpus/$target" "$seeds" -- \
         -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
         >"$out" 2>&1 || status=$?
     runs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$out" | grep -o '[0-9]*$' | tail -n1)"

@@ -16,11 +16,9 @@ openssl x509 -req -in server.csr -CA rootCA.pem -CAkey rootCA.key -CAcreateseria
 printf 'server0f8fad5b-d9cb-469f-a165-70867728950e' > signed.txt
 openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:-2 -sign server.key -out server.sig signed.txt
 openssl x509 -in server.pem -outform DER -out server.der
-openssl pkey -in server.key -traditional -out server.pkcs1.pem 2>/dev/null || openssl rsa -in server.key -traditional -out server.pkcs1.pem 2>/dev/null
-openssl ecparam -name prime256v1 -genkey -noout -out ec.sec1.pem
-openssl pkcs8 -topk8 -nocrypt -in ec.sec1.pem -out ec.pkcs8.pem
 
-mkdir -p "$seeds"/{server_reply,certificate,private_key,frame_request}
+mkdir -p "$seeds"/{server_reply,certificate,frame_request}
+# (the private_key seeds are made at run time: ../private_key.sh)
 # server_reply: mode, 2-byte length, certificate, signature.
 python3 - "$seeds" <<'PY'
 import struct, sys
@@ -35,17 +33,6 @@ open(seeds + "/certificate/server_pem", "wb").write(b"\0" + pem)
 open(seeds + "/certificate/server_der", "wb").write(b"\1" + der)
 open(seeds + "/certificate/root_pem", "wb").write(b"\0" + open(pki + "rootCA.pem", "rb").read())
 open(seeds + "/certificate/chain_pem", "wb").write(b"\0" + pem + open(pki + "rootCA.pem", "rb").read())
-import base64
-def der_of(path):
-    lines = open(path).read().strip().splitlines()
-    return base64.b64decode("".join(l for l in lines if not l.startswith("-----")))
-open(seeds + "/private_key/rsa_pkcs1_pem", "wb").write(b"\0" + open(pki + "server.pkcs1.pem", "rb").read())
-open(seeds + "/private_key/rsa_pkcs8_pem", "wb").write(b"\0" + open(pki + "server.key", "rb").read())
-open(seeds + "/private_key/ec_sec1_pem", "wb").write(b"\0" + open(pki + "ec.sec1.pem", "rb").read())
-open(seeds + "/private_key/rsa_pkcs1_der", "wb").write(b"\1" + der_of(pki + "server.pkcs1.pem"))
-open(seeds + "/private_key/rsa_pkcs8_der", "wb").write(b"\3" + der_of(pki + "server.key"))
-open(seeds + "/private_key/ec_sec1_der", "wb").write(b"\5" + der_of(pki + "ec.sec1.pem"))
-open(seeds + "/private_key/ec_pkcs8_der", "wb").write(b"\3" + der_of(pki + "ec.pkcs8.pem"))
 def frame(body):
     return struct.pack(">I", len(body)) + body
 reqs = [
@@ -64,4 +51,4 @@ for i, r in enumerate(reqs):
     open(seeds + "/frame_request/req%02d" % i, "wb").write(r)
 open(seeds + "/frame_request/stream", "wb").write(b"".join(frame(r) for r in reqs))
 PY
-rm -f rootCA.key rootCA.srl server.csr ext.cnf signed.txt server.der server.sig server.pem server.key server.pkcs1.pem ec.sec1.pem ec.pkcs8.pem
+rm -f rootCA.key rootCA.srl server.csr ext.cnf signed.txt server.der server.sig server.pem server.key
