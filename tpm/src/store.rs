@@ -72,38 +72,14 @@ impl TpmStore {
     /// client flushed our primary or key, or the TPM was reset) reconnects at once and
     /// repeats `op` once: signing, decrypting and creating a key are safe to repeat.
     fn run<T>(&mut self, mut op: impl FnMut(&mut Connection) -> Result<T, Failure>) -> Result<T, StoreError> {
-        let tpm = self.shared.config.tcti.to_string();
         let mut repeated = false;
         loop {
-            if self.conn.is_none() {
-                if let Some((at, last)) = &self.retry_connect_at {
-                    if Instant::now() < *at {
-                        let what =
-                            format!("TPM `{tpm}` (last connect failed: {last}; retrying at most once per second)");
-                        return Err(StoreError::Unavailable { what, source: None });
-                    }
-                }
-                match Connection::open(&self.shared) {
-                    Ok(conn) => {
-                        tracing::info!(tpm = %tpm, "connected to TPM");
-                        self.retry_connect_at = None;
-                        // A persistent key's public area is read again from the (maybe new) TPM.
-                        self.cache.retain(|_, (stamp, _)| stamp.is_some());
-                        self.conn = Some(conn);
-                    }
-                    Err(e) => {
-                        let last = keyward_core::error::chain(&e);
-                        self.retry_connect_at = Some((Instant::now() + RECONNECT_INTERVAL, last));
-                        return Err(e.into_store_error(&tpm));
-                    }
-                }
-            }
-            let Some(conn) = self.conn.as_mut() else { continue };
-            let e = match op(conn) {
+            let e = match op(self.connection()?) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Store(e)) => return Err(e),
                 Err(Failure::Tpm(e)) => e,
             };
+            let tpm = self.shared.config.tcti.to_string();
             if e.is_stale_handle() && !repeated {
                 tracing::warn!(tpm = %tpm, error = %keyward_core::error::chain(&e), "TPM objects were flushed under us; reconnecting and repeating once");
                 self.conn = None;
@@ -120,6 +96,35 @@ impl TpmStore {
                 self.auth_rejected = true;
             }
             return Err(err);
+        }
+    }
+
+    /// The open connection; without one, connects first, at most once per
+    /// [`RECONNECT_INTERVAL`] while the TPM is unreachable (in between, the last error).
+    fn connection(&mut self) -> Result<&mut Connection, StoreError> {
+        let slot = match &mut self.conn {
+            Some(conn) => return Ok(conn),
+            slot @ None => slot,
+        };
+        let tpm = self.shared.config.tcti.to_string();
+        if let Some((at, last)) = &self.retry_connect_at {
+            if Instant::now() < *at {
+                let what = format!("TPM `{tpm}` (last connect failed: {last}; retrying at most once per second)");
+                return Err(StoreError::Unavailable { what, source: None });
+            }
+        }
+        match Connection::open(&self.shared) {
+            Ok(conn) => {
+                tracing::info!(tpm = %tpm, "connected to TPM");
+                self.retry_connect_at = None;
+                // A persistent key's public area is read again from the (maybe new) TPM.
+                self.cache.retain(|_, (stamp, _)| stamp.is_some());
+                Ok(slot.insert(conn))
+            }
+            Err(e) => {
+                self.retry_connect_at = Some((Instant::now() + RECONNECT_INTERVAL, keyward_core::error::chain(&e)));
+                Err(e.into_store_error(&tpm))
+            }
         }
     }
 
@@ -141,14 +146,14 @@ impl TpmStore {
             self.cache.insert(id.clone(), (None, key.clone()));
             return Ok(key);
         }
-        let tpm = self.shared.config.tcti.to_string();
+        let tpm = || self.shared.config.tcti.to_string();
         let path = blob::path(&self.shared.config.key_dir, id);
         let stamp = match std::fs::metadata(&path) {
             Ok(meta) => FileStamp::of(&meta),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(StoreError::KeyNotFound { id: id.clone() })
             }
-            Err(source) => return Err(TpmError::Io { path, source }.into_store_error(&tpm)),
+            Err(source) => return Err(TpmError::Io { path, source }.into_store_error(&tpm())),
         };
         if let Some((Some(cached), key)) = self.cache.get(id) {
             if *cached == stamp {
@@ -156,7 +161,7 @@ impl TpmStore {
             }
         }
         let blob = blob::read(&self.shared.config.key_dir, id)
-            .map_err(|e| e.into_store_error(&tpm))?
+            .map_err(|e| e.into_store_error(&tpm()))?
             .ok_or_else(|| StoreError::KeyNotFound { id: id.clone() })?;
         let key = StoredKey::Wrapped(blob);
         self.cache.insert(id.clone(), (Some(stamp), key.clone()));

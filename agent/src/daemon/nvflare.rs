@@ -13,7 +13,7 @@ use keyward_core::{KeyId, SignProfile};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::ops::Failure;
-use super::Agent;
+use super::{Agent, Policies};
 use crate::audit::Peer;
 
 /// How long a registration session stays usable for `nvflare_verify_token`.
@@ -136,8 +136,8 @@ pub fn verify_token(
 /// (`site_cn + uuid`) is refused: registrations go through `nvflare_register`, where the
 /// agent verifies the server first. NVFlare's other use of the key, the cell cipher, signs
 /// `0x01 || nonce || ...`, which never has that shape.
-pub fn refuse_registration_shaped(agent: &Agent, key: &KeyId, data: &[u8]) -> Result<(), Failure> {
-    if agent.rules.load().policies.get(key).nvflare.is_none() || !ends_with_uuid(data) {
+pub fn refuse_registration_shaped(agent: &Agent, policies: &Policies, key: &KeyId, data: &[u8]) -> Result<(), Failure> {
+    if policies.get(key).nvflare.is_none() || !ends_with_uuid(data) {
         return Ok(());
     }
     // Only now (rare) read the installed certificate for the site CN.

@@ -8,7 +8,7 @@ use keyward_core::error::chain;
 use keyward_core::protocol::{decode_request, ErrorCode, KeyEntry, Operation, Reply, Response, StatusReport};
 use keyward_core::{KeyId, SignProfile, StoreError, TlsScheme};
 
-use super::policy::{KeyUse, Refusal};
+use super::policy::{KeyUse, Policies, Refusal};
 use super::{nvflare, status, Agent, Stats};
 use crate::audit::{micros, sha256_hex, AuditRecord, Peer};
 
@@ -154,9 +154,11 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
                         .map_err(|message| Failure { code: ErrorCode::InvalidRequest, message })?,
                 )
             };
-            agent.rules.load().policies.admit(&key, &peer, KeyUse::Sign(&profile))?;
-            nvflare::refuse_registration_shaped(agent, &key, &data)?;
-            let (signature, used) = sign(agent, key, explicit, data).await?;
+            // One snapshot of the rules for the whole request (a SIGHUP may swap them).
+            let rules = agent.rules.load();
+            rules.policies.admit(&key, &peer, KeyUse::Sign(&profile))?;
+            nvflare::refuse_registration_shaped(agent, &rules.policies, &key, &data)?;
+            let (signature, used) = sign(agent, &rules.policies, key, explicit, data).await?;
             Stats::bump(&agent.stats.signatures);
             let extra = AuditExtra { profile: Some(used), signed: None };
             return Ok((Reply::Signature { profile: used.name().to_owned(), signature }, extra));
@@ -214,16 +216,21 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
 /// resolved profile outside `keys.<name>.profiles` is refused before the token is asked.
 async fn sign(
     agent: &Agent,
+    policies: &Policies,
     key: KeyId,
     explicit: Option<SignProfile>,
     data: Vec<u8>,
 ) -> Result<(Vec<u8>, SignProfile), Failure> {
     // What plain `tls` may resolve to, decided here: the worker has no access to the policy.
-    let allowed: Vec<SignProfile> = [TlsScheme::RsaPssSha256, TlsScheme::EcdsaP256Sha256]
-        .into_iter()
-        .map(SignProfile::Tls)
-        .filter(|p| agent.rules.load().policies.allows_profile(&key, *p))
-        .collect();
+    // An explicit profile (NVFlare, the tunnel) was already admitted and needs no list.
+    let allowed: Vec<SignProfile> = match explicit {
+        Some(_) => Vec::new(),
+        None => [TlsScheme::RsaPssSha256, TlsScheme::EcdsaP256Sha256]
+            .into_iter()
+            .map(SignProfile::Tls)
+            .filter(|p| policies.allows_profile(&key, *p))
+            .collect(),
+    };
     let id = key.clone();
     let signed = agent
         .store
