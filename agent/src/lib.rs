@@ -7,7 +7,7 @@
 //! - [`client`]: the socket client used by the CLI, tests and benchmarks; [`blocking_client`]
 //!   is its synchronous twin.
 //! - [`tls`]: a rustls signing key backed by the agent, and the `keyward tunnel` relay.
-//! - `cli/`: the clap command line.
+//! - `cli/`: the clap command line; [`kit_file`]: files in folders another user may change.
 
 pub mod audit;
 pub mod audit_chain;
@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod files;
 pub mod hygiene;
+pub mod kit_file;
 pub mod notify;
 pub mod store_handle;
 pub mod store_health;
