@@ -167,3 +167,270 @@ fn an_admin_kit_migrates_with_the_server_identity_from_fed_admin_json() {
     let config = std::fs::read_to_string(&site.config).unwrap();
     assert!(config.contains("[keys.admin.nvflare]") && config.contains("server_identity = \"server1\""), "{config}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Root runs the migration on a kit its owner (the NVFlare user) can change at any moment.
+
+/// The kit's files by name: type and content (symbolic links by target).
+fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, (String, Vec<u8>)> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            let content = if meta.file_type().is_symlink() {
+                std::fs::read_link(e.path()).unwrap().into_os_string().into_encoded_bytes()
+            } else if meta.is_file() {
+                std::fs::read(e.path()).unwrap()
+            } else {
+                Vec::new()
+            };
+            (e.file_name().into_string().unwrap(), (format!("{:?}", meta.file_type()), content))
+        })
+        .collect()
+}
+
+/// Hands the kit to uid/gid 65534, as a kit owned by the NVFlare user.
+fn give_kit_to_nobody(kit: &Path) {
+    std::os::unix::fs::chown(kit, Some(65534), Some(65534)).unwrap();
+    for e in std::fs::read_dir(kit).unwrap() {
+        std::os::unix::fs::lchown(e.unwrap().path(), Some(65534), Some(65534)).unwrap();
+    }
+}
+
+fn token_has(site: &Site, name: &str) -> bool {
+    let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
+    list.lines().any(|l| l.split_whitespace().next() == Some(name))
+}
+
+/// Runs `keyward ARGS`, killing it after `secs` (a FIFO used to hang the old code).
+fn keyward_with_deadline(site: &Site, args: &[&str], secs: u64) -> std::process::Output {
+    let child = site
+        .command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output().unwrap()).unwrap());
+    rx.recv_timeout(std::time::Duration::from_secs(secs)).unwrap_or_else(|_| {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+        panic!("`keyward {}` still running after {secs} s", args.join(" "))
+    })
+}
+
+/// The kit's owner waits until migrate has read `client.key` (inotify), then swaps it for a
+/// symbolic link to a file of root's. The old code, which opened the path again to overwrite
+/// it, zeroed that file and exited 0.
+#[test]
+fn a_kit_owner_who_swaps_client_key_for_a_symlink_during_the_import_changes_no_other_file() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let site = Site::new();
+    let kit = make_kit(&site);
+    give_kit_to_nobody(&kit);
+    let sentinel = site.path("root-owned-file");
+    std::fs::write(&sentinel, "precious").unwrap();
+
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK).unwrap();
+    inotify.add_watch(&kit.join("client.key"), AddWatchFlags::IN_ACCESS | AddWatchFlags::IN_CLOSE_NOWRITE).unwrap();
+    let (kit2, sentinel2) = (kit.clone(), sentinel.clone());
+    let attacker = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while inotify.read_events().map(|e| e.is_empty()).unwrap_or(true) {
+            assert!(std::time::Instant::now() < deadline, "migrate never read client.key");
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        std::fs::rename(kit2.join("client.key"), kit2.join("client.key.moved")).unwrap();
+        std::os::unix::fs::symlink(&sentinel2, kit2.join(".swap")).unwrap();
+        std::fs::rename(kit2.join(".swap"), kit2.join("client.key")).unwrap();
+    });
+
+    let out = site.keyward(&["nvflare", "migrate", kit.to_str().unwrap()]);
+    attacker.join().unwrap();
+    assert!(std::fs::read_to_string(&sentinel).unwrap() == "precious", "migrate wrote through the swapped name");
+    assert!(!out.status.success(), "a kit changed under the migration must not end in success: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("was replaced while keyward worked on it"), "{stderr}");
+    assert!(std::fs::symlink_metadata(kit.join("client.key")).unwrap().file_type().is_symlink());
+    assert!(!kit.join(".client.key.keyward").exists(), "the staged reference is cleaned up");
+    // The key file that was read is zeroed through the handle that read it.
+    assert!(!kit_holds_a_private_key(&kit));
+}
+
+/// A `client.key` that is already a symbolic link (to a key file of root's) or a FIFO is
+/// refused before anything changes: the old code imported the link's target and zeroed it,
+/// and hung on the FIFO.
+#[test]
+fn a_client_key_that_is_a_symlink_or_a_fifo_is_refused_before_anything_changes() {
+    let site = Site::new();
+    let kit = make_kit(&site);
+    let real_key = site.path("root-key.pem");
+    std::fs::rename(kit.join("client.key"), &real_key).unwrap();
+    let key_bytes = std::fs::read(&real_key).unwrap();
+    std::os::unix::fs::symlink(&real_key, kit.join("client.key")).unwrap();
+    give_kit_to_nobody(&kit);
+    let before = snapshot(&kit);
+
+    let out = keyward_with_deadline(&site, &["nvflare", "migrate", kit.to_str().unwrap()], 30);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"), "{out:?}");
+    assert_eq!(std::fs::read(&real_key).unwrap(), key_bytes, "the link's target must be untouched");
+    assert_eq!(snapshot(&kit), before);
+    assert!(!token_has(&site, "site-1"));
+
+    std::fs::remove_file(kit.join("client.key")).unwrap();
+    nix::unistd::mkfifo(&kit.join("client.key"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let before = snapshot(&kit);
+    for args in [vec!["nvflare", "migrate", kit.to_str().unwrap()], vec!["nvflare", "enroll", kit.to_str().unwrap(), "--key", "site-1"]] {
+        let out = keyward_with_deadline(&site, &args, 30);
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is a FIFO, not a regular file"), "{out:?}");
+        assert_eq!(snapshot(&kit), before);
+    }
+    assert!(!token_has(&site, "site-1"));
+}
+
+/// Every precondition is checked before the key is imported: a refused migration leaves the
+/// token without the key, the kit byte-identical and the config as it was.
+#[test]
+fn every_failing_precondition_leaves_the_token_the_kit_and_the_config_unchanged() {
+    let site = Site::new();
+    let kit = make_kit(&site);
+    let config_before = std::fs::read(&site.config).unwrap();
+    let pki = site.path("other-pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let ca = TestCa::new(&pki, "other");
+    let (bad_ku_key, bad_ku_cert) = ca.leaf("/CN=site-1/O=nvidia", "bad-ku", "keyUsage=critical,keyEncipherment\n");
+    let fed = |target: &str, identity: &str| {
+        format!(
+            r#"{{"format_version": 2, "servers": [{{"name": "p", {identity} "service": {{"scheme": "grpc", "target": "{target}"}}}}],
+            "client": {{"connection_security": "tls"}}}}"#
+        )
+    };
+
+    type Setup<'a> = Box<dyn Fn(&Path) + 'a>;
+    let cases: Vec<(&str, Setup, &str)> = vec![
+        (
+            "kit not writable",
+            Box::new(|k: &Path| assert_success(&std::process::Command::new("chattr").arg("+i").arg(k).output().unwrap(), "chattr")),
+            "creating",
+        ),
+        ("client.crt does not parse", Box::new(|k: &Path| std::fs::write(k.join("client.crt"), "junk").unwrap()), "client.crt"),
+        (
+            "rootCA.pem is not a CA",
+            Box::new(|k: &Path| std::fs::copy(k.join("client.crt"), k.join("rootCA.pem")).map(drop).unwrap()),
+            "not a CA certificate",
+        ),
+        ("rootCA.pem does not parse", Box::new(|k: &Path| std::fs::write(k.join("rootCA.pem"), "junk").unwrap()), "rootCA.pem"),
+        ("fed_client.json does not parse", Box::new(|k: &Path| std::fs::write(k.join("fed_client.json"), "{").unwrap()), "parsing"),
+        (
+            "target does not parse",
+            Box::new(|k: &Path| std::fs::write(k.join("fed_client.json"), fed("[::1", r#""identity": "server1","#)).unwrap()),
+            "target",
+        ),
+        (
+            "no identity and a target without a port",
+            Box::new(|k: &Path| std::fs::write(k.join("fed_client.json"), fed("server1", "")).unwrap()),
+            "target",
+        ),
+        (
+            "client.crt NVFlare would reject",
+            Box::new(|k: &Path| {
+                std::fs::copy(&bad_ku_key, k.join("client.key")).unwrap();
+                std::fs::copy(&bad_ku_cert, k.join("client.crt")).unwrap();
+                std::fs::copy(&ca.cert, k.join("rootCA.pem")).unwrap();
+            }),
+            "digitalSignature",
+        ),
+    ];
+    for (what, setup, message) in cases {
+        let pristine = snapshot(&kit);
+        setup(&kit);
+        let before = snapshot(&kit);
+        let out = site.keyward(&["nvflare", "migrate", kit.to_str().unwrap()]);
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&kit).output();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: migrated anyway");
+        assert!(stderr.contains(message), "{what}: {stderr}");
+        assert!(!token_has(&site, "site-1"), "{what}: the key was imported by a refused migration");
+        assert_eq!(snapshot(&kit), before, "{what}: the kit changed");
+        assert_eq!(std::fs::read(&site.config).unwrap(), config_before, "{what}: the config changed");
+        // Back to the good kit for the next case.
+        for (name, (_, bytes)) in &pristine {
+            std::fs::write(kit.join(name), bytes).unwrap();
+        }
+    }
+
+    // An IPv6 target with its port parses (and an identity-less kit takes the host from it).
+    std::fs::write(kit.join("fed_client.json"), fed("[::1]:8002", "")).unwrap();
+    site.keyward_ok(&["nvflare", "migrate", kit.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&site.config).unwrap().contains("server_identity = \"::1\""));
+}
+
+/// The agent trusts its own copy of the kit's root CA: what the kit's owner writes into the
+/// kit afterwards changes nothing.
+#[test]
+fn the_trust_anchor_is_copied_into_the_agents_state_and_the_kits_file_no_longer_counts() {
+    let site = Site::new();
+    let kit = make_kit(&site);
+    let root_before = std::fs::read(kit.join("rootCA.pem")).unwrap();
+    site.keyward_ok(&["nvflare", "migrate", kit.to_str().unwrap()]);
+
+    let config: toml::Table = toml::from_str(&std::fs::read_to_string(&site.config).unwrap()).unwrap();
+    let pinned = PathBuf::from(config["keys"]["site-1"]["nvflare"]["root_ca"].as_str().unwrap());
+    assert!(pinned.starts_with(&site.state_dir), "the config pins `{}`, not the agent's copy", pinned.display());
+    assert_eq!(std::fs::read(&pinned).unwrap(), root_before);
+    let meta = std::fs::metadata(&pinned).unwrap();
+    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o022, 0, "the copy is writable by others");
+
+    // The kit's owner replaces the kit's root CA: the agent's anchor stays the same.
+    let pki = site.path("evil-pki");
+    std::fs::create_dir_all(&pki).unwrap();
+    let evil = TestCa::new(&pki, "evil");
+    std::fs::copy(&evil.cert, kit.join("rootCA.pem")).unwrap();
+    assert_eq!(std::fs::read(&pinned).unwrap(), root_before);
+    let _agent = AgentProcess::start(&site);
+}
+
+/// A fake venv of uid 65534 whose `bin/python` records who ran it.
+fn fake_venv(site: &Site) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    // uid 65534 must reach its venv inside the test's folder.
+    std::fs::set_permissions(site.path(""), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let venv = site.path("nvflare-venv");
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
+    let python = venv.join("bin/python");
+    std::fs::write(&python, "#!/bin/sh\nd=$(dirname \"$0\")/..\nid -u >\"$d/ran-as\"\nid -G >>\"$d/ran-as\"\n").unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for p in [venv.clone(), venv.join("bin"), venv.join("pyvenv.cfg"), python] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    venv
+}
+
+/// `--python` run by root installs the plug-in as the venv's owner (no root groups), and a
+/// venv others can write is refused before the key is imported.
+#[test]
+fn the_plugin_is_installed_as_the_venvs_owner_never_as_root() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new();
+    let kit = make_kit(&site);
+    let venv = fake_venv(&site);
+    let python = venv.join("bin/python");
+
+    std::fs::set_permissions(&venv, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let before = snapshot(&kit);
+    let out = site.keyward(&["nvflare", "migrate", kit.to_str().unwrap(), "--python", python.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("writable by others"), "{out:?}");
+    assert!(!venv.join("ran-as").exists());
+    assert!(!token_has(&site, "site-1"));
+    assert_eq!(snapshot(&kit), before);
+
+    std::fs::set_permissions(&venv, std::fs::Permissions::from_mode(0o755)).unwrap();
+    site.keyward_ok(&["nvflare", "migrate", kit.to_str().unwrap(), "--python", python.to_str().unwrap()]);
+    let ran_as = std::fs::read_to_string(venv.join("ran-as")).unwrap();
+    assert_eq!(ran_as, "65534\n65534\n", "the installer ran as uid/groups {ran_as:?}, not as the venv's owner");
+}
