@@ -103,17 +103,12 @@ impl CertStore {
         keys
     }
 
-    /// Checks and installs `pem_text` for `key` whose public key is `public`.
+    /// Checks `pem_text` as [`CertStore::install`] would, writing nothing: the leaf belongs
+    /// to `public`, is valid now, and allows what NVFlare needs. Returns the certificate blocks.
     ///
     /// # Errors
-    /// [`CertError`] naming what is wrong; nothing is written then.
-    pub fn install(
-        &self,
-        key: &KeyId,
-        public: &PublicKey,
-        pem_text: &[u8],
-        source: &Path,
-    ) -> Result<Installed, CertError> {
+    /// [`CertError`] naming what is wrong.
+    pub fn check(key: &KeyId, public: &PublicKey, pem_text: &[u8], source: &Path) -> Result<Vec<::pem::Pem>, CertError> {
         let blocks: Vec<::pem::Pem> = ::pem::parse_many(pem_text)
             .map_err(|_| CertError::NoCertificate(source.display().to_string()))?
             .into_iter()
@@ -125,7 +120,21 @@ impl CertStore {
         }
         let (_, cert) = X509Certificate::from_der(leaf.contents()).map_err(|_| CertError::Malformed { index: 0 })?;
         check_leaf(key, public, &cert)?;
+        Ok(blocks)
+    }
 
+    /// Checks and installs `pem_text` for `key` whose public key is `public`.
+    ///
+    /// # Errors
+    /// [`CertError`] naming what is wrong; nothing is written then.
+    pub fn install(
+        &self,
+        key: &KeyId,
+        public: &PublicKey,
+        pem_text: &[u8],
+        source: &Path,
+    ) -> Result<Installed, CertError> {
+        let blocks = Self::check(key, public, pem_text, source)?;
         let lf = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
         let canonical: String = blocks.iter().map(|b| ::pem::encode_config(b, lf)).collect();
         let path = self.path(key);

@@ -187,6 +187,15 @@ impl KitDir {
         &self.path
     }
 
+    /// Owner and group of the folder.
+    ///
+    /// # Errors
+    /// The failed `fstat`.
+    pub fn owner(&self) -> Result<(u32, u32)> {
+        let st = rustix::fs::fstat(&self.fd).map_err(io("inspecting", &self.path))?;
+        Ok((st.st_uid, st.st_gid))
+    }
+
     /// The path of `name` in the folder, for messages.
     pub fn join(&self, name: &str) -> PathBuf {
         self.path.join(name)

@@ -1,6 +1,7 @@
 //! `keyward key generate | import | list | public`: key management straight on the token.
 //! Import proves itself with a sign-and-verify round trip before `--destroy-source` may
-//! overwrite and remove the source file.
+//! overwrite and remove the source file, through the one no-follow handle it was read with
+//! (`kit_file.rs`): a link or a FIFO as the source, or a source swapped meanwhile, is refused.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,9 +10,9 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use keyward_core::private_key::PrivateKeyMaterial;
 use keyward_core::{KeyAlgorithm, KeyId, KeyStore, SignProfile, TlsScheme};
-use zeroize::Zeroizing;
 
 use crate::config::Config;
+use crate::kit_file::{Access, KitDir};
 
 /// `keyward key ...`
 #[derive(Debug, Subcommand)]
@@ -99,8 +100,18 @@ pub fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
     Ok(())
 }
 
+/// Largest key file read (a PEM RSA-3072 key is about 2.5 kB).
+const MAX_KEY_BYTES: u64 = 64 << 10;
+
 fn import(store: &mut dyn KeyStore, name: &KeyId, from: &Path, destroy_source: bool) -> Result<()> {
-    let text = Zeroizing::new(std::fs::read(from).with_context(|| format!("reading `{}`", from.display()))?);
+    // With --destroy-source the file is opened once, without following links in its path,
+    // and that handle serves the read, the overwrite and the same-file check before unlink.
+    let file_name = from.file_name().and_then(|n| n.to_str()).with_context(|| format!("`{}` names no file", from.display()))?;
+    let dir = KitDir::open(from.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")))
+        .with_context(|| format!("opening the folder of `{}`", from.display()))?;
+    let access = if destroy_source { Access::ReadWrite } else { Access::Read };
+    let mut source = dir.open_file(file_name, access).with_context(|| format!("opening `{}`", from.display()))?;
+    let text = source.read_all(MAX_KEY_BYTES)?;
     let material = PrivateKeyMaterial::from_pem(&text).with_context(|| format!("parsing `{}`", from.display()))?;
     let expected = material.public_key().clone();
     store.import(name, &material).with_context(|| format!("importing `{}` as `{name}`", from.display()))?;
@@ -124,28 +135,13 @@ fn import(store: &mut dyn KeyStore, name: &KeyId, from: &Path, destroy_source: b
     );
 
     if destroy_source {
-        destroy(from, text.len())?;
+        dir.destroy(source).with_context(|| format!("the key is in the token as `{name}`, but `{}` was not removed", from.display()))?;
         eprintln!("overwrote and removed `{}`", from.display());
     } else {
         eprintln!(
             "WARNING: `{}` still exists and is a full copy of this key. Anyone who reads it can act as this site.\n         Remove it (keyward key import ... --destroy-source, or shred -u) once you no longer need it.",
             from.display()
         );
-    }
-    Ok(())
-}
-
-/// Overwrites the file with zeros, syncs, and unlinks it. (On copy-on-write or journaling
-/// file systems and SSDs the old blocks may survive; docs/security.md says so.)
-pub(super) fn destroy(path: &Path, len: usize) -> Result<()> {
-    let mut file =
-        std::fs::OpenOptions::new().write(true).open(path).with_context(|| format!("opening `{}`", path.display()))?;
-    file.write_all(&vec![0u8; len.max(4096)])?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::remove_file(path).with_context(|| format!("removing `{}`", path.display()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
 }

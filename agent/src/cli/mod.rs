@@ -12,6 +12,8 @@ mod cert;
 mod init;
 mod keys;
 mod nvflare;
+mod nvflare_kit;
+mod nvflare_plugin;
 mod serve;
 mod tunnel;
 

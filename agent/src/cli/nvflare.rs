@@ -1,10 +1,18 @@
 //! `keyward nvflare migrate`: moves an NVFlare site's startup-kit key into the token. The
 //! key is imported (non-extractable), proven against `client.crt` with a sign/verify round
-//! trip, the certificate installed, the agent's `[keys.<name>.nvflare]` trust written from the
-//! kit (`rootCA.pem`, the server identity in `fed_client.json`), and `client.key` overwritten,
-//! removed and replaced by a key reference (format: docs/nvflare-plugin.md). A kit with a
-//! `signature.json` is refused: changing `client.key` would make NVFlare reject the kit.
+//! trip, the certificate installed, the kit's root CA copied into the agent's state and
+//! pinned with the server identity in `[keys.<name>.nvflare]`, and `client.key` overwritten
+//! and replaced by a key reference (format: docs/nvflare-plugin.md). `enroll` wires a key
+//! made in the token into a kit the same way.
+//!
+//! Root runs these on a kit its owner (the NVFlare user) can change at any moment: every
+//! check (`nvflare_kit.rs`) comes before the import, so a refused migration changes nothing;
+//! kit files are reached only through no-follow handles (`kit_file.rs`), `client.key` through
+//! one handle for the read, the overwrite and the same-file check; and the plug-in installer
+//! runs as the venv's owner (`nvflare_plugin.rs`). A kit with a `signature.json` is refused:
+//! changing `client.key` would make NVFlare reject the kit.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -12,11 +20,12 @@ use clap::Subcommand;
 use keyward_core::nvflare::{key_reference, KEY_REFERENCE_LABEL};
 use keyward_core::private_key::PrivateKeyMaterial;
 use keyward_core::{KeyId, SignProfile};
-use x509_parser::prelude::{FromDer, X509Certificate};
-use zeroize::Zeroizing;
 
+use super::nvflare_kit::{read_kit, Kit, KEY_FILE, MAX_KEY_BYTES, STAGED_REFERENCE};
+use super::nvflare_plugin;
 use crate::certs::CertStore;
 use crate::config::Config;
+use crate::kit_file::Access;
 
 /// `keyward nvflare ...`
 #[derive(Debug, Subcommand)]
@@ -58,73 +67,6 @@ pub fn run(config_path: &Path, config: &Config, cmd: NvflareCommand) -> Result<(
     }
 }
 
-struct Kit {
-    key: PathBuf,
-    cert: PathBuf,
-    root_ca: PathBuf,
-    server_identity: String,
-    connection_security: String,
-}
-
-fn read_kit(startup: &Path) -> Result<Kit> {
-    let signature = startup.join("signature.json");
-    if signature.exists() {
-        bail!(
-            "`{}` exists: NVFlare checks client.key and fed_client.json against it at start, so replacing client.key would stop the site. Re-provision the kit without SignatureBuilder, or enroll a new key instead",
-            signature.display()
-        );
-    }
-    let kit = |name: &str| -> Result<PathBuf> {
-        let p = startup.join(name);
-        if !p.exists() {
-            bail!("`{}` not found: is `{}` a site's or admin's startup folder?", p.display(), startup.display());
-        }
-        Ok(p)
-    };
-    // A site kit has fed_client.json; an admin (FLARE console / API user) kit fed_admin.json.
-    let admin = !startup.join("fed_client.json").exists() && startup.join("fed_admin.json").exists();
-    let fed = kit(if admin { "fed_admin.json" } else { "fed_client.json" })?;
-    let fed_json: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&fed)?).with_context(|| format!("parsing `{}`", fed.display()))?;
-    let (server_identity, connection_security) = if admin {
-        let a = &fed_json["admin"];
-        (a["server_identity"].as_str().or_else(|| a["host"].as_str()), a["connection_security"].as_str())
-    } else {
-        let server = &fed_json["servers"][0];
-        let identity = server["identity"]
-            .as_str()
-            .or_else(|| server["service"]["target"].as_str().and_then(|t| t.split(':').next()));
-        (identity, fed_json["client"]["connection_security"].as_str())
-    };
-    let server_identity =
-        server_identity.map(str::to_owned).with_context(|| format!("`{}` names no server identity", fed.display()))?;
-    let connection_security = connection_security.unwrap_or("mtls").to_owned();
-    Ok(Kit {
-        key: startup.join("client.key"),
-        cert: kit("client.crt")?,
-        root_ca: kit("rootCA.pem")?,
-        server_identity,
-        connection_security,
-    })
-}
-
-fn cert_cn_and_spki(cert_pem: &[u8]) -> Result<(String, Vec<u8>)> {
-    let block = ::pem::parse_many(cert_pem)?
-        .into_iter()
-        .find(|b| b.tag() == "CERTIFICATE")
-        .context("client.crt holds no certificate")?;
-    let (_, cert) =
-        X509Certificate::from_der(block.contents()).map_err(|_| anyhow::anyhow!("client.crt does not parse"))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|c| c.as_str().ok())
-        .context("client.crt has no CN")?
-        .to_owned();
-    Ok((cn, cert.public_key().raw.to_vec()))
-}
-
 fn migrate(
     config_path: &Path,
     config: &Config,
@@ -132,94 +74,98 @@ fn migrate(
     key: Option<KeyId>,
     python: Option<&Path>,
 ) -> Result<()> {
+    // Everything is checked before the key is imported, so a refused migration changes nothing.
     let kit = read_kit(startup)?;
-    let key_text = Zeroizing::new(std::fs::read(&kit.key).with_context(|| {
-        format!("reading `{}` (for a key made in the token, use `keyward nvflare enroll`)", kit.key.display())
-    })?);
+    let key_path = kit.dir.join(KEY_FILE);
+    // The one handle to client.key: read now, zeroed and checked before it is replaced.
+    let mut key_file = kit.dir.open_file(KEY_FILE, Access::ReadWrite).with_context(|| {
+        format!("opening `{}` (for a key made in the token, use `keyward nvflare enroll`)", key_path.display())
+    })?;
+    let key_text = key_file.read_all(MAX_KEY_BYTES)?;
     if String::from_utf8_lossy(&key_text).contains(KEY_REFERENCE_LABEL) {
-        bail!("`{}` is already a keyward key reference: this kit was migrated", kit.key.display());
+        bail!("`{}` is already a keyward key reference: this kit was migrated", key_path.display());
     }
-    let cert_pem = std::fs::read(&kit.cert)?;
-    let (cn, cert_spki) = cert_cn_and_spki(&cert_pem)?;
+    let cn = &kit.cert_cn;
     let name = match key {
         Some(k) => k,
-        None => KeyId::new(&cn).with_context(|| format!("the CN `{cn}` is not a valid key name; pass --key"))?,
+        None => KeyId::new(cn).with_context(|| format!("the CN `{cn}` is not a valid key name; pass --key"))?,
     };
     let material =
-        PrivateKeyMaterial::from_pem(&key_text).with_context(|| format!("parsing `{}`", kit.key.display()))?;
-    if material.public_key().spki_der != cert_spki {
-        bail!("`{}` is not the key of `{}`; nothing was changed", kit.key.display(), kit.cert.display());
+        PrivateKeyMaterial::from_pem(&key_text).with_context(|| format!("parsing `{}`", key_path.display()))?;
+    let cert_path = kit.dir.join("client.crt");
+    if material.public_key().spki_der != kit.cert_spki {
+        bail!("`{}` is not the key of `{}`; nothing was changed", key_path.display(), cert_path.display());
     }
+    CertStore::check(&name, material.public_key(), &kit.cert_pem, &cert_path)
+        .with_context(|| format!("`{}`", cert_path.display()))?;
+    let plugin = python.map(nvflare_plugin::check).transpose()?;
+    let trust = trust_anchor_path(config, &name);
+    let new_config = config_with_trust(config_path, &name, &trust, &kit.server_identity)?;
+    let reference = key_reference(&config.socket.display().to_string(), &name);
+    // Writing the reference next to client.key is also the check that the kit is writable.
+    let staged = kit.dir.stage(STAGED_REFERENCE, reference.as_bytes(), 0o644, Some(key_file.owner()))?;
 
     let mut store = super::keys::open_store(config)?;
-    store.import(&name, &material).with_context(|| format!("importing `{}` as `{name}`", kit.key.display()))?;
+    store.import(&name, &material).with_context(|| format!("importing `{}` as `{name}`", key_path.display()))?;
     drop(material);
     let public = store.public_key(&name)?;
     let probe = format!("{cn}keyward-migration-check");
     let signature = store.sign(&name, SignProfile::Nvflare, probe.as_bytes())?;
-    keyward_core::verify::verify_pss_sha256_any_salt(&cert_spki, probe.as_bytes(), &signature)
+    keyward_core::verify::verify_pss_sha256_any_salt(&kit.cert_spki, probe.as_bytes(), &signature)
         .context("the token's signature does not verify against client.crt; client.key was left in place")?;
     eprintln!(
         "imported `{}` into {} as `{name}`; signature verified against client.crt",
-        kit.key.display(),
+        key_path.display(),
         store.info().device
     );
 
     let certs = CertStore::new(config.cert_dir());
-    certs.install(&name, &public, &cert_pem, &kit.cert)?;
-    add_nvflare_trust(config_path, &name, &kit)?;
+    certs.install(&name, &public, &kit.cert_pem, &cert_path)?;
+    write_trust(config_path, &name, &kit, &trust, &new_config)?;
+    kit.dir.replace(key_file, staged).with_context(|| {
+        format!("the key is in the token as `{name}`, but `{}` was not replaced by its reference", key_path.display())
+    })?;
+    eprintln!("overwrote and removed the private key; `{}` is now a key reference (no secret)", key_path.display());
 
-    let reference = key_reference(&config.socket.display().to_string(), &name);
-    let staged = startup.join(".client.key.keyward");
-    crate::files::write_atomic(&staged, reference.as_bytes(), 0o644, true)?;
-    super::keys::destroy(&kit.key, key_text.len())?;
-    std::fs::rename(&staged, &kit.key).with_context(|| format!("putting the reference at `{}`", kit.key.display()))?;
-    eprintln!("overwrote and removed the private key; `{}` is now a key reference (no secret)", kit.key.display());
-
-    install_plugin(python)?;
+    if let Some(plugin) = plugin {
+        plugin.run()?;
+    } else {
+        eprintln!("next: in the NVFlare venv, as its owner, `pip install <keyward>/python` and `keyward-nvflare install`");
+    }
     finish(config, &name, &kit, &certs, config_path);
     Ok(())
 }
 
 fn enroll(config_path: &Path, config: &Config, startup: &Path, name: &KeyId) -> Result<()> {
     let kit = read_kit(startup)?;
-    if let Ok(existing) = std::fs::read(&kit.key) {
+    let key_path = kit.dir.join(KEY_FILE);
+    if kit.dir.exists(KEY_FILE)? {
+        let existing = kit.dir.open_file(KEY_FILE, Access::Read)?.read_all(MAX_KEY_BYTES)?;
         if !String::from_utf8_lossy(&existing).contains(KEY_REFERENCE_LABEL) {
             bail!(
                 "`{}` exists and is not a key reference; to move that key into the token use `keyward nvflare migrate`",
-                kit.key.display()
+                key_path.display()
             );
         }
     }
-    let cert_pem = std::fs::read(&kit.cert)?;
-    let (_, cert_spki) = cert_cn_and_spki(&cert_pem)?;
+    let cert_path = kit.dir.join("client.crt");
     let mut store = super::keys::open_store(config)?;
     let public = store.public_key(name)?;
-    if public.spki_der != cert_spki {
-        bail!("`{}` was not issued for token key `{name}`", kit.cert.display());
+    if public.spki_der != kit.cert_spki {
+        bail!("`{}` was not issued for token key `{name}`", cert_path.display());
     }
-    let certs = CertStore::new(config.cert_dir());
-    certs.install(name, &public, &cert_pem, &kit.cert)?;
-    add_nvflare_trust(config_path, name, &kit)?;
+    CertStore::check(name, &public, &kit.cert_pem, &cert_path).with_context(|| format!("`{}`", cert_path.display()))?;
+    let trust = trust_anchor_path(config, name);
+    let new_config = config_with_trust(config_path, name, &trust, &kit.server_identity)?;
     let reference = key_reference(&config.socket.display().to_string(), name);
-    crate::files::write_atomic(&kit.key, reference.as_bytes(), 0o644, true)?;
-    eprintln!("wrote the key reference `{}`", kit.key.display());
-    finish(config, name, &kit, &certs, config_path);
-    Ok(())
-}
+    let staged = kit.dir.stage(STAGED_REFERENCE, reference.as_bytes(), 0o644, Some(kit.dir.owner()?))?;
 
-fn install_plugin(python: Option<&Path>) -> Result<()> {
-    if let Some(python) = python {
-        let status = std::process::Command::new(python)
-            .args(["-m", "keyward.nvflare", "install"])
-            .status()
-            .with_context(|| format!("running `{}`", python.display()))?;
-        if !status.success() {
-            bail!("installing the plug-in with `{} -m keyward.nvflare install` failed ({status})", python.display());
-        }
-    } else {
-        eprintln!("next: in the NVFlare venv, `pip install <keyward>/python` and `keyward-nvflare install`");
-    }
+    let certs = CertStore::new(config.cert_dir());
+    certs.install(name, &public, &kit.cert_pem, &cert_path)?;
+    write_trust(config_path, name, &kit, &trust, &new_config)?;
+    kit.dir.commit(staged, KEY_FILE)?;
+    eprintln!("wrote the key reference `{}`", key_path.display());
+    finish(config, name, &kit, &certs, config_path);
     Ok(())
 }
 
@@ -234,7 +180,7 @@ fn finish(config: &Config, name: &KeyId, kit: &Kit, certs: &CertStore, config_pa
         "changed: token key `{name}`, {}, [keys.{name}.nvflare] in `{}`, `{}`",
         certs.path(name).display(),
         config_path.display(),
-        kit.key.display()
+        kit.dir.join(KEY_FILE).display()
     );
     eprintln!("undo: the key cannot leave the token; to go back, re-provision the site and remove [keys.{name}] from the config");
     if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
@@ -245,8 +191,14 @@ fn finish(config: &Config, name: &KeyId, kit: &Kit, certs: &CertStore, config_pa
     }
 }
 
-/// Adds `[keys.<name>.nvflare]` (root CA, server identity) to the config, keeping its layout.
-fn add_nvflare_trust(config_path: &Path, name: &KeyId, kit: &Kit) -> Result<()> {
+/// Where the agent keeps its copy of a key's NVFlare root CA.
+fn trust_anchor_path(config: &Config, name: &KeyId) -> PathBuf {
+    config.state_dir.join("trust").join(format!("{name}.rootCA.pem"))
+}
+
+/// The config with `[keys.<name>.nvflare]` (the agent's root CA copy, the server identity)
+/// added, its layout kept; checked to parse before anything changes.
+fn config_with_trust(config_path: &Path, name: &KeyId, root_ca: &Path, server_identity: &str) -> Result<String> {
     let text = std::fs::read_to_string(config_path)?;
     let mut doc: toml_edit::DocumentMut =
         text.parse().with_context(|| format!("parsing `{}`", config_path.display()))?;
@@ -257,16 +209,34 @@ fn add_nvflare_trust(config_path: &Path, name: &KeyId, kit: &Kit) -> Result<()> 
     let entry = entry.as_table_mut().context("`keys.<name>` is not a table")?;
     entry.set_implicit(true);
     let mut nvflare = toml_edit::Table::new();
-    let root = std::path::absolute(&kit.root_ca)?;
+    let root = std::path::absolute(root_ca)?;
     nvflare["root_ca"] = toml_edit::value(root.display().to_string());
-    nvflare["server_identity"] = toml_edit::value(kit.server_identity.clone());
+    nvflare["server_identity"] = toml_edit::value(server_identity);
     entry.insert("nvflare", toml_edit::Item::Table(nvflare));
-    crate::files::write_atomic(config_path, doc.to_string().as_bytes(), 0o600, true)
+    let text = doc.to_string();
+    toml::from_str::<Config>(&text).with_context(|| format!("`{}` with [keys.{name}.nvflare] added", config_path.display()))?;
+    Ok(text)
+}
+
+/// Copies the kit's root CA into the agent's state (the NVFlare user can change the kit, not
+/// that copy) and writes the config that pins it.
+fn write_trust(config_path: &Path, name: &KeyId, kit: &Kit, root_ca: &Path, new_config: &str) -> Result<()> {
+    if let Some(dir) = root_ca.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .with_context(|| format!("creating `{}`", dir.display()))?;
+    }
+    crate::files::write_atomic(root_ca, kit.root_ca_pem.as_bytes(), 0o644, true)
+        .with_context(|| format!("writing `{}`", root_ca.display()))?;
+    crate::files::write_atomic(config_path, new_config.as_bytes(), 0o600, true)
         .with_context(|| format!("writing `{}`", config_path.display()))?;
     Config::load(config_path).context("the updated config does not load")?;
     eprintln!(
-        "added [keys.{name}.nvflare] (root CA `{}`, server `{}`) to `{}`",
-        root.display(),
+        "added [keys.{name}.nvflare] (root CA `{}`, copied from `{}`; server `{}`) to `{}`",
+        root_ca.display(),
+        kit.dir.join("rootCA.pem").display(),
         kit.server_identity,
         config_path.display()
     );
