@@ -113,3 +113,26 @@ fn import_refuses_a_file_that_is_not_a_private_key() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not an unencrypted private key"), "{out:?}");
     assert!(not_key.exists());
 }
+
+/// `--destroy-source` on a symbolic link (to a key file of someone else's) or a FIFO is
+/// refused before the import: the old code imported the link's target and zeroed it.
+#[test]
+fn destroy_source_refuses_a_symlink_or_a_fifo_and_leaves_the_target_alone() {
+    let site = Site::new();
+    let key = make_pem_key(&site, "target.pem", "rsa");
+    let key_bytes = std::fs::read(&key).unwrap();
+    let link = site.path("link.pem");
+    std::os::unix::fs::symlink(&key, &link).unwrap();
+    let out = site.keyward(&["key", "import", "site-1", "--from", link.to_str().unwrap(), "--destroy-source"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"), "{out:?}");
+    assert_eq!(std::fs::read(&key).unwrap(), key_bytes, "the link's target must be untouched");
+    assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink());
+
+    let fifo = site.path("fifo.pem");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let out = site.keyward(&["key", "import", "site-1", "--from", fifo.to_str().unwrap(), "--destroy-source"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a FIFO, not a regular file"), "{out:?}");
+    let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
+    assert!(!list.contains("site-1"), "a refused import must import nothing: {list}");
+}
