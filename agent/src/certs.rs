@@ -108,7 +108,12 @@ impl CertStore {
     ///
     /// # Errors
     /// [`CertError`] naming what is wrong.
-    pub fn check(key: &KeyId, public: &PublicKey, pem_text: &[u8], source: &Path) -> Result<Vec<::pem::Pem>, CertError> {
+    pub fn check(
+        key: &KeyId,
+        public: &PublicKey,
+        pem_text: &[u8],
+        source: &Path,
+    ) -> Result<Vec<::pem::Pem>, CertError> {
         let blocks: Vec<::pem::Pem> = ::pem::parse_many(pem_text)
             .map_err(|_| CertError::NoCertificate(source.display().to_string()))?
             .into_iter()

@@ -145,8 +145,11 @@ impl KitDir {
     /// [`KitFileError::Symlink`] naming the first link, [`KitFileError::NotFolder`], or the
     /// failed `openat`.
     pub fn open(path: &Path) -> Result<Self> {
-        let abs = std::path::absolute(path)
-            .map_err(|source| KitFileError::Io { op: "resolving", path: path.to_path_buf(), source })?;
+        let abs = std::path::absolute(path).map_err(|source| KitFileError::Io {
+            op: "resolving",
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut names = Vec::new();
         for c in abs.components() {
             match c {
@@ -359,10 +362,11 @@ impl KitFile {
         // Room for the whole file up front, so no reallocation leaves a copy behind.
         let capacity = usize::try_from(max.min(size.max(4096)) + 1).unwrap_or(4097);
         let mut bytes = Zeroizing::new(Vec::with_capacity(capacity));
-        (&self.file)
-            .take(max + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|source| KitFileError::Io { op: "reading", path: self.path.clone(), source })?;
+        (&self.file).take(max + 1).read_to_end(&mut bytes).map_err(|source| KitFileError::Io {
+            op: "reading",
+            path: self.path.clone(),
+            source,
+        })?;
         if bytes.len() as u64 > max {
             return Err(KitFileError::TooLarge { path: self.path.clone(), max });
         }
@@ -377,9 +381,11 @@ impl KitFile {
         let mut at = 0u64;
         while at < len {
             let n = usize::try_from((len - at).min(4096)).unwrap_or(4096);
-            self.file
-                .write_all_at(&zeros[..n], at)
-                .map_err(|source| KitFileError::Io { op: "overwriting", path: self.path.clone(), source })?;
+            self.file.write_all_at(&zeros[..n], at).map_err(|source| KitFileError::Io {
+                op: "overwriting",
+                path: self.path.clone(),
+                source,
+            })?;
             at += n as u64;
         }
         self.file.sync_all().map_err(|source| KitFileError::Io { op: "syncing", path: self.path.clone(), source })

@@ -283,7 +283,10 @@ fn a_client_key_that_is_a_symlink_or_a_fifo_is_refused_before_anything_changes()
     std::fs::remove_file(kit.join("client.key")).unwrap();
     nix::unistd::mkfifo(&kit.join("client.key"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let before = snapshot(&kit);
-    for args in [vec!["nvflare", "migrate", kit.to_str().unwrap()], vec!["nvflare", "enroll", kit.to_str().unwrap(), "--key", "site-1"]] {
+    for args in [
+        vec!["nvflare", "migrate", kit.to_str().unwrap()],
+        vec!["nvflare", "enroll", kit.to_str().unwrap(), "--key", "site-1"],
+    ] {
         let out = keyward_with_deadline(&site, &args, 30);
         assert!(!out.status.success());
         assert!(String::from_utf8_lossy(&out.stderr).contains("is a FIFO, not a regular file"), "{out:?}");
@@ -314,20 +317,36 @@ fn every_failing_precondition_leaves_the_token_the_kit_and_the_config_unchanged(
     let cases: Vec<(&str, Setup, &str)> = vec![
         (
             "kit not writable",
-            Box::new(|k: &Path| assert_success(&std::process::Command::new("chattr").arg("+i").arg(k).output().unwrap(), "chattr")),
+            Box::new(|k: &Path| {
+                assert_success(&std::process::Command::new("chattr").arg("+i").arg(k).output().unwrap(), "chattr")
+            }),
             "creating",
         ),
-        ("client.crt does not parse", Box::new(|k: &Path| std::fs::write(k.join("client.crt"), "junk").unwrap()), "client.crt"),
+        (
+            "client.crt does not parse",
+            Box::new(|k: &Path| std::fs::write(k.join("client.crt"), "junk").unwrap()),
+            "client.crt",
+        ),
         (
             "rootCA.pem is not a CA",
             Box::new(|k: &Path| std::fs::copy(k.join("client.crt"), k.join("rootCA.pem")).map(drop).unwrap()),
             "not a CA certificate",
         ),
-        ("rootCA.pem does not parse", Box::new(|k: &Path| std::fs::write(k.join("rootCA.pem"), "junk").unwrap()), "rootCA.pem"),
-        ("fed_client.json does not parse", Box::new(|k: &Path| std::fs::write(k.join("fed_client.json"), "{").unwrap()), "parsing"),
+        (
+            "rootCA.pem does not parse",
+            Box::new(|k: &Path| std::fs::write(k.join("rootCA.pem"), "junk").unwrap()),
+            "rootCA.pem",
+        ),
+        (
+            "fed_client.json does not parse",
+            Box::new(|k: &Path| std::fs::write(k.join("fed_client.json"), "{").unwrap()),
+            "parsing",
+        ),
         (
             "target does not parse",
-            Box::new(|k: &Path| std::fs::write(k.join("fed_client.json"), fed("[::1", r#""identity": "server1","#)).unwrap()),
+            Box::new(|k: &Path| {
+                std::fs::write(k.join("fed_client.json"), fed("[::1", r#""identity": "server1","#)).unwrap()
+            }),
             "target",
         ),
         (
@@ -383,7 +402,11 @@ fn the_trust_anchor_is_copied_into_the_agents_state_and_the_kits_file_no_longer_
     assert!(pinned.starts_with(&site.state_dir), "the config pins `{}`, not the agent's copy", pinned.display());
     assert_eq!(std::fs::read(&pinned).unwrap(), root_before);
     let meta = std::fs::metadata(&pinned).unwrap();
-    assert_eq!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o022, 0, "the copy is writable by others");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o022,
+        0,
+        "the copy is writable by others"
+    );
 
     // The kit's owner replaces the kit's root CA: the agent's anchor stays the same.
     let pki = site.path("evil-pki");
@@ -403,7 +426,8 @@ fn fake_venv(site: &Site) -> PathBuf {
     std::fs::create_dir_all(venv.join("bin")).unwrap();
     std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
     let python = venv.join("bin/python");
-    std::fs::write(&python, "#!/bin/sh\nd=$(dirname \"$0\")/..\nid -u >\"$d/ran-as\"\nid -G >>\"$d/ran-as\"\n").unwrap();
+    std::fs::write(&python, "#!/bin/sh\nd=$(dirname \"$0\")/..\nid -u >\"$d/ran-as\"\nid -G >>\"$d/ran-as\"\n")
+        .unwrap();
     std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
     for p in [venv.clone(), venv.join("bin"), venv.join("pyvenv.cfg"), python] {
         std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();

@@ -106,7 +106,8 @@ const MAX_KEY_BYTES: u64 = 64 << 10;
 fn import(store: &mut dyn KeyStore, name: &KeyId, from: &Path, destroy_source: bool) -> Result<()> {
     // With --destroy-source the file is opened once, without following links in its path,
     // and that handle serves the read, the overwrite and the same-file check before unlink.
-    let file_name = from.file_name().and_then(|n| n.to_str()).with_context(|| format!("`{}` names no file", from.display()))?;
+    let file_name =
+        from.file_name().and_then(|n| n.to_str()).with_context(|| format!("`{}` names no file", from.display()))?;
     let dir = KitDir::open(from.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new(".")))
         .with_context(|| format!("opening the folder of `{}`", from.display()))?;
     let access = if destroy_source { Access::ReadWrite } else { Access::Read };
@@ -135,7 +136,9 @@ fn import(store: &mut dyn KeyStore, name: &KeyId, from: &Path, destroy_source: b
     );
 
     if destroy_source {
-        dir.destroy(source).with_context(|| format!("the key is in the token as `{name}`, but `{}` was not removed", from.display()))?;
+        dir.destroy(source).with_context(|| {
+            format!("the key is in the token as `{name}`, but `{}` was not removed", from.display())
+        })?;
         eprintln!("overwrote and removed `{}`", from.display());
     } else {
         eprintln!(

@@ -130,7 +130,9 @@ fn migrate(
     if let Some(plugin) = plugin {
         plugin.run()?;
     } else {
-        eprintln!("next: in the NVFlare venv, as its owner, `pip install <keyward>/python` and `keyward-nvflare install`");
+        eprintln!(
+            "next: in the NVFlare venv, as its owner, `pip install <keyward>/python` and `keyward-nvflare install`"
+        );
     }
     finish(config, &name, &kit, &certs, config_path);
     Ok(())
@@ -214,7 +216,8 @@ fn config_with_trust(config_path: &Path, name: &KeyId, root_ca: &Path, server_id
     nvflare["server_identity"] = toml_edit::value(server_identity);
     entry.insert("nvflare", toml_edit::Item::Table(nvflare));
     let text = doc.to_string();
-    toml::from_str::<Config>(&text).with_context(|| format!("`{}` with [keys.{name}.nvflare] added", config_path.display()))?;
+    toml::from_str::<Config>(&text)
+        .with_context(|| format!("`{}` with [keys.{name}.nvflare] added", config_path.display()))?;
     Ok(text)
 }
 

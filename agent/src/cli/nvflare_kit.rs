@@ -72,7 +72,11 @@ pub(super) fn read_kit(startup: &Path) -> Result<Kit> {
 
 fn read_required(dir: &KitDir, name: &str) -> Result<Vec<u8>> {
     if !dir.exists(name)? {
-        bail!("`{}` not found: is `{}` a site's or admin's startup folder?", dir.join(name).display(), dir.path().display());
+        bail!(
+            "`{}` not found: is `{}` a site's or admin's startup folder?",
+            dir.join(name).display(),
+            dir.path().display()
+        );
     }
     Ok(dir.read(name, MAX_KIT_FILE_BYTES)?)
 }
@@ -82,9 +86,15 @@ fn server_of(fed: &serde_json::Value, admin: bool) -> Result<(String, String)> {
     let (identity, security) = if admin {
         let a = &fed["admin"];
         if let Some(port) = a.get("port") {
-            port.as_u64().and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0).context("`admin.port` is not a port")?;
+            port.as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p != 0)
+                .context("`admin.port` is not a port")?;
         }
-        (a["server_identity"].as_str().or_else(|| a["host"].as_str()).map(str::to_owned), a["connection_security"].as_str())
+        (
+            a["server_identity"].as_str().or_else(|| a["host"].as_str()).map(str::to_owned),
+            a["connection_security"].as_str(),
+        )
     } else {
         let server = &fed["servers"][0];
         let host = match server["service"]["target"].as_str() {
@@ -167,7 +177,8 @@ mod tests {
         assert_eq!(parse_target("10.0.0.1:8002"), Some(("10.0.0.1".into(), 8002)));
         assert_eq!(parse_target("[::1]:8002"), Some(("::1".into(), 8002)));
         assert_eq!(parse_target("[fe80::1]:1"), Some(("fe80::1".into(), 1)));
-        for bad in ["server1", "server1:", ":8002", "server1:0", "server1:70000", "::1:8002", "[::1", "[::1]8002", "[x]:1"]
+        for bad in
+            ["server1", "server1:", ":8002", "server1:0", "server1:70000", "::1:8002", "[::1", "[::1]8002", "[x]:1"]
         {
             assert_eq!(parse_target(bad), None, "{bad}");
         }

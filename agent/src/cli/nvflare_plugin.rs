@@ -92,7 +92,10 @@ impl PluginInstall {
         }
         let status = cmd.status().with_context(|| format!("running `{}`", self.python.display()))?;
         if !status.success() {
-            bail!("installing the plug-in with `{} -I -m keyward.nvflare install` failed ({status})", self.python.display());
+            bail!(
+                "installing the plug-in with `{} -I -m keyward.nvflare install` failed ({status})",
+                self.python.display()
+            );
         }
         Ok(())
     }
