@@ -103,7 +103,7 @@ fn migrate(
     let new_config = config_with_trust(config_path, &name, &trust, &kit.server_identity)?;
     let reference = key_reference(&config.socket.display().to_string(), &name);
     // Writing the reference next to client.key is also the check that the kit is writable.
-    let staged = kit.dir.stage(STAGED_REFERENCE, reference.as_bytes(), 0o644, Some(key_file.owner()))?;
+    let staged = kit.dir.stage(STAGED_REFERENCE, reference.as_bytes(), 0o644, owner_if_root(key_file.owner()))?;
 
     let mut store = super::keys::open_store(config)?;
     store.import(&name, &material).with_context(|| format!("importing `{}` as `{name}`", key_path.display()))?;
@@ -160,7 +160,7 @@ fn enroll(config_path: &Path, config: &Config, startup: &Path, name: &KeyId) -> 
     let trust = trust_anchor_path(config, name);
     let new_config = config_with_trust(config_path, name, &trust, &kit.server_identity)?;
     let reference = key_reference(&config.socket.display().to_string(), name);
-    let staged = kit.dir.stage(STAGED_REFERENCE, reference.as_bytes(), 0o644, Some(kit.dir.owner()?))?;
+    let staged = kit.dir.stage(STAGED_REFERENCE, reference.as_bytes(), 0o644, owner_if_root(kit.dir.owner()?))?;
 
     let certs = CertStore::new(config.cert_dir());
     certs.install(name, &public, &kit.cert_pem, &cert_path)?;
@@ -191,6 +191,11 @@ fn finish(config: &Config, name: &KeyId, kit: &Kit, certs: &CertStore, config_pa
             config.socket.display()
         );
     }
+}
+
+/// The owner the reference takes: the kit's, when root writes it (anyone else writes its own).
+fn owner_if_root(owner: (u32, u32)) -> Option<(u32, u32)> {
+    nix::unistd::geteuid().is_root().then_some(owner)
 }
 
 /// Where the agent keeps its copy of a key's NVFlare root CA.
