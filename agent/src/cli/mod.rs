@@ -12,6 +12,7 @@ mod cert;
 mod init;
 mod keys;
 mod nvflare;
+mod ready;
 mod serve;
 mod tunnel;
 
