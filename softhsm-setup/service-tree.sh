@@ -25,7 +25,8 @@
 #
 # Changes on the machine:
 #           creates TREE with debootstrap (needs root, network to the mirror, about
-#           400 MB and 2-4 minutes); a half-built tree (no marker) is removed and rebuilt.
+#           300 MB and 2-4 minutes) and the lock file TREE.lock (parallel callers wait
+#           for one build); a half-built tree (no marker) is removed and rebuilt.
 #           Nothing else.
 #
 set -euo pipefail
@@ -58,6 +59,15 @@ if [[ -f "$tree/$MARKER" ]]; then
 fi
 
 [[ "$(id -u)" -eq 0 ]] || die "debootstrap needs root"
+mkdir -p -- "$(dirname -- "$tree")"
+# Tests run in parallel: one builds, the others wait for it and then find the marker.
+exec 9>"$tree.lock"
+flock 9
+if [[ -f "$tree/$MARKER" ]]; then
+    log "tree $tree was completed meanwhile: already done"
+    printf '%s\n' "$tree"
+    exit 0
+fi
 command -v debootstrap >/dev/null 2>&1 || die "debootstrap not found (softhsm-setup/install-packages.sh installs it)"
 
 mirror() {
@@ -79,7 +89,6 @@ if [[ -e "$tree" ]]; then
     log "removing the incomplete tree $tree"
     rm -rf --one-file-system -- "$tree"
 fi
-mkdir -p -- "$(dirname -- "$tree")"
 started=$SECONDS
 source_uri="$(mirror)"
 log "debootstrap $SUITE into $tree from $source_uri (a few minutes)"

@@ -64,7 +64,10 @@ impl Container {
             .arg(&tree)
             .args(["--boot", "--volatile=overlay", "--register=no", "--keep-unit", "--private-network"])
             .arg(format!("--machine={name}"))
-            .arg(format!("--bind-ro={}:/usr/bin/keyward", keyward_bin().canonicalize().expect("keyward binary").display()));
+            .arg(format!(
+                "--bind-ro={}:/usr/bin/keyward",
+                keyward_bin().canonicalize().expect("keyward binary").display()
+            ));
         for (host, inside) in binds {
             cmd.arg(format!("--bind-ro={}:{inside}", host.display()));
         }
@@ -76,8 +79,7 @@ impl Container {
             .spawn()
             .expect("systemd-nspawn is installed (package systemd-container, install-packages.sh)");
         let leader = wait_for_leader(nspawn.id(), &log);
-        let mut container =
-            Self { nspawn, leader, log, _dir: dir, tree_seconds, boot_seconds: 0.0 };
+        let mut container = Self { nspawn, leader, log, _dir: dir, tree_seconds, boot_seconds: 0.0 };
         // Until systemd listens on its private socket, systemctl fails at once: poll.
         let mut state = String::new();
         while started.elapsed() < BOOT_LIMIT {

@@ -162,7 +162,8 @@ fn the_shipped_unit_serves_signs_decrypts_registers_and_reloads_under_a_real_sys
     // The audit names the callers.
     let audit = std::fs::read_to_string(ct.host_path("/var/lib/keyward/audit.log")).unwrap();
     let records: Vec<serde_json::Value> = audit.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let ok_by = |op: &str, uid: u32| records.iter().any(|r| r["op"] == op && r["outcome"] == "ok" && r["peer"]["uid"] == uid);
+    let ok_by =
+        |op: &str, uid: u32| records.iter().any(|r| r["op"] == op && r["outcome"] == "ok" && r["peer"]["uid"] == uid);
     assert!(ok_by("sign", FLARE_UID) && ok_by("decrypt", FLARE_UID) && ok_by("nvflare_register", 0), "{audit}");
 
     // A clean stop: the socket removed, nothing of keyward left running.
@@ -175,7 +176,10 @@ fn the_shipped_unit_serves_signs_decrypts_registers_and_reloads_under_a_real_sys
     assert!(ct.stop(), "the container powered off within 30 s");
     assert!(!Path::new(&format!("/proc/{leader}")).exists(), "the container's systemd is gone");
     assert_eq!(std::fs::read(&sentinel).unwrap(), b"left alone", "host /tmp untouched");
-    assert!(Path::new("/dev/null").metadata().map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type())).unwrap());
+    assert!(Path::new("/dev/null")
+        .metadata()
+        .map(|m| std::os::unix::fs::FileTypeExt::is_char_device(&m.file_type()))
+        .unwrap());
     eprintln!("real-unit test: {:.1} s in all", test_started.elapsed().as_secs_f64());
 }
 
@@ -221,7 +225,12 @@ fn nvflare_flow(ct: &Container, ca: &TestCa, work: &Path) {
     ));
     runtime.block_on(async {
         let mut c = AgentClient::connect(&socket).await.unwrap();
-        let op = Operation::NvflareVerifyToken { session, client_name: "site-1".into(), token: token.into(), token_signature };
+        let op = Operation::NvflareVerifyToken {
+            session,
+            client_name: "site-1".into(),
+            token: token.into(),
+            token_signature,
+        };
         assert_eq!(c.call(op).await.unwrap(), Reply::TokenVerified { server_cn: "server1".into() });
     });
 }

@@ -14,13 +14,13 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use super::ready::self_check;
 use crate::audit::AuditLog;
 use crate::certs::CertStore;
 use crate::config::Config;
 use crate::daemon::{
     bind_metrics, bind_socket, serve, serve_metrics, Agent, Live, NvflareState, Reloader, Rules, Stats,
 };
-use super::ready::self_check;
 use crate::notify::notify;
 use crate::store_handle::StoreHandle;
 
