@@ -7,7 +7,9 @@
 //! `systemctl reload` (SIGHUP) and still serving, then a clean stop. And
 //! `allowed_executables` across users: refused with a precise error under the plain unit
 //! (`ProtectProc=invisible`), served with `allowed-executables.conf`, and not fooled by a bind
-//! mount over the allowed path in the caller's own mount namespace.
+//! mount over the allowed path in the caller's own mount namespace. And a unit whose sandbox
+//! lets the agent start but not serve (`accept` filtered out) fails its start instead of
+//! reporting READY.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -300,4 +302,28 @@ fn allowed_executables_work_across_users_with_the_drop_in_and_a_bind_mount_does_
     );
     // And the allowed binary still works afterwards.
     assert_success(&sign_through(&ct, None), "sign again");
+}
+
+#[test]
+fn a_unit_that_cannot_serve_is_never_reported_ready() {
+    // A sandbox that lets the agent bind and log in but not accept a connection: before, it
+    // sent READY=1 anyway and `systemctl start` succeeded with nothing served.
+    let work = tempfile::Builder::new().prefix("kwrn").tempdir_in("/tmp").unwrap();
+    let ca = TestCa::new(work.path(), "root");
+    let ct = Container::boot(&unit_binds(work.path(), &["softhsm.conf"]));
+    install_site(&ct, &ca, work.path(), "");
+    ct.ok(&["mkdir", "-p", "/run/systemd/system/keyward.service.d"]);
+    ct.write(
+        "/run/systemd/system/keyward.service.d/no-accept.conf",
+        b"[Service]\nSystemCallFilter=~accept accept4\nRestart=no\n",
+        0o644,
+        0,
+        0,
+    );
+    ct.ok(&["systemctl", "daemon-reload"]);
+    let out = ct.run(&["systemctl", "start", "keyward"]);
+    assert!(!out.status.success(), "start must fail:\n{}", journal(&ct));
+    assert_eq!(ct.run(&["systemctl", "is-active", "keyward"]).stdout, b"failed\n");
+    let log = journal(&ct);
+    assert!(log.contains("self-check failed") && !log.contains("keyward agent ready"), "{log}");
 }
