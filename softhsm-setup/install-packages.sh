@@ -6,7 +6,9 @@
 #           test and demo keyward: SoftHSM2, OpenSC, OpenSSL, swtpm, tpm2-tools,
 #           TSS2 headers, pkg-config, python3-venv, util-linux (setpriv),
 #           ca-certificates, hyperfine, shellcheck, stunnel4 (tls-bench) and
-#           systemd (systemd-analyze checks the service unit in the tests).
+#           systemd (systemd-analyze checks the service unit in the tests),
+#           systemd-container and debootstrap (the real-unit test boots the unit
+#           under systemd in a container over a Debian 12 tree, service-tree.sh).
 #
 # Usage:    softhsm-setup/install-packages.sh
 #
@@ -43,6 +45,8 @@ readonly PACKAGES=(
     shellcheck
     stunnel4 # tls-bench: the key-file baseline for keyward tunnel
     systemd  # systemd-analyze verify/security on deploy/systemd/keyward.service
+    systemd-container # systemd-nspawn: the real-unit test boots systemd in a container
+    debootstrap       # the Debian 12 tree for that container (service-tree.sh)
 )
 
 if [[ $# -gt 0 ]]; then

@@ -22,7 +22,11 @@
 #           cargo builds into target/ (downloads crates on first run); installs
 #           cargo-fuzz into ~/.cargo/bin when missing and builds the fuzz
 #           targets into fuzz/target/ (fuzz.sh). Tests
-#           create their own temporary SoftHSM2 tokens; nothing else changes.
+#           create their own temporary SoftHSM2 tokens; the real-unit test
+#           (tests/tests/service_unit_real.rs, needs root) builds a Debian 12
+#           tree once into /var/cache/keyward-test/bookworm (service-tree.sh,
+#           debootstrap, ~2 min) and boots it in systemd-nspawn containers;
+#           nothing else changes.
 #
 set -euo pipefail
 umask 077

@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod bulk;
 pub mod checks;
+pub mod container;
 pub mod pki;
 pub mod procstat;
 pub mod raw;

@@ -67,7 +67,13 @@ fn systemd_analyze(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn systemd_unit_verifies_cleanly_and_its_exposure_stays_low() {
-    for drop_ins in [&[][..], &["tpm.conf"], &["loopback-tcp.conf"], &["softhsm.conf"]] {
+    for drop_ins in [
+        &[][..],
+        &["tpm.conf"],
+        &["loopback-tcp.conf"],
+        &["softhsm.conf"],
+        &["softhsm.conf", "allowed-executables.conf"],
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let unit = unit_copy(dir.path(), drop_ins);
         let unit = unit.to_str().unwrap();

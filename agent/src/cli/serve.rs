@@ -2,8 +2,9 @@
 //! serve until SIGTERM or SIGINT (SIGHUP reloads key policies and access rules, see
 //! `daemon/reload.rs`), then drain: stop accepting, let in-flight requests finish
 //! (bounded by `limits.shutdown_grace_ms`), stop the workers, remove the socket. Under
-//! systemd it reports `READY=1` once the socket is bound and the token logged in, and
-//! `STOPPING=1` at the first termination signal (`notify.rs`).
+//! systemd it reports `READY=1` once a `list_keys` through its own socket and key store has
+//! been answered (`ready.rs`), and `STOPPING=1` at the first termination signal
+//! (`notify.rs`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
+use super::ready::self_check;
 use crate::audit::AuditLog;
 use crate::certs::CertStore;
 use crate::config::Config;
@@ -103,18 +105,33 @@ pub fn run(config: Config, config_path: &Path) -> Result<()> {
             stopping.cancelled().await;
             notify("STOPPING=1");
         });
-        notify("READY=1");
-        tracing::info!(
-            socket = %config.socket.display(),
-            audit = %audit_path.display(),
-            device = %agent.store.info().device,
-            workers = agent.store.workers(),
-            "keyward agent ready"
-        );
-        serve(&bound.listener, Arc::clone(&agent), shutdown).await;
+        // READY=1 only after a request went through the socket and the store (`ready.rs`);
+        // a failed self-check stops the agent and fails the start instead.
+        let ready = async {
+            match self_check(&config.socket, &agent.store).await {
+                Ok(keys) => {
+                    notify("READY=1");
+                    tracing::info!(
+                        socket = %config.socket.display(),
+                        audit = %audit_path.display(),
+                        device = %agent.store.info().device,
+                        workers = agent.store.workers(),
+                        keys,
+                        "keyward agent ready"
+                    );
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "self-check failed; stopping");
+                    shutdown.cancel();
+                    Err(e.context("self-check before READY=1 failed"))
+                }
+            }
+        };
+        let (checked, ()) = tokio::join!(ready, serve(&bound.listener, Arc::clone(&agent), shutdown.clone()));
         // Sent while draining; awaited so that it is not lost with the runtime.
         let _ = stop_notice.await;
-        anyhow::Ok(())
+        checked
     });
     drop(bound);
     runtime.shutdown_timeout(Duration::from_secs(1));

@@ -20,16 +20,16 @@ use crate::audit::{AuditRecord, Peer};
 
 /// Serves one connection until it closes, fails, or the agent shuts down.
 pub async fn handle(stream: UnixStream, agent: Arc<Agent>, shutdown: CancellationToken) {
-    // Read before the credentials: the peer connected no later than this.
-    let connected = match peer_exe::since_boot() {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the time since boot; closing connection");
-            return;
-        }
-    };
+    // Read before the credentials: the peer connected no later than this. CLOCK_BOOTTIME,
+    // not `/proc/uptime` (hidden under ProcSubset=pid); `peer_exe.rs`.
+    let connected = peer_exe::since_boot();
     let peer = match stream.peer_cred() {
-        Ok(cred) => Peer { uid: cred.uid(), gid: cred.gid(), pid: cred.pid(), connected },
+        Ok(cred) => Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            pid: cred.pid(),
+            connected: connected.as_ref().copied().unwrap_or_default(),
+        },
         Err(e) => {
             tracing::warn!(error = %e, "cannot read peer credentials; closing connection");
             return;
@@ -39,6 +39,13 @@ pub async fn handle(stream: UnixStream, agent: Arc<Agent>, shutdown: Cancellatio
     let mut reader = FramedRead::new(read_half, protocol::codec(agent.limits.max_frame_bytes));
     // Replies have their own, larger limit: the request limit must not silently drop them.
     let mut writer = FramedWrite::new(write_half, protocol::codec(protocol::MAX_REPLY_BYTES));
+    if let Err(e) = connected {
+        // Never seen on Linux >= 2.6.39; refused with a reply and a record, not a silent close.
+        tracing::error!(error = %e, "refusing a connection");
+        refuse_connection(agent.as_ref(), peer, ErrorCode::Unsupported);
+        send(&mut writer, Response::error(0, ErrorCode::Unsupported, e.to_string())).await;
+        return;
+    }
     if !agent.rules.load().access.allows(peer.uid, peer.gid) {
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection from a peer that is not allowed");
         agent.audit.record(&AuditRecord {
@@ -107,6 +114,21 @@ fn classify_stream_error(e: &io::Error, max: usize) -> (ErrorCode, String) {
         return (ErrorCode::TruncatedFrame, "connection ended in the middle of a frame".into());
     }
     (ErrorCode::MalformedRequest, format!("stream error: {e}"))
+}
+
+/// The record of a connection refused before its first frame.
+fn refuse_connection(agent: &Agent, peer: Peer, code: ErrorCode) {
+    agent.audit.record(&AuditRecord {
+        peer,
+        request_id: 0,
+        op: "connect",
+        key: None,
+        profile: None,
+        payload_sha256: None,
+        payload_len: None,
+        outcome: code.as_str(),
+        latency_us: 0,
+    });
 }
 
 fn record_stream_failure(agent: &Agent, peer: Peer, code: ErrorCode) {

@@ -9,7 +9,6 @@
 //! reading the caller's executable: `peer_exe.rs`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -18,7 +17,7 @@ use keyward_core::nvflare::ServerTrust;
 use keyward_core::protocol::ErrorCode;
 use keyward_core::{KeyId, SignProfile};
 
-use super::peer_exe;
+use super::peer_exe::{self, AllowedExe};
 use super::rate_limit::{take_all, Bucket};
 use crate::audit::Peer;
 use crate::config::{Config, KeyConfig, RateLimitConfig};
@@ -34,7 +33,7 @@ pub struct KeyPolicy {
     profiles: Vec<String>,
     uids: Vec<u32>,
     gids: Vec<u32>,
-    executables: Vec<PathBuf>,
+    executables: Vec<AllowedExe>,
     rate_limit: Option<RateLimitConfig>,
     profile_rate_limits: BTreeMap<String, RateLimitConfig>,
 }
@@ -94,8 +93,8 @@ pub struct Policies {
 }
 
 impl Policies {
-    /// Reads `[keys.*]` from the config, loading each NVFlare root CA and resolving each
-    /// allowed executable's symlinks (as `/proc/<pid>/exe` shows them).
+    /// Reads `[keys.*]` from the config, loading each NVFlare root CA and recording each
+    /// allowed executable's file (device and inode, symlinks followed; `peer_exe.rs`).
     ///
     /// # Errors
     /// A bad key name or an unreadable / malformed root CA, naming the file.
@@ -203,12 +202,13 @@ impl KeyPolicy {
         if self.executables.is_empty() {
             return Ok(());
         }
-        let exe = peer_exe::executable(peer.pid, peer.connected)
+        let image = peer_exe::executable(peer.pid, peer.connected)
             .map_err(|e| denied(format!("cannot tell which executable is calling for key `{key}`: {e}")))?;
-        if !peer_exe::is_allowed(&exe, &self.executables) {
+        if !self.executables.iter().any(|a| a.matches(&image)) {
             return Err(denied(format!(
-                "caller executable `{}` may not use key `{key}` (keys.{key}.allowed_executables)",
-                exe.display()
+                "caller executable `{}` ({}) is none of the files in keys.{key}.allowed_executables",
+                image.path.display(),
+                image.file
             )));
         }
         Ok(())
@@ -251,9 +251,9 @@ fn key_policy(name: &str, key: &KeyConfig) -> Result<KeyPolicy> {
         .allowed_executables
         .iter()
         .map(|p| {
-            p.canonicalize().unwrap_or_else(|e| {
-                tracing::warn!(key = name, path = %p.display(), error = %e, "allowed executable not found; kept as written");
-                p.clone()
+            AllowedExe::record(p).unwrap_or_else(|(kept, e)| {
+                tracing::warn!(key = name, path = %p.display(), error = %e, "allowed executable not found; it matches nothing until a reload finds it");
+                kept
             })
         })
         .collect();

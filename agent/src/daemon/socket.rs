@@ -43,8 +43,16 @@ pub fn bind_socket(path: &Path, group: Option<u32>) -> Result<BoundSocket> {
     let listener = UnixListener::bind(path).with_context(|| format!("binding socket `{}`", path.display()))?;
     let bound = BoundSocket { listener, path: path.to_owned() };
     let mode = if let Some(gid) = group {
-        nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid)))
-            .with_context(|| format!("setting group {gid} on `{}`", path.display()))?;
+        // A socket is made with the agent's group: no chown then, which the unit's
+        // system-call filter (`~@privileged`, which holds `@chown`) refuses.
+        if std::fs::symlink_metadata(path).ok().map(|m| m.gid()) != Some(gid) {
+            nix::unistd::chown(path, None, Some(nix::unistd::Gid::from_raw(gid))).with_context(|| {
+                format!(
+                    "setting group {gid} on `{}` (under the systemd unit, `access.socket_gid` must be the agent's own group)",
+                    path.display()
+                )
+            })?;
+        }
         0o660
     } else {
         0o600

@@ -1,0 +1,48 @@
+//! The self-check behind `READY=1`: before telling systemd it is up, the agent calls itself
+//! through its own socket, exactly as a client would (accept, peer credentials, the
+//! connection time, framing, the key store's workers and the token), with `list_keys`. Only
+//! an answer counts; a connection closed without a reply, an error from the store or no
+//! answer within the deadline fails the start, so a unit that cannot serve is never reported
+//! healthy (sd_notify(3), `Type=notify`).
+//!
+//! When `[access]` does not admit the agent's own uid, the socket answers
+//! `permission_denied` — the request path works up to the access check — and the store is
+//! then asked directly, without the socket.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use keyward_core::protocol::{ErrorCode, Operation, Reply};
+
+use crate::client::{AgentClient, ClientError};
+use crate::store_handle::StoreHandle;
+
+/// How long the self-check may take: a token's first `C_FindObjects` or a TPM's first
+/// context load can take a second or two.
+pub const SELF_CHECK_DEADLINE: Duration = Duration::from_secs(20);
+
+/// Calls the agent at `socket` (already served by this process) with `list_keys`.
+///
+/// # Errors
+/// The reply is an error other than `permission_denied`, the connection closed without a
+/// reply, the store failed, or nothing came back within [`SELF_CHECK_DEADLINE`].
+pub async fn self_check(socket: &Path, store: &StoreHandle) -> Result<usize> {
+    tokio::time::timeout(SELF_CHECK_DEADLINE, check(socket, store))
+        .await
+        .with_context(|| format!("no answer within {} s", SELF_CHECK_DEADLINE.as_secs()))?
+}
+
+async fn check(socket: &Path, store: &StoreHandle) -> Result<usize> {
+    let mut client = AgentClient::connect(socket).await.context("connecting to its own socket")?;
+    match client.call(Operation::ListKeys).await {
+        Ok(Reply::Keys { keys }) => Ok(keys.len()),
+        Ok(other) => bail!("`list_keys` through the socket answered {other:?}"),
+        Err(ClientError::Agent { code: ErrorCode::PermissionDenied, .. }) => {
+            tracing::info!("[access] does not admit the agent's own uid; checking the key store directly");
+            let keys = store.call(|s| s.list()).await.context("listing keys in the store")?;
+            Ok(keys.len())
+        }
+        Err(e) => Err(e).context("`list_keys` through its own socket"),
+    }
+}
