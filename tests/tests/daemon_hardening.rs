@@ -66,6 +66,21 @@ fn hello_code(socket: &Path) -> Option<String> {
     error_code(&c.read_reply()).map(str::to_owned)
 }
 
+/// A connection that got its slot: the readiness probe's connection may still hold the only
+/// slot for a moment after it closed, so retry while the agent answers `busy`.
+fn served_connection(socket: &Path) -> RawConn {
+    let started = Instant::now();
+    loop {
+        let mut c = RawConn::connect(socket);
+        let _ = c.stream.write_all(&frame(br#"{"v":1,"id":1,"op":"hello"}"#));
+        match error_code(&c.read_reply()) {
+            None => return c,
+            Some("busy") if started.elapsed() < Duration::from_secs(5) => std::thread::sleep(Duration::from_millis(50)),
+            Some(other) => panic!("no slot for the test connection: {other}"),
+        }
+    }
+}
+
 #[test]
 fn a_client_that_never_reads_is_disconnected_after_the_write_timeout_and_its_slot_frees() {
     let site = Site::new();
@@ -75,7 +90,7 @@ fn a_client_that_never_reads_is_disconnected_after_the_write_timeout_and_its_slo
 
     // Pipeline `status` requests and never read: the replies fill both socket buffers, the
     // agent's write stalls, it stops reading, and then our writes stall too.
-    let mut stalled = RawConn::connect(agent.socket());
+    let mut stalled = served_connection(agent.socket());
     stalled.stream.set_write_timeout(Some(Duration::from_millis(300))).unwrap();
     let request = frame(br#"{"v":1,"id":7,"op":"status"}"#);
     let mut sent = 0;
