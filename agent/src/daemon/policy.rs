@@ -162,7 +162,7 @@ impl Policies {
     /// Ends a use: when it failed with `failure` (a wire code) before the key was put to
     /// work, the grant's tokens go back to their buckets; otherwise they stay spent.
     pub fn settle(&self, grant: Grant, failure: Option<ErrorCode>) {
-        if grant.taken.is_empty() || !failure.is_some_and(|code| !key_was_used(code)) {
+        if grant.taken.is_empty() || failure.is_none_or(key_was_used) {
             return;
         }
         let now = Instant::now();
