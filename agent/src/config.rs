@@ -192,6 +192,9 @@ pub struct LimitsConfig {
     pub max_connections_per_peer: usize,
     /// How long a connection may take to deliver its next whole frame.
     pub read_timeout_ms: u64,
+    /// How long one reply may take to be taken up by the client; a client that stops
+    /// reading is disconnected after this, so it cannot hold a connection slot.
+    pub write_timeout_ms: u64,
     /// How long a backend operation may take.
     pub request_timeout_ms: u64,
     /// Requests waiting for a worker before `busy` is answered.
@@ -207,6 +210,7 @@ impl Default for LimitsConfig {
             max_connections: 256,
             max_connections_per_peer: 128,
             read_timeout_ms: 30_000,
+            write_timeout_ms: 10_000,
             request_timeout_ms: 10_000,
             queue_depth: 1024,
             shutdown_grace_ms: 5_000,
@@ -218,6 +222,10 @@ impl LimitsConfig {
     /// `read_timeout_ms` as a duration.
     pub fn read_timeout(&self) -> Duration {
         Duration::from_millis(self.read_timeout_ms)
+    }
+    /// `write_timeout_ms` as a duration.
+    pub fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms)
     }
     /// `request_timeout_ms` as a duration.
     pub fn request_timeout(&self) -> Duration {
@@ -326,6 +334,7 @@ impl Config {
             || l.max_connections_per_peer == 0
             || l.queue_depth == 0
             || l.read_timeout_ms == 0
+            || l.write_timeout_ms == 0
             || l.request_timeout_ms == 0
         {
             bail!("fields in `limits` must be greater than zero");

@@ -7,10 +7,19 @@
 //! keeps its decoder private, so this is a port of its `decrypt_inner`: every check runs in
 //! constant time with `subtle`, and every failure is the same [`OaepError`], so the caller
 //! learns nothing about which check failed (Manger's attack).
+//!
+//! Also [`check_ciphertext`], the range check every backend gets before its device sees a
+//! ciphertext (RFC 8017 §7.1.2 step 1 and §5.1.2 step 1: the ciphertext, as an integer, must
+//! be less than the modulus), so PKCS#11 tokens and TPMs answer an out-of-range input alike.
 
+use rsa::pkcs8::DecodePublicKey;
+use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 use zeroize::Zeroizing;
+
+use crate::error::StoreError;
+use crate::key::{KeyId, PublicKey};
 
 const H_LEN: usize = 32;
 
@@ -29,6 +38,38 @@ pub fn mgf1_sha256_xor(out: &mut [u8], seed: &[u8]) {
             *o ^= m;
         }
     }
+}
+
+/// Checks that `ciphertext` can be an RSA-OAEP ciphertext for `public`, the public key of
+/// `id`: an RSA key, exactly the modulus's length, and less than the modulus as a big-endian
+/// integer. Nothing here is secret (the ciphertext and the modulus are both public).
+///
+/// # Errors
+/// [`StoreError::Unsupported`] for a key that is not RSA, [`StoreError::InvalidInput`] for a
+/// wrong length, and [`StoreError::DecryptionFailed`] for a value not below the modulus.
+pub fn check_ciphertext(id: &KeyId, public: &PublicKey, ciphertext: &[u8]) -> Result<(), StoreError> {
+    if !public.algorithm.is_rsa() {
+        return Err(StoreError::Unsupported {
+            what: format!("decrypt with {} key `{id}` (RSA only)", public.algorithm),
+        });
+    }
+    let key = rsa::RsaPublicKey::from_public_key_der(&public.spki_der)
+        .map_err(|_| StoreError::InvalidInput { what: format!("public key of `{id}` is not a readable RSA key") })?;
+    let k = key.size();
+    if ciphertext.len() != k {
+        return Err(StoreError::InvalidInput {
+            what: format!("ciphertext is {} bytes; key `{id}` needs exactly {k}", ciphertext.len()),
+        });
+    }
+    // Both are k bytes, big-endian: comparing the bytes in order compares the integers.
+    let mut modulus = key.n().to_bytes_be();
+    if modulus.len() < k {
+        modulus.splice(0..0, std::iter::repeat_n(0, k - modulus.len()));
+    }
+    if ciphertext >= modulus.as_slice() {
+        return Err(StoreError::DecryptionFailed);
+    }
+    Ok(())
 }
 
 /// Decodes `em`, the raw RSA decryption of a ciphertext for a modulus of `k` bytes.
@@ -112,6 +153,28 @@ mod tests {
         assert_eq!(decode_sha256(&em, k), Err(OaepError));
         assert_eq!(decode_sha256(&[0u8; 256], k), Err(OaepError));
         assert_eq!(decode_sha256(&[1u8; 257], k), Err(OaepError));
+    }
+
+    fn public(key: &rsa::RsaPrivateKey) -> PublicKey {
+        use rsa::pkcs8::EncodePublicKey;
+        let spki_der = key.to_public_key().to_public_key_der().unwrap().into_vec();
+        PublicKey { algorithm: crate::key::KeyAlgorithm::from_rsa_bits(key.size() * 8).unwrap(), spki_der }
+    }
+
+    #[test]
+    fn ciphertexts_not_below_the_modulus_fail_as_decryption_failures() {
+        let key = key();
+        let (id, public) = (KeyId::new("site-1").unwrap(), public(&key));
+        let k = key.size();
+        assert!(matches!(check_ciphertext(&id, &public, &vec![0xff; k]), Err(StoreError::DecryptionFailed)));
+        let n = key.n().to_bytes_be();
+        assert!(matches!(check_ciphertext(&id, &public, &n), Err(StoreError::DecryptionFailed)));
+        let mut below = n.clone();
+        *below.last_mut().unwrap() -= 1;
+        assert!(check_ciphertext(&id, &public, &below).is_ok());
+        let ct = key.to_public_key().encrypt(&mut rand::thread_rng(), rsa::Oaep::new::<Sha256>(), b"k").unwrap();
+        assert!(check_ciphertext(&id, &public, &ct).is_ok());
+        assert!(matches!(check_ciphertext(&id, &public, &[1, 2]), Err(StoreError::InvalidInput { .. })));
     }
 
     /// SHA-384 stands in for "another hash" so no SHA-1 crate is needed.

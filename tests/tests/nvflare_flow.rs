@@ -172,7 +172,7 @@ fn forged_replayed_and_foreign_server_replies_get_no_signature() {
 
     runtime().block_on(async {
         let mut c = AgentClient::connect(&f.site.socket).await.unwrap();
-        let sn = "server-nonce";
+        let sn = "0b4d07b5-5c3c-4b0e-9c5e-2f1d2a7f6c11";
         let sign = |key: &Path, nonce: &str| server_sign(&f.site, key, format!("server1{nonce}").as_bytes());
 
         let n = challenge(&mut c).await;
@@ -235,5 +235,96 @@ fn a_key_without_nvflare_settings_refuses_the_flow_and_raw_ops_follow_policy() {
         let decrypt = Operation::Decrypt { key: key(), data: vec![0; 256] };
         assert_eq!(refused(c.call(decrypt).await), ErrorCode::PolicyDenied);
         assert!(c.call(Operation::PublicKey { key: key() }).await.is_ok());
+    });
+}
+
+#[test]
+fn a_server_nonce_not_shaped_like_nvflares_uuid4_is_refused_and_the_client_nonce_survives() {
+    let f = federation();
+    let _agent = AgentProcess::start(&f.site);
+    let server_cert = std::fs::read(&f.server_crt).unwrap();
+    runtime().block_on(async {
+        let mut c = AgentClient::connect(&f.site.socket).await.unwrap();
+        let n = challenge(&mut c).await;
+        let sig = server_sign(&f.site, &f.server_key, format!("server1{n}").as_bytes());
+        // Shapes a caller could use to have the site key sign something else than a registration.
+        for bad in [
+            "server-nonce",
+            "7C9E6679-7425-40DE-944B-E07FC1F90AE7",
+            "7c9e6679-7425-10de-944b-e07fc1f90ae7",
+            "7c9e6679742540de944be07fc1f90ae7",
+            "7c9e6679-7425-40de-944b-e07fc1f90ae7\u{0}extra",
+        ] {
+            let r = c.call(register_op(&n, &server_cert, "server1", sig.clone(), bad)).await;
+            match r {
+                Err(ClientError::Agent { code, message }) => {
+                    assert_eq!(code, ErrorCode::InvalidRequest, "{bad:?}: {message}");
+                    assert!(message.contains("uuid4"), "{message}");
+                }
+                other => panic!("{bad:?}: expected invalid_request, got {other:?}"),
+            }
+        }
+        // The refusals used nothing up: the same client nonce registers with a real one.
+        let good = c.call(register_op(&n, &server_cert, "server1", sig, "7c9e6679-7425-40de-944b-e07fc1f90ae7")).await;
+        assert!(matches!(good, Ok(Reply::NvflareRegistration { .. })), "{good:?}");
+    });
+    let status: serde_json::Value = serde_json::from_slice(&f.site.keyward_ok(&["status", "--json"]).stdout).unwrap();
+    assert_eq!(status["signatures"], 1, "nothing was signed for a malformed server nonce");
+}
+
+/// Sends `n` `nvflare_challenge` requests for `site-1` as uid/gid 65534 (`nobody`), in
+/// batches so neither side's socket buffer fills; returns how many got a nonce.
+fn flood_challenges_as_nobody(socket: &Path, n: usize) -> usize {
+    const SCRIPT: &str = r#"
+import json, socket, struct, sys
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+def recv(k):
+    b = b""
+    while len(b) < k:
+        c = s.recv(k - len(b))
+        if not c: raise SystemExit("closed")
+        b += c
+    return b
+ok, sent = 0, 0
+total = int(sys.argv[2])
+while sent < total:
+    batch = min(100, total - sent)
+    for i in range(batch):
+        body = json.dumps({"v": 1, "id": sent + i + 1, "op": "nvflare_challenge", "key": "site-1"}).encode()
+        s.sendall(struct.pack(">I", len(body)) + body)
+    for i in range(batch):
+        reply = json.loads(recv(struct.unpack(">I", recv(4))[0]))
+        ok += reply["status"] == "ok"
+    sent += batch
+print(ok)
+"#;
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--", "/usr/bin/python3", "-c", SCRIPT])
+        .arg(socket)
+        .arg(n.to_string())
+        .output()
+        .expect("setpriv (util-linux) and /usr/bin/python3 (the system Python, readable by nobody) run");
+    assert_success(&out, "challenge flood as nobody");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn a_challenge_flood_by_another_caller_does_not_evict_a_pending_nonce() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = federation();
+    // Let `nobody` reach the socket and pass `[access]` by its gid.
+    std::fs::set_permissions(f.site.hsm.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    f.site.set_config("access", "socket_gid", 65534.into());
+    f.site.set_config("access", "allowed_gids", vec![toml::Value::from(65534)].into());
+    let _agent = AgentProcess::start(&f.site);
+    let server_cert = std::fs::read(&f.server_crt).unwrap();
+    runtime().block_on(async {
+        let mut c = AgentClient::connect(&f.site.socket).await.unwrap();
+        let mine = challenge(&mut c).await;
+        // More challenges than the whole book holds, from another uid.
+        assert_eq!(flood_challenges_as_nobody(&f.site.socket, 5000), 5000);
+        let sig = server_sign(&f.site, &f.server_key, format!("server1{mine}").as_bytes());
+        let r = c.call(register_op(&mine, &server_cert, "server1", sig, "7c9e6679-7425-40de-944b-e07fc1f90ae7")).await;
+        assert!(matches!(r, Ok(Reply::NvflareRegistration { .. })), "pending nonce lost to another caller: {r:?}");
     });
 }

@@ -2,7 +2,10 @@
 //! (each within the read timeout), execute them in order and reply. Every failure of the
 //! stream itself — an oversized length prefix, a frame cut short, a stalled half-frame — is
 //! answered with its own error code before the connection is closed; a bad request inside a
-//! good frame is answered and the connection stays open.
+//! good frame is answered and the connection stays open. Each reply must be taken up within
+//! the write timeout, or the connection is closed (a client that never reads cannot hold a
+//! slot). A config reload that removes the peer's uid and gid from `[access]` ends the
+//! connection with `permission_denied`, idle or not.
 
 use std::io;
 use std::sync::Arc;
@@ -60,7 +63,7 @@ pub async fn handle(stream: UnixStream, agent: Arc<Agent>, shutdown: Cancellatio
             latency_us: 0,
         });
         let message = format!("uid {} / gid {} is not allowed to use this agent", peer.uid, peer.gid);
-        send(&mut writer, Response::error(0, ErrorCode::PermissionDenied, message)).await;
+        send(&mut writer, Response::error(0, ErrorCode::PermissionDenied, message), &agent).await;
         return;
     }
     Stats::bump(&agent.stats.connections);
@@ -75,10 +78,15 @@ async fn serve_frames(
     peer: Peer,
     shutdown: &CancellationToken,
 ) {
+    let mut rules_replaced = agent.rules.subscribe();
     loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return,
-            next = tokio::time::timeout(agent.limits.read_timeout(), reader.next()) => next,
+        let deadline = tokio::time::Instant::now() + agent.limits.read_timeout();
+        let next = loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Ok(()) = rules_replaced.changed() => if !still_allowed(writer, agent, peer).await { return },
+                next = tokio::time::timeout_at(deadline, reader.next()) => break next,
+            }
         };
         let frame = match next {
             Ok(Some(Ok(frame))) => frame,
@@ -87,23 +95,45 @@ async fn serve_frames(
                 let (code, message) = classify_stream_error(&e, agent.limits.max_frame_bytes);
                 tracing::info!(uid = peer.uid, pid = ?peer.pid, %code, error = %e, "closing connection after a bad frame");
                 record_stream_failure(agent, peer, code);
-                send(writer, Response::error(0, code, message)).await;
+                send(writer, Response::error(0, code, message), agent).await;
                 return;
             }
             Err(_) => {
                 let code = ErrorCode::ReadTimeout;
                 record_stream_failure(agent, peer, code);
                 let message = format!("no complete frame within {} ms", agent.limits.read_timeout_ms);
-                send(writer, Response::error(0, code, message)).await;
+                send(writer, Response::error(0, code, message), agent).await;
                 return;
             }
         };
+        // A reload may have landed between the wake-up above and this frame.
+        if !still_allowed(writer, agent, peer).await {
+            return;
+        }
         let started = Instant::now();
         let response = ops::execute(agent, peer, &frame, started).await;
-        if !send(writer, response).await {
+        if !send(writer, response, agent).await {
             return;
         }
     }
+}
+
+/// Whether `[access]` still lets the peer in; when it no longer does (a reload removed its
+/// uid and gid), answers `permission_denied` and returns false so the connection closes.
+async fn still_allowed(
+    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    agent: &Agent,
+    peer: Peer,
+) -> bool {
+    if agent.rules.load().access.allows(peer.uid, peer.gid) {
+        return true;
+    }
+    tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "closing a connection whose peer a config reload no longer allows");
+    record_stream_failure(agent, peer, ErrorCode::PermissionDenied);
+    let message =
+        format!("uid {} / gid {} is no longer allowed to use this agent (config reloaded)", peer.uid, peer.gid);
+    send(writer, Response::error(0, ErrorCode::PermissionDenied, message), agent).await;
+    false
 }
 
 fn classify_stream_error(e: &io::Error, max: usize) -> (ErrorCode, String) {
@@ -146,8 +176,13 @@ fn record_stream_failure(agent: &Agent, peer: Peer, code: ErrorCode) {
     });
 }
 
-/// Sends a response; false when the peer is gone.
-async fn send(writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>, response: Response) -> bool {
+/// Sends a response within the write timeout; false when the peer is gone or did not take
+/// the reply in time (the caller then closes the connection).
+async fn send(
+    writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>,
+    response: Response,
+    agent: &Agent,
+) -> bool {
     let body = match serde_json::to_vec(&response) {
         Ok(body) => body,
         Err(e) => {
@@ -155,10 +190,18 @@ async fn send(writer: &mut FramedWrite<OwnedWriteHalf, LengthDelimitedCodec>, re
             return false;
         }
     };
-    match writer.send(bytes::Bytes::from(body)).await {
-        Ok(()) => true,
-        Err(e) => {
+    match tokio::time::timeout(agent.limits.write_timeout(), writer.send(bytes::Bytes::from(body))).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
             tracing::info!(request_id = response.id, error = %e, "cannot send response; peer gone");
+            false
+        }
+        Err(_) => {
+            tracing::warn!(
+                request_id = response.id,
+                timeout_ms = agent.limits.write_timeout_ms,
+                "client did not read its reply within the write timeout; closing connection"
+            );
             false
         }
     }

@@ -1,13 +1,16 @@
 //! The NVFlare authenticator operations (`nvflare_challenge`, `nvflare_register`,
 //! `nvflare_verify_token`): the agent issues the client nonce, verifies the server's reply
 //! itself, and only then signs `client_cn + server_nonce` — a payload it builds, never one
-//! the caller supplies. Sessions tie the token check to the server verified at registration.
+//! the caller supplies, and only for a server nonce shaped as NVFlare's server makes it (a
+//! uuid4 string). Sessions tie the token check to the server verified at registration.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use keyward_core::nvflare::{registration_message, ChallengeError, NonceBook, ServerReply, VerifiedServer};
+use keyward_core::nvflare::{
+    check_server_nonce, registration_message, ChallengeError, NonceBook, ServerReply, VerifiedServer,
+};
 use keyward_core::protocol::{ErrorCode, Reply};
 use keyward_core::{KeyId, SignProfile};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -80,6 +83,8 @@ pub struct Registration {
 pub async fn register(agent: &Agent, peer: Peer, r: Registration) -> Result<(Reply, Vec<u8>), Failure> {
     let rules = agent.rules.load();
     let trust = rules.policies.get(&r.key).nvflare.as_ref().ok_or_else(|| not_configured(&r.key))?;
+    // Before the nonce is used up: a malformed request leaves it for a correct retry.
+    check_server_nonce(&r.server_nonce)?;
     lock(&agent.nvflare.nonces).consume(&r.client_nonce, peer.uid, &r.key, Instant::now())?;
     let reply = ServerReply { cert_pem: &r.server_cert, cn: &r.server_cn, signature: &r.server_signature };
     let server = trust.verify_reply(&reply, &r.client_nonce, SystemTime::now())?;

@@ -8,7 +8,7 @@ use keyward_core::error::chain;
 use keyward_core::protocol::{decode_request, ErrorCode, KeyEntry, Operation, Reply, Response, StatusReport};
 use keyward_core::{KeyId, SignProfile, StoreError, TlsScheme};
 
-use super::policy::{KeyUse, Policies, Refusal};
+use super::policy::{Grant, KeyUse, Policies, Refusal};
 use super::{nvflare, status, Agent, Stats};
 use crate::audit::{micros, sha256_hex, AuditRecord, Peer};
 
@@ -156,22 +156,28 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             };
             // One snapshot of the rules for the whole request (a SIGHUP may swap them).
             let rules = agent.rules.load();
-            rules.policies.admit(&key, &peer, KeyUse::Sign(&profile))?;
-            nvflare::refuse_registration_shaped(agent, &rules.policies, &key, &data)?;
-            let (signature, used) = sign(agent, &rules.policies, key, explicit, data).await?;
+            let grant = rules.policies.admit(&key, &peer, KeyUse::Sign(&profile))?;
+            let signed = match nvflare::refuse_registration_shaped(agent, &rules.policies, &key, &data) {
+                Ok(()) => sign(agent, &rules.policies, key, explicit, data).await,
+                Err(refused) => Err(refused),
+            };
+            let (signature, used) = settle(&rules.policies, grant, signed)?;
             Stats::bump(&agent.stats.signatures);
             let extra = AuditExtra { profile: Some(used), signed: None };
             return Ok((Reply::Signature { profile: used.name().to_owned(), signature }, extra));
         }
         Operation::NvflareChallenge { key } => {
-            agent.rules.load().policies.admit(&key, &peer, KeyUse::NvflareChallenge)?;
+            // Takes no rate-limit token: nothing to settle.
+            let _no_tokens = agent.rules.load().policies.admit(&key, &peer, KeyUse::NvflareChallenge)?;
             nvflare::challenge(agent, peer, &key)?
         }
         Operation::NvflareRegister { key, client_nonce, server_cert, server_cn, server_signature, server_nonce } => {
-            agent.rules.load().policies.admit(&key, &peer, KeyUse::NvflareRegister)?;
+            let rules = agent.rules.load();
+            let grant = rules.policies.admit(&key, &peer, KeyUse::NvflareRegister)?;
             let registration =
                 nvflare::Registration { key, client_nonce, server_cert, server_cn, server_signature, server_nonce };
-            let (reply, signed) = nvflare::register(agent, peer, registration).await?;
+            let registered = nvflare::register(agent, peer, registration).await;
+            let (reply, signed) = settle(&rules.policies, grant, registered)?;
             Stats::bump(&agent.stats.signatures);
             return Ok((reply, AuditExtra { profile: Some(SignProfile::Nvflare), signed: Some(signed) }));
         }
@@ -179,8 +185,19 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
             nvflare::verify_token(agent, peer, &session, &client_name, &token, &token_signature)?
         }
         Operation::Decrypt { key, data } => {
-            agent.rules.load().policies.admit(&key, &peer, KeyUse::Decrypt)?;
-            let plaintext = agent.store.call(move |s| s.decrypt(&key, &data)).await?;
+            let rules = agent.rules.load();
+            let grant = rules.policies.admit(&key, &peer, KeyUse::Decrypt)?;
+            // The range check runs here, once for every backend, before the device sees the input.
+            let decrypted = agent
+                .store
+                .call(move |s| {
+                    let public = s.public_key(&key)?;
+                    keyward_core::oaep::check_ciphertext(&key, &public, &data)?;
+                    s.decrypt(&key, &data)
+                })
+                .await
+                .map_err(Failure::from);
+            let plaintext = settle(&rules.policies, grant, decrypted)?;
             Stats::bump(&agent.stats.decryptions);
             Reply::Plaintext { plaintext: plaintext.to_vec() }
         }
@@ -210,6 +227,12 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
         }
     };
     Ok((reply, AuditExtra::default()))
+}
+
+/// Ends a rate-limited use: a refusal that never reached the key gets its tokens back.
+fn settle<T>(policies: &Policies, grant: Grant, result: Result<T, Failure>) -> Result<T, Failure> {
+    policies.settle(grant, result.as_ref().err().map(|f| f.code));
+    result
 }
 
 /// Resolves the profile (plain `tls` needs the key's algorithm) and signs, in one job. A

@@ -5,7 +5,10 @@
 //! has no NVFlare flow. Public information (`list_keys`, `public_key`) is not restricted.
 //!
 //! The whole value is rebuilt on a config reload ([`Policies::from_config`]); the rate-limit
-//! buckets live inside it, so a reload starts them full. Token buckets: `rate_limit.rs`;
+//! buckets live inside it, so a reload starts them full. An admitted use holds a [`Grant`]
+//! for the tokens it took; a request then refused before the key is put to work (unknown
+//! key, a profile the key cannot do, a registration whose server fails verification, ...)
+//! gives them back with [`Policies::settle`], so refusals never eat the key's budget. Token buckets: `rate_limit.rs`;
 //! reading the caller's executable: `peer_exe.rs`.
 
 use std::collections::{BTreeMap, HashMap};
@@ -84,6 +87,21 @@ fn denied(message: String) -> Refusal {
 /// Bucket identity: the key, and the profile family for per-profile buckets.
 type BucketId = (KeyId, Option<&'static str>);
 
+/// The rate-limit tokens an admitted use took (none when the key has no limits). Hand it to
+/// [`Policies::settle`] with the request's outcome.
+#[must_use = "settle the grant so that a refused request gets its tokens back"]
+#[derive(Debug)]
+pub struct Grant {
+    taken: Vec<BucketId>,
+}
+
+/// Whether a request that failed with `code` put the key to work, so its tokens stay spent:
+/// a ciphertext that did not decrypt (each one is a query to a possible padding oracle), and
+/// a device call that failed or timed out after it may have used the key.
+fn key_was_used(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::DecryptionFailed | ErrorCode::Timeout | ErrorCode::BackendError)
+}
+
 /// All keys' rules, and their rate-limit buckets.
 #[derive(Default)]
 pub struct Policies {
@@ -113,11 +131,11 @@ impl Policies {
     }
 
     /// Checks, in order, the caller, the operation, the profile and the rate limits; a use
-    /// that passes takes its rate-limit tokens.
+    /// that passes takes its rate-limit tokens, held in the returned [`Grant`].
     ///
     /// # Errors
-    /// The first rule that refuses.
-    pub fn admit(&self, key: &KeyId, peer: &Peer, what: KeyUse<'_>) -> Result<(), Refusal> {
+    /// The first rule that refuses (a refusal here takes no token).
+    pub fn admit(&self, key: &KeyId, peer: &Peer, what: KeyUse<'_>) -> Result<Grant, Refusal> {
         let policy = self.get(key);
         policy.check_caller(key, peer)?;
         let profile = match what {
@@ -127,7 +145,7 @@ impl Policies {
             KeyUse::Decrypt if !policy.allow_decrypt => {
                 return Err(denied(format!("key `{key}` does not allow decrypt (keys.{key}.allow_decrypt)")))
             }
-            KeyUse::NvflareChallenge => return Ok(()),
+            KeyUse::NvflareChallenge => return Ok(Grant { taken: Vec::new() }),
             KeyUse::Sign(profile) => Some(profile),
             KeyUse::NvflareRegister => Some(SignProfile::Nvflare.name()),
             KeyUse::Decrypt => None,
@@ -140,6 +158,21 @@ impl Policies {
         self.take_tokens(key, policy, profile.and_then(family))
     }
 
+    /// Ends a use: when it failed with `failure` (a wire code) before the key was put to
+    /// work, the grant's tokens go back to their buckets; otherwise they stay spent.
+    pub fn settle(&self, grant: Grant, failure: Option<ErrorCode>) {
+        if grant.taken.is_empty() || failure.is_none_or(key_was_used) {
+            return;
+        }
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for id in &grant.taken {
+            if let Some(bucket) = buckets.get_mut(id) {
+                bucket.put_back(now);
+            }
+        }
+    }
+
     /// Whether `key` allows the profile a plain `tls` request resolved to.
     pub fn allows_profile(&self, key: &KeyId, profile: SignProfile) -> bool {
         let allowed = &self.get(key).profiles;
@@ -148,10 +181,10 @@ impl Policies {
             || (matches!(profile, SignProfile::Tls(_)) && allowed.iter().any(|p| p == "tls"))
     }
 
-    fn take_tokens(&self, key: &KeyId, policy: &KeyPolicy, family: Option<&'static str>) -> Result<(), Refusal> {
+    fn take_tokens(&self, key: &KeyId, policy: &KeyPolicy, family: Option<&'static str>) -> Result<Grant, Refusal> {
         let per_family = family.and_then(|f| policy.profile_rate_limits.get(f).map(|l| (f, *l)));
         if policy.rate_limit.is_none() && per_family.is_none() {
-            return Ok(());
+            return Ok(Grant { taken: Vec::new() });
         }
         let now = Instant::now();
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -163,13 +196,16 @@ impl Policies {
         let mut refs: Vec<&mut Bucket> = key_wide.iter_mut().chain(profile_wide.iter_mut()).collect();
         let taken = take_all(&mut refs, now);
         let limits: Vec<RateLimitConfig> = refs.iter().map(|b| b.limit()).collect();
+        let mut ids = Vec::new();
         if let Some(b) = key_wide {
+            ids.push((key.clone(), None));
             buckets.insert((key.clone(), None), b);
         }
         if let (Some(b), Some((f, _))) = (profile_wide, per_family) {
+            ids.push((key.clone(), Some(f)));
             buckets.insert((key.clone(), Some(f)), b);
         }
-        taken.map_err(|(index, wait)| {
+        taken.map(|()| Grant { taken: ids }).map_err(|(index, wait)| {
             let limit = limits[index];
             let (what, field) = if index == 0 && policy.rate_limit.is_some() {
                 (String::new(), format!("keys.{key}.rate_limit"))
@@ -287,7 +323,7 @@ mod tests {
         Peer { uid, gid, pid: Some(1), connected: Duration::ZERO }
     }
 
-    fn code(r: Result<(), Refusal>) -> Option<ErrorCode> {
+    fn code(r: Result<Grant, Refusal>) -> Option<ErrorCode> {
         r.err().map(|r| r.code)
     }
 
@@ -338,5 +374,28 @@ mod tests {
         assert!(refused.message.contains("keys.site-1.rate_limit)"), "{}", refused.message);
         // Caller checks come first and never touch a bucket.
         assert_eq!(code(p.admit(&key, &me, KeyUse::NvflareChallenge)), None);
+    }
+
+    #[test]
+    fn a_use_refused_before_the_key_works_gives_its_tokens_back() {
+        let p = policies(
+            "[keys.site-1]\nrate_limit = { per_minute = 1, burst = 2 }\nprofile_rate_limits.tls = { per_minute = 1, burst = 2 }\n",
+        );
+        let key = KeyId::new("site-1").unwrap();
+        let me = peer(1, 1);
+        // Refused later for reasons that never reach the key: both buckets are refilled.
+        for failure in
+            [ErrorCode::UnknownKey, ErrorCode::PolicyDenied, ErrorCode::Unsupported, ErrorCode::InvalidRequest]
+        {
+            for _ in 0..3 {
+                let grant = p.admit(&key, &me, KeyUse::Sign("tls")).unwrap();
+                p.settle(grant, Some(failure));
+            }
+        }
+        // Uses that reached the key keep their tokens spent.
+        p.settle(p.admit(&key, &me, KeyUse::Sign("tls")).unwrap(), None);
+        p.settle(p.admit(&key, &me, KeyUse::Decrypt).unwrap(), Some(ErrorCode::DecryptionFailed));
+        let refused = p.admit(&key, &me, KeyUse::Sign("tls")).unwrap_err();
+        assert_eq!(refused.code, ErrorCode::RateLimited);
     }
 }

@@ -1,7 +1,9 @@
 //! Token buckets for `keys.<name>.rate_limit` and `profile_rate_limits`: a bucket holds up
 //! to `burst` tokens, starts full, and refills continuously at `per_minute`. A use takes one
 //! token from every bucket that applies, or from none: a refusal by one bucket does not
-//! drain another. Buckets live in memory; a restart or a config reload starts them full.
+//! drain another. A use refused afterwards for another reason, before the key was put to
+//! work, gets its tokens back ([`Bucket::put_back`]). Buckets live in memory; a restart or a
+//! config reload starts them full.
 
 use std::time::{Duration, Instant};
 
@@ -31,6 +33,12 @@ impl Bucket {
         let rate = f64::from(self.limit.per_minute) / 60.0;
         self.tokens = (self.tokens + elapsed * rate).min(f64::from(self.limit.burst));
         self.updated = now;
+    }
+
+    /// Gives back a token taken by a use that was then refused (never beyond `burst`).
+    pub fn put_back(&mut self, now: Instant) {
+        self.refill(now);
+        self.tokens = (self.tokens + 1.0).min(f64::from(self.limit.burst));
     }
 
     /// How long until a token is available (zero when one is).
@@ -84,6 +92,24 @@ mod tests {
             assert_eq!(take_all(&mut [&mut b], later), Ok(()));
         }
         assert!(take_all(&mut [&mut b], later).is_err());
+    }
+
+    #[test]
+    fn a_token_put_back_can_be_used_again_but_never_beyond_burst() {
+        let t0 = Instant::now();
+        let mut b = Bucket::new(LIMIT, t0);
+        for _ in 0..3 {
+            assert_eq!(take_all(&mut [&mut b], t0), Ok(()));
+        }
+        b.put_back(t0);
+        assert_eq!(take_all(&mut [&mut b], t0), Ok(()));
+        assert!(take_all(&mut [&mut b], t0).is_err());
+        let mut full = Bucket::new(LIMIT, t0);
+        full.put_back(t0);
+        for _ in 0..3 {
+            assert_eq!(take_all(&mut [&mut full], t0), Ok(()));
+        }
+        assert!(take_all(&mut [&mut full], t0).is_err());
     }
 
     #[test]

@@ -3,6 +3,10 @@
 //! policies and the access rules in one step for requests that start afterwards. A bad
 //! file is rejected with a log line naming the problem, and the running rules stay.
 //!
+//! Open connections follow a reload too: each subscribes to [`Live::subscribe`] and, when a
+//! reload no longer lets its peer's uid or gid in through `[access]`, is refused and closed
+//! (`handler.rs`), instead of keeping the access it had when it connected.
+//!
 //! What the running process cannot change — socket, state and audit paths, limits, the
 //! backend (module, token, PIN file, workers) — is left as it is, with a log line saying a
 //! restart is needed for it.
@@ -12,6 +16,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::{Context, Result};
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::{Access, Agent, Policies};
@@ -36,23 +41,33 @@ impl Rules {
 }
 
 /// A value replaced as a whole: readers take an `Arc` of the current one (the lock is held
-/// only to clone it), so a request keeps the rules it started with.
-pub struct Live<T>(RwLock<Arc<T>>);
+/// only to clone it), so a request keeps the rules it started with. Subscribers hear of
+/// every replacement.
+pub struct Live<T> {
+    value: RwLock<Arc<T>>,
+    replaced: watch::Sender<()>,
+}
 
 impl<T> Live<T> {
     /// Wraps the first value.
     pub fn new(value: T) -> Self {
-        Self(RwLock::new(Arc::new(value)))
+        Self { value: RwLock::new(Arc::new(value)), replaced: watch::Sender::new(()) }
     }
 
     /// The current value.
     pub fn load(&self) -> Arc<T> {
-        Arc::clone(&self.0.read().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.value.read().unwrap_or_else(PoisonError::into_inner))
     }
 
-    /// Replaces the value for every later [`Live::load`].
+    /// Replaces the value for every later [`Live::load`], then wakes every subscriber.
     pub fn replace(&self, value: T) {
-        *self.0.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
+        *self.value.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
+        self.replaced.send_replace(());
+    }
+
+    /// A receiver whose `changed()` completes after each later [`Live::replace`].
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.replaced.subscribe()
     }
 }
 
@@ -162,6 +177,16 @@ token = "fl-site"
         assert_eq!(needs_restart(&old, &backend), ["backend"]);
         let moved = parse(&format!("{}[limits]\nqueue_depth = 8\n", BASE.replace("/run/keyward", "/run/kw")));
         assert_eq!(needs_restart(&old, &moved), ["socket", "limits"]);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_hears_of_each_replace() {
+        let live = Live::new(1);
+        let mut replaced = live.subscribe();
+        assert!(!replaced.has_changed().unwrap());
+        live.replace(2);
+        tokio::time::timeout(std::time::Duration::from_secs(1), replaced.changed()).await.unwrap().unwrap();
+        assert_eq!(*live.load(), 2);
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! Binding the agent's socket safely: the folder is created 0700 (0750 with a socket
-//! group) and must not be writable by others; a live agent already on the path is a
-//! refusal, a stale socket file is removed, and anything else at the path is left alone.
-//! The socket is 0600 (0660 with a socket group). [`BoundSocket`] removes it on drop.
+//! group) and must be a real folder — not a symbolic link, which whoever controls the link
+//! could point elsewhere after the check — owned by the agent's user (or root) and not
+//! writable by others; a live agent already on the path is a refusal, a stale socket file
+//! is removed, and anything else at the path is left alone. The socket is 0600 (0660 with
+//! a socket group). [`BoundSocket`] removes it on drop.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -64,15 +66,34 @@ pub fn bind_socket(path: &Path, group: Option<u32>) -> Result<BoundSocket> {
 
 fn prepare_dir(dir: &Path, group: Option<u32>) -> Result<()> {
     let mode = if group.is_some() { 0o750 } else { 0o700 };
-    if !dir.exists() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating socket folder `{}`", dir.display()))?;
+    // `symlink_metadata`: a symbolic link is judged as itself, never by its target.
+    if std::fs::symlink_metadata(dir).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating the parent of socket folder `{}`", dir.display()))?;
+        }
+        // Created with its final mode: never briefly open to others.
+        std::fs::DirBuilder::new()
+            .mode(mode)
+            .create(dir)
+            .with_context(|| format!("creating socket folder `{}`", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))?;
         if let Some(gid) = group {
             nix::unistd::chown(dir, None, Some(nix::unistd::Gid::from_raw(gid)))
                 .with_context(|| format!("setting group {gid} on `{}`", dir.display()))?;
         }
     }
-    let meta = std::fs::metadata(dir).with_context(|| format!("reading socket folder `{}`", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("reading socket folder `{}`", dir.display()))?;
+    if meta.file_type().is_symlink() {
+        let target = std::fs::read_link(dir).map(|t| t.display().to_string()).unwrap_or_else(|_| "?".into());
+        bail!(
+            "socket folder `{}` is a symbolic link (to `{target}`); set `socket` to a path in the real folder",
+            dir.display()
+        );
+    }
+    if !meta.is_dir() {
+        bail!("socket folder `{}` is not a folder", dir.display());
+    }
     let me = nix::unistd::geteuid().as_raw();
     if meta.uid() != me && meta.uid() != 0 {
         bail!(

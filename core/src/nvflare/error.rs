@@ -19,13 +19,24 @@ pub enum ChallengeError {
     /// The nonce was issued to another caller or for another key.
     #[error("client nonce was issued to another caller or key")]
     NonceNotYours,
-    /// The claimed server CN is not the configured server identity.
-    #[error("server identity mismatch: expected `{expected}`, the reply claims `{claimed}`")]
+    /// The CN in the server's reply is not the configured server identity.
+    #[error(
+        "server identity mismatch: expected `{expected}` (servers[0].identity), the server's reply claims `{claimed}`"
+    )]
     IdentityMismatch {
-        /// Configured identity.
+        /// The configured identity (`keys.<name>.nvflare.server_identity`).
         expected: String,
-        /// What the reply said (or the certificate's CN).
+        /// The reply's `cn`.
         claimed: String,
+    },
+    /// The server's certificate is issued to another CN than the one the reply claims (and
+    /// that matched the configured identity).
+    #[error("server identity mismatch: expected `{expected}`, the server's certificate is issued to `{presented}`")]
+    CertificateNameMismatch {
+        /// The configured identity, which the reply's `cn` matched.
+        expected: String,
+        /// The CN of the certificate the server presented (empty when it has none).
+        presented: String,
     },
     /// The certificate does not chain to the pinned root CA.
     #[error("server certificate not trusted: {0}")]
@@ -55,7 +66,7 @@ impl ChallengeError {
             Self::ExpiredNonce(_) => ErrorCode::NonceExpired,
             Self::ReplayedNonce => ErrorCode::NonceReplayed,
             Self::NonceNotYours => ErrorCode::NonceNotYours,
-            Self::IdentityMismatch { .. } => ErrorCode::ServerIdentityMismatch,
+            Self::IdentityMismatch { .. } | Self::CertificateNameMismatch { .. } => ErrorCode::ServerIdentityMismatch,
             Self::Untrusted(_) => ErrorCode::ServerUntrusted,
             Self::Expired => ErrorCode::ServerCertExpired,
             Self::Usage(_) => ErrorCode::ServerCertUsage,

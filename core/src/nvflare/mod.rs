@@ -8,7 +8,8 @@
 //!    pinned root CA (validity included), CN equal to the expected server identity,
 //!    KeyUsage/ExtendedKeyUsage as NVFlare applies them, and the PSS signature over
 //!    `server_cn + client_nonce` for a nonce this agent issued and that was not used before.
-//! 3. [`registration_message`]: what the site key then signs, `client_cn + server_nonce`.
+//! 3. [`registration_message`]: what the site key then signs, `client_cn + server_nonce`, for
+//!    a server nonce shaped as NVFlare's server makes it ([`check_server_nonce`]).
 //! 4. [`VerifiedServer::verify_token`]: the server's signature over `client_name + token`.
 //!
 //! Also [`key_reference`]: the file that takes `client.key`'s place in a startup kit.
@@ -20,5 +21,5 @@ mod server;
 
 pub use error::ChallengeError;
 pub use keyref::{key_reference, KEY_REFERENCE_LABEL};
-pub use nonce::{NonceBook, NONCE_LIFETIME};
+pub use nonce::{check_server_nonce, NonceBook, NONCE_LIFETIME};
 pub use server::{registration_message, ServerReply, ServerTrust, VerifiedServer};

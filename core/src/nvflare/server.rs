@@ -138,7 +138,10 @@ impl ServerTrust {
         }
         let cert_cn = common_name(&cert).unwrap_or_default();
         if cert_cn != reply.cn {
-            return Err(ChallengeError::IdentityMismatch { expected: reply.cn.into(), claimed: cert_cn });
+            return Err(ChallengeError::CertificateNameMismatch {
+                expected: self.expected_cn.clone(),
+                presented: cert_cn,
+            });
         }
         let spki_der = cert.public_key().raw.to_vec();
         let signed = format!("{}{client_nonce}", reply.cn);

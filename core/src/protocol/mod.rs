@@ -9,6 +9,7 @@ mod base64_field;
 mod error_code;
 mod request;
 mod response;
+mod unique_keys;
 
 pub use error_code::ErrorCode;
 pub use request::{decode_request, Operation, Request, RequestError};

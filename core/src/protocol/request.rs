@@ -1,11 +1,12 @@
 //! Requests: what a client asks the agent, and [`decode_request`], which turns a frame body
 //! into a [`Request`] or a precise [`RequestError`] (malformed JSON, unsupported version,
 //! unknown operation, invalid fields) that still carries the request id when one was readable.
+//! A frame with a repeated object key is malformed (`unique_keys.rs`).
 
 use serde::{Deserialize, Serialize};
 
 use super::error_code::ErrorCode;
-use super::PROTOCOL_VERSION;
+use super::{unique_keys, PROTOCOL_VERSION};
 use crate::key::KeyId;
 
 /// One request frame.
@@ -149,8 +150,17 @@ pub struct RequestError {
 /// `unknown_operation` or `invalid_request`.
 pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
     let fail = |id, code, message: String| RequestError { id, code, message };
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| fail(None, ErrorCode::MalformedRequest, format!("frame is not JSON ({})", e.classify_name())))?;
+    let value = unique_keys::parse(body).map_err(|e| {
+        let message = if e.classify() == serde_json::error::Category::Data {
+            // Only a repeated key fails a parse into a plain value with a data error.
+            let detail = e.to_string();
+            let detail = detail.split(" at line ").next().unwrap_or_default().to_owned();
+            format!("frame is not valid JSON: {detail}")
+        } else {
+            format!("frame is not JSON ({})", e.classify_name())
+        };
+        fail(None, ErrorCode::MalformedRequest, message)
+    })?;
     let Some(obj) = value.as_object() else {
         return Err(fail(None, ErrorCode::MalformedRequest, "frame is not a JSON object".into()));
     };

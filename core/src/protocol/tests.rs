@@ -53,3 +53,13 @@ fn bad_frames_get_precise_codes() {
     let e = decode_request(br#"{"v":1,"id":5,"op":"nope"}"#).unwrap_err();
     assert_eq!(e.id, Some(5));
 }
+
+#[test]
+fn a_repeated_key_is_a_malformed_request_naming_the_key() {
+    let e = decode_request(br#"{"v":1,"id":3,"op":"sign","key":"k","profile":"tls","profile":"nvflare","data":""}"#)
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::MalformedRequest);
+    assert_eq!(e.message, "frame is not valid JSON: duplicate key `profile`");
+    let twice_op = decode_request(br#"{"v":1,"id":3,"op":"hello","op":"status"}"#).unwrap_err();
+    assert_eq!(twice_op.code, ErrorCode::MalformedRequest);
+}

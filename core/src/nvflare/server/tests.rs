@@ -11,6 +11,7 @@ use rsa::pkcs8::EncodePrivateKey;
 use rsa::signature::{RandomizedSigner, SignatureEncoding};
 
 use super::*;
+use crate::protocol::ErrorCode;
 
 struct Pki {
     ca_pem: String,
@@ -92,12 +93,23 @@ fn every_class_of_forged_reply_is_refused_with_its_own_error() {
     assert!(matches!(check(&trust, &rogue_cert, "server1", &rogue_sig), Err(ChallengeError::Untrusted(_))));
 
     // The reply claims another server name than the one configured.
-    assert!(matches!(check(&trust, &cert, "server2", &good_sig), Err(ChallengeError::IdentityMismatch { .. })));
+    let claimed = check(&trust, &cert, "server2", &good_sig).unwrap_err();
+    assert_eq!(claimed.code(), ErrorCode::ServerIdentityMismatch);
+    assert_eq!(
+        claimed.to_string(),
+        "server identity mismatch: expected `server1` (servers[0].identity), the server's reply claims `server2`"
+    );
 
-    // A certificate for another name, claiming the configured one.
+    // A certificate for another name, claiming the configured one: the message names the
+    // configured identity and the certificate's CN (not the reply's claim as "expected").
     let (other_key, other_cert) = server_cert(&pki, "server2", |_| {});
     let other_sig = pss_sign(&other_key, format!("server1{NONCE}").as_bytes(), 222);
-    assert!(matches!(check(&trust, &other_cert, "server1", &other_sig), Err(ChallengeError::IdentityMismatch { .. })));
+    let presented = check(&trust, &other_cert, "server1", &other_sig).unwrap_err();
+    assert_eq!(presented.code(), ErrorCode::ServerIdentityMismatch);
+    assert_eq!(
+        presented.to_string(),
+        "server identity mismatch: expected `server1`, the server's certificate is issued to `server2`"
+    );
 
     // Expired.
     let (old_key, old_cert) = server_cert(&pki, "server1", |p| {
