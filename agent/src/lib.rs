@@ -10,7 +10,6 @@
 //! - `cli/`: the clap command line.
 
 pub mod audit;
-pub mod audit_chain;
 pub mod backends;
 pub mod blocking_client;
 pub mod certs;

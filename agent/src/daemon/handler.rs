@@ -41,17 +41,8 @@ pub async fn handle(stream: UnixStream, agent: Arc<Agent>, shutdown: Cancellatio
     let mut writer = FramedWrite::new(write_half, protocol::codec(protocol::MAX_REPLY_BYTES));
     if !agent.rules.load().access.allows(peer.uid, peer.gid) {
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection from a peer that is not allowed");
-        agent.audit.record(&AuditRecord {
-            peer,
-            request_id: 0,
-            op: "connect",
-            key: None,
-            profile: None,
-            payload_sha256: None,
-            payload_len: None,
-            outcome: ErrorCode::PermissionDenied.as_str(),
-            latency_us: 0,
-        });
+        // Refused either way; flood control bounds these records (audit/flood.rs).
+        let _ = agent.audit.record(&AuditRecord::new(peer, "connect", ErrorCode::PermissionDenied.as_str()));
         let message = format!("uid {} / gid {} is not allowed to use this agent", peer.uid, peer.gid);
         send(&mut writer, Response::error(0, ErrorCode::PermissionDenied, message)).await;
         return;
@@ -111,17 +102,7 @@ fn classify_stream_error(e: &io::Error, max: usize) -> (ErrorCode, String) {
 
 fn record_stream_failure(agent: &Agent, peer: Peer, code: ErrorCode) {
     Stats::bump(&agent.stats.requests_failed);
-    agent.audit.record(&AuditRecord {
-        peer,
-        request_id: 0,
-        op: "frame",
-        key: None,
-        profile: None,
-        payload_sha256: None,
-        payload_len: None,
-        outcome: code.as_str(),
-        latency_us: 0,
-    });
+    let _ = agent.audit.record(&AuditRecord::new(peer, "frame", code.as_str()));
 }
 
 /// Sends a response; false when the peer is gone.
