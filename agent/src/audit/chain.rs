@@ -120,7 +120,9 @@ pub enum ChainBreak {
         previous: u64,
     },
     /// The log ends before the head's last record: records were cut from the end.
-    #[error("{count} record(s) removed from the end: the log ends at seq {last_seq}, its head `{head}` says seq {head_seq}")]
+    #[error(
+        "{count} record(s) removed from the end: the log ends at seq {last_seq}, its head `{head}` says seq {head_seq}"
+    )]
     TailRemoved {
         /// The head file.
         head: String,
@@ -237,7 +239,12 @@ impl ChainWalker {
 fn event_detail(value: &serde_json::Value) -> String {
     const COMMON: [&str; 8] = ["ts", "seq", "prev", "peer", "request_id", "op", "outcome", "latency_us"];
     let Some(object) = value.as_object() else { return String::new() };
-    object.iter().filter(|(k, _)| !COMMON.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+    object
+        .iter()
+        .filter(|(k, _)| !COMMON.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn check_link(last: &Link, at: &Place, seq: u64, prev: &str) -> Result<(), ChainBreak> {
@@ -303,7 +310,12 @@ pub fn verify_against_head(
     if head.seq > 0 {
         if summary.records == 0 || summary.last_seq < head.seq {
             let last_seq = summary.last_seq;
-            return Err(ChainBreak::TailRemoved { head: name(), count: head.seq - last_seq, last_seq, head_seq: head.seq });
+            return Err(ChainBreak::TailRemoved {
+                head: name(),
+                count: head.seq - last_seq,
+                last_seq,
+                head_seq: head.seq,
+            });
         }
         if anchor_hash.as_deref() != Some(head.hash.as_str()) {
             return Err(ChainBreak::TailChanged { head: name(), seq: head.seq });

@@ -128,7 +128,10 @@ mod tests {
         let mut due = limiter.take_due(t0 + WINDOW);
         due.sort_by(|a, b| a.op.cmp(&b.op));
         assert_eq!(due.len(), 2);
-        assert_eq!((due[0].op.as_str(), due[0].outcome.as_str(), due[0].suppressed), ("connect", "permission_denied", 997));
+        assert_eq!(
+            (due[0].op.as_str(), due[0].outcome.as_str(), due[0].suppressed),
+            ("connect", "permission_denied", 997)
+        );
         assert_eq!(due[0].peer.pid, Some(999));
         assert_eq!((due[1].op.as_str(), due[1].suppressed), ("frame", 1));
         // A new window: a new budget.
@@ -157,8 +160,7 @@ mod tests {
             limiter.admit(peer(uid, 1), "connect", "permission_denied", t0);
         }
         assert!(limiter.windows.len() <= MAX_TRACKED + 1);
-        let overflow: u64 =
-            limiter.take_all().iter().filter(|s| s.peer.uid == u32::MAX).map(|s| s.suppressed).sum();
+        let overflow: u64 = limiter.take_all().iter().filter(|s| s.peer.uid == u32::MAX).map(|s| s.suppressed).sum();
         assert_eq!(overflow, 199, "the overflow entry wrote one record and counted the rest");
     }
 }

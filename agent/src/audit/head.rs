@@ -7,7 +7,7 @@
 //! Written after every record as one `pwrite` of a fixed 256 bytes at offset 0 (a JSON
 //! object padded with spaces): the file never changes size, so the write needs no new
 //! blocks and cannot fail for a full file system, and a reader sees either the old or the
-//! new text (one sector). Costs about 1 µs per record.
+//! new text (one sector). Costs about 2.4 µs per record (measured on ext4).
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -45,7 +45,7 @@ impl HeadFile {
     /// # Errors
     /// When the file cannot be opened or read.
     pub fn open(path: &Path) -> std::io::Result<(Self, Result<Option<Head>, String>)> {
-        let mut file = OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(path)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path)?;
         let mut text = String::new();
         let current = match file.read_to_string(&mut text) {
             Ok(_) => parse(&text),

@@ -203,7 +203,8 @@ impl AuditLog {
                 suppressed: s.suppressed,
                 window_ms: u64::try_from(WINDOW.as_millis()).unwrap_or(u64::MAX),
             };
-            let record = AuditRecord { note: Some(note), ..AuditRecord::new(s.peer, "refusals_suppressed", &s.outcome) };
+            let record =
+                AuditRecord { note: Some(note), ..AuditRecord::new(s.peer, "refusals_suppressed", &s.outcome) };
             // A failure is logged by `append`; the count is lost with the write.
             let _ = self.append(inner, &record);
         }
@@ -330,7 +331,9 @@ impl AuditLog {
         match first_kept(path) {
             Ok(Some(first)) => tail.first = first,
             Ok(None) => tail.first = Link { seq: tail.seq + 1, hash: tail.prev.clone() },
-            Err(e) => tracing::error!(error = %keyward_core::error::chain(&e), "cannot read the first kept audit record"),
+            Err(e) => {
+                tracing::error!(error = %keyward_core::error::chain(&e), "cannot read the first kept audit record")
+            }
         }
         tracing::info!(removed, kept_from_seq = tail.first.seq, "removed old audit files (audit_max_files)");
         Some(AuditNote::Retention { removed_files: removed, kept_from_seq: tail.first.seq })

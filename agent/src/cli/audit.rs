@@ -37,8 +37,7 @@ pub fn run(config_path: &Path, cmd: AuditCommand) -> Result<()> {
     let (files, head) = if log.is_empty() {
         let config = Config::load(config_path)?;
         let path = config.audit_log();
-        let files =
-            log_files(&path).with_context(|| format!("listing the rotated files of `{}`", path.display()))?;
+        let files = log_files(&path).with_context(|| format!("listing the rotated files of `{}`", path.display()))?;
         (files, Some(head.unwrap_or_else(|| config.audit_head())))
     } else {
         (log, head)
@@ -67,9 +66,7 @@ fn report(files: &[PathBuf], head: Option<&Path>, summary: &ChainSummary) {
     );
     match head {
         Some(head) => println!("head `{}` matches both ends of the chain", head.display()),
-        None => println!(
-            "note: no head file given (--head): records removed from the end or the start would not show"
-        ),
+        None => println!("note: no head file given (--head): records removed from the end or the start would not show"),
     }
     for event in &summary.events {
         let what = match event.op.as_str() {

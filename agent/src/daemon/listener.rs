@@ -33,7 +33,8 @@ pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: Cancell
         match accepted {
             Ok((stream, _)) => {
                 let cred = stream.peer_cred().ok();
-                let refused = cred.map(|c| Peer { uid: c.uid(), gid: c.gid(), pid: c.pid(), connected: Duration::ZERO });
+                let refused =
+                    cred.map(|c| Peer { uid: c.uid(), gid: c.gid(), pid: c.pid(), connected: Duration::ZERO });
                 let peer = cred.map(|c| (c.uid(), c.pid()));
                 let peer_slot = match peer.map(|key| per_peer.try_acquire(key)) {
                     Some(None) => {
