@@ -17,6 +17,12 @@ pub const PIN_FILE_ENV: &str = "KEYWARD_PIN_FILE";
 pub const DEFAULT_CONFIG: &str = "/etc/keyward/keyward.toml";
 /// Default `audit_max_bytes`: 64 MiB.
 pub const DEFAULT_AUDIT_MAX_BYTES: u64 = 64 << 20;
+/// Default `audit_max_files`: rotated audit files kept (with the live one, at most 11 ×
+/// `audit_max_bytes` on disk).
+pub const DEFAULT_AUDIT_MAX_FILES: u64 = 10;
+/// Default `audit_refusals_per_second`: refusal records per uid per second before the rest
+/// are counted in one summary record.
+pub const DEFAULT_AUDIT_REFUSALS_PER_SECOND: u32 = 10;
 /// systemd credential name looked up in `$CREDENTIALS_DIRECTORY` when nothing else is set.
 pub const DEFAULT_PIN_CREDENTIAL: &str = "keyward-pin";
 
@@ -35,6 +41,13 @@ pub struct Config {
     /// hash chain continues across files). Default: 64 MiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audit_max_bytes: Option<u64>,
+    /// Rotated audit files kept; older ones are removed. Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_max_files: Option<u64>,
+    /// Refusal records per uid per second; more are counted in a `refusals_suppressed`
+    /// record. Default: 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit_refusals_per_second: Option<u32>,
     /// Who may connect.
     #[serde(default)]
     pub access: AccessConfig,
@@ -345,6 +358,12 @@ impl Config {
         if self.audit_max_bytes.is_some_and(|n| n < 4096) {
             bail!("field `audit_max_bytes` must be at least 4096");
         }
+        if self.audit_max_files == Some(0) {
+            bail!("field `audit_max_files` must be at least 1");
+        }
+        if self.audit_refusals_per_second == Some(0) {
+            bail!("field `audit_refusals_per_second` must be at least 1");
+        }
         for (name, key) in &self.keys {
             keyward_core::KeyId::new(name).with_context(|| format!("table `keys.{name}`"))?;
             key.validate().with_context(|| format!("table `keys.{name}`"))?;
@@ -370,6 +389,21 @@ impl Config {
     /// The audit log's rotation size.
     pub fn audit_max_bytes(&self) -> u64 {
         self.audit_max_bytes.unwrap_or(DEFAULT_AUDIT_MAX_BYTES)
+    }
+
+    /// Rotated audit files kept.
+    pub fn audit_max_files(&self) -> u64 {
+        self.audit_max_files.unwrap_or(DEFAULT_AUDIT_MAX_FILES)
+    }
+
+    /// Refusal records per uid per second.
+    pub fn audit_refusals_per_second(&self) -> u32 {
+        self.audit_refusals_per_second.unwrap_or(DEFAULT_AUDIT_REFUSALS_PER_SECOND)
+    }
+
+    /// The audit head file (both ends of the chain, for `keyward audit verify`).
+    pub fn audit_head(&self) -> PathBuf {
+        self.state_dir.join("audit.head")
     }
 
     /// The folder of installed certificates.

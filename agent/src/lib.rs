@@ -10,7 +10,6 @@
 //! - `cli/`: the clap command line; [`kit_file`]: files in folders another user may change.
 
 pub mod audit;
-pub mod audit_chain;
 pub mod backends;
 pub mod blocking_client;
 pub mod certs;

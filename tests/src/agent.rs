@@ -74,6 +74,17 @@ pub trait AgentSite {
     }
 }
 
+/// How many audited events `records` stand for: one per record, except that a
+/// `refusals_suppressed` summary stands for the `suppressed` refusals it counts (the
+/// agent's refusal flood control, docs/security.md). With `outcome`, only those events.
+pub fn audited_events(records: &[serde_json::Value], outcome: Option<&str>) -> u64 {
+    records
+        .iter()
+        .filter(|r| outcome.is_none_or(|o| r["outcome"] == o))
+        .map(|r| if r["op"] == "refusals_suppressed" { r["suppressed"].as_u64().unwrap_or(0) } else { 1 })
+        .sum()
+}
+
 /// A running agent.
 pub struct AgentProcess {
     child: Option<Child>,

@@ -23,7 +23,7 @@ pub mod tls;
 pub mod tls_sink;
 pub mod tools;
 
-pub use agent::{AgentProcess, AgentSite};
+pub use agent::{audited_events, AgentProcess, AgentSite};
 pub use pki::TestCa;
 pub use softhsm::{Site, SoftHsm};
 pub use swtpm::{Swtpm, TpmSite};

@@ -74,7 +74,8 @@ pub struct SoakReport {
     pub wrong_count: u64,
     /// Audit records the run should have added (one per frame sent).
     pub audit_expected: u64,
-    /// Audit records it added.
+    /// Audited frames it added: one per record, a `refusals_suppressed` summary counting
+    /// for the refusals it stands for.
     pub audit_found: u64,
     /// Successful `sign` records among them.
     pub audit_signs_ok: u64,
@@ -330,10 +331,11 @@ pub fn run(config: SoakConfig) -> SoakReport {
     procstat::wait_fds_at_most(agent.pid(), baseline.fds, Duration::from_secs(5));
     let after = procstat::usage(agent.pid());
 
+    // After the agent's exit, which writes the summaries of refusal windows still open.
+    drop(agent);
     let records = site.audit_records();
     let added = &records[usize::try_from(audit_before).expect("count")..];
     let audit_signs_ok = added.iter().filter(|r| r["op"] == "sign" && r["outcome"] == "ok").count() as u64;
-    drop(agent);
     let verify = site.keyward(&["audit", "verify"]);
     let audit_chain_intact =
         verify.status.success() && String::from_utf8_lossy(&verify.stdout).contains("chain intact");
@@ -345,7 +347,7 @@ pub fn run(config: SoakConfig) -> SoakReport {
         wrong,
         wrong_count,
         audit_expected: counts.total(),
-        audit_found: added.len() as u64,
+        audit_found: crate::agent::audited_events(added, None),
         audit_signs_ok,
         audit_chain_intact,
         baseline,

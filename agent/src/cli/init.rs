@@ -113,6 +113,8 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
         state_dir,
         audit_log: None,
         audit_max_bytes: None,
+        audit_max_files: None,
+        audit_refusals_per_second: None,
         agent,
         metrics: None,
         keys: Default::default(),

@@ -15,7 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 use super::ready::self_check;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, AuditSettings};
 use crate::certs::CertStore;
 use crate::config::Config;
 use crate::daemon::{
@@ -55,6 +55,18 @@ pub(super) fn cancel_on_signal() -> Result<CancellationToken> {
     Ok(shutdown)
 }
 
+/// Writes the summaries of refusal floods whose one-second window has closed, so a flood
+/// that stops is summarised without waiting for the next record.
+async fn flush_suppressed_refusals(agent: Arc<Agent>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => agent.audit.flush_suppressed(),
+        }
+    }
+}
+
 /// Runs the agent until a termination signal.
 ///
 /// # Errors
@@ -79,8 +91,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<()> {
         StoreHandle::start(Arc::clone(&backend), config.limits.queue_depth, config.limits.request_timeout())
             .context("starting key store workers")?;
     let audit_path = config.audit_log();
-    let audit = AuditLog::open_rotating(&audit_path, config.audit_max_bytes())
-        .with_context(|| format!("opening audit log `{}`", audit_path.display()))?;
+    let audit = AuditLog::open(AuditSettings::from_config(&config)).context("opening the audit log")?;
     let agent = Arc::new(Agent {
         store,
         certs: CertStore::new(config.cert_dir()),
@@ -100,6 +111,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<()> {
             tracing::info!(listen = %listener.local_addr()?, "metrics endpoint on");
             tokio::spawn(serve_metrics(listener, Arc::clone(&agent), shutdown.clone()));
         }
+        tokio::spawn(flush_suppressed_refusals(Arc::clone(&agent), shutdown.clone()));
         let stopping = shutdown.clone();
         let stop_notice = tokio::spawn(async move {
             stopping.cancelled().await;

@@ -46,22 +46,12 @@ pub async fn handle(stream: UnixStream, agent: Arc<Agent>, shutdown: Cancellatio
         // Never seen on Linux >= 2.6.39; refused with a reply and a record, not a silent close.
         tracing::error!(error = %e, "refusing a connection");
         refuse_connection(agent.as_ref(), peer, ErrorCode::Unsupported);
-        send(&mut writer, Response::error(0, ErrorCode::Unsupported, e.to_string())).await;
+        send(&mut writer, Response::error(0, ErrorCode::Unsupported, e.to_string()), &agent).await;
         return;
     }
     if !agent.rules.load().access.allows(peer.uid, peer.gid) {
         tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "refused connection from a peer that is not allowed");
-        agent.audit.record(&AuditRecord {
-            peer,
-            request_id: 0,
-            op: "connect",
-            key: None,
-            profile: None,
-            payload_sha256: None,
-            payload_len: None,
-            outcome: ErrorCode::PermissionDenied.as_str(),
-            latency_us: 0,
-        });
+        refuse_connection(agent.as_ref(), peer, ErrorCode::PermissionDenied);
         let message = format!("uid {} / gid {} is not allowed to use this agent", peer.uid, peer.gid);
         send(&mut writer, Response::error(0, ErrorCode::PermissionDenied, message), &agent).await;
         return;
@@ -146,34 +136,15 @@ fn classify_stream_error(e: &io::Error, max: usize) -> (ErrorCode, String) {
     (ErrorCode::MalformedRequest, format!("stream error: {e}"))
 }
 
-/// The record of a connection refused before its first frame.
+/// The record of a connection refused before its first frame. Refused either way; flood
+/// control bounds these records (audit/flood.rs).
 fn refuse_connection(agent: &Agent, peer: Peer, code: ErrorCode) {
-    agent.audit.record(&AuditRecord {
-        peer,
-        request_id: 0,
-        op: "connect",
-        key: None,
-        profile: None,
-        payload_sha256: None,
-        payload_len: None,
-        outcome: code.as_str(),
-        latency_us: 0,
-    });
+    let _ = agent.audit.record(&AuditRecord::new(peer, "connect", code.as_str()));
 }
 
 fn record_stream_failure(agent: &Agent, peer: Peer, code: ErrorCode) {
     Stats::bump(&agent.stats.requests_failed);
-    agent.audit.record(&AuditRecord {
-        peer,
-        request_id: 0,
-        op: "frame",
-        key: None,
-        profile: None,
-        payload_sha256: None,
-        payload_len: None,
-        outcome: code.as_str(),
-        latency_us: 0,
-    });
+    let _ = agent.audit.record(&AuditRecord::new(peer, "frame", code.as_str()));
 }
 
 /// Sends a response within the write timeout; false when the peer is gone or did not take

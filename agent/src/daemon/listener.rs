@@ -1,7 +1,8 @@
 //! The accept loop: a connection limit (a semaphore; over the limit a client gets a `busy`
 //! reply instead of a silent close), a per-process limit (`peer_limit.rs`, also answered
 //! `busy`), a short back-off when `accept` fails (for example out
-//! of file descriptors), and a graceful stop that waits for in-flight connections.
+//! of file descriptors), and a graceful stop that waits for in-flight connections. Each
+//! `busy` refusal is audited (`connect`, `busy`), within the refusal flood control.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use super::peer_limit::PeerLimit;
 use super::{handler, Agent};
+use crate::audit::{AuditRecord, Peer};
 
 /// Serves `listener` until `shutdown` is cancelled, then waits (up to the configured grace
 /// period) for open connections to finish their current request.
@@ -30,7 +32,10 @@ pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: Cancell
         };
         match accepted {
             Ok((stream, _)) => {
-                let peer = stream.peer_cred().map(|c| (c.uid(), c.pid())).ok();
+                let cred = stream.peer_cred().ok();
+                let refused =
+                    cred.map(|c| Peer { uid: c.uid(), gid: c.gid(), pid: c.pid(), connected: Duration::ZERO });
+                let peer = cred.map(|c| (c.uid(), c.pid()));
                 let peer_slot = match peer.map(|key| per_peer.try_acquire(key)) {
                     Some(None) => {
                         tracing::warn!(
@@ -38,7 +43,8 @@ pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: Cancell
                             limit = agent.limits.max_connections_per_peer,
                             "per-process connection limit reached; refusing a connection"
                         );
-                        tracker.spawn(refuse_busy(stream, "too many connections from this process; try again later"));
+                        let message = "too many connections from this process; try again later";
+                        tracker.spawn(refuse_busy(stream, Arc::clone(&agent), refused, message));
                         continue;
                     }
                     // No credentials: the handler refuses the connection before reading.
@@ -59,7 +65,8 @@ pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: Cancell
                             limit = agent.limits.max_connections,
                             "connection limit reached; refusing a connection"
                         );
-                        tracker.spawn(refuse_busy(stream, "too many connections; try again later"));
+                        let message = "too many connections; try again later";
+                        tracker.spawn(refuse_busy(stream, Arc::clone(&agent), refused, message));
                     }
                 }
             }
@@ -76,7 +83,11 @@ pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: Cancell
     }
 }
 
-async fn refuse_busy(stream: UnixStream, message: &'static str) {
+async fn refuse_busy(stream: UnixStream, agent: Arc<Agent>, peer: Option<Peer>, message: &'static str) {
+    if let Some(peer) = peer {
+        // Refused either way; flood control bounds these records (audit/flood.rs).
+        let _ = agent.audit.record(&AuditRecord::new(peer, "connect", ErrorCode::Busy.as_str()));
+    }
     let mut framed = Framed::new(stream, protocol::codec(protocol::DEFAULT_MAX_FRAME_BYTES));
     let reply = Response::error(0, ErrorCode::Busy, message);
     if let Ok(body) = serde_json::to_vec(&reply) {

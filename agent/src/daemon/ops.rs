@@ -1,6 +1,8 @@
 //! What each request does: decode, run it on the key store, write one audit record, and
 //! build the reply. The wire gets the error's code and top-level message; the log gets the
-//! whole cause chain under the same request id.
+//! whole cause chain under the same request id. A private-key result (signature,
+//! decryption, registration) leaves only after its record is in the audit log; otherwise
+//! the caller gets `audit_failed` and the result is dropped.
 
 use std::time::Instant;
 
@@ -10,7 +12,7 @@ use keyward_core::{KeyId, SignProfile, StoreError, TlsScheme};
 
 use super::policy::{Grant, KeyUse, Policies, Refusal};
 use super::{nvflare, status, Agent, Stats};
-use crate::audit::{micros, sha256_hex, AuditRecord, Peer};
+use crate::audit::{micros, sha256_hex, AuditError, AuditRecord, Peer};
 
 /// A failed operation: wire code and message.
 pub(super) struct Failure {
@@ -46,7 +48,8 @@ pub async fn execute(agent: &Agent, peer: Peer, frame: &[u8], started: Instant) 
         Err(e) => {
             Stats::bump(&agent.stats.requests_failed);
             let id = e.id.unwrap_or(0);
-            audit(agent, peer, id, "invalid", None, None, None, e.code.as_str(), started);
+            // A refusal: it is refused whether or not its record is written.
+            let _ = audit(agent, peer, id, "invalid", None, None, None, e.code.as_str(), started);
             agent.stats.record("invalid", None, None, e.code.as_str(), started.elapsed());
             return Response::error(id, e.code, e.message);
         }
@@ -61,14 +64,11 @@ pub async fn execute(agent: &Agent, peer: Peer, frame: &[u8], started: Instant) 
         _ => (None, None),
     };
     let mut payload_digest = payload.map(|p| (sha256_hex(p), p.len()));
+    let private_key_result = uses_private_key(&request.op);
     let result = run(agent, peer, request.op).await;
-    let (outcome, response, extra) = match result {
-        Ok((reply, extra)) => {
-            Stats::bump(&agent.stats.requests_ok);
-            ("ok", Response::ok(id, reply), extra)
-        }
+    let (mut outcome, mut response, extra) = match result {
+        Ok((reply, extra)) => ("ok", Response::ok(id, reply), extra),
         Err(f) => {
-            Stats::bump(&agent.stats.requests_failed);
             tracing::info!(request_id = id, op = op_name, code = %f.code, message = %f.message, "request failed");
             (f.code.as_str(), Response::error(id, f.code, f.message), AuditExtra::default())
         }
@@ -77,9 +77,27 @@ pub async fn execute(agent: &Agent, peer: Peer, frame: &[u8], started: Instant) 
         payload_digest = Some((sha256_hex(signed), signed.len()));
     }
     let shown_profile = extra.profile.map(SignProfile::name).or(profile.as_deref());
-    audit(agent, peer, id, op_name, key.as_ref(), shown_profile, payload_digest, outcome, started);
+    let written = audit(agent, peer, id, op_name, key.as_ref(), shown_profile, payload_digest, outcome, started);
+    if let Err(e) = written {
+        if outcome == "ok" && private_key_result {
+            // Fail closed: no signature, plaintext or registration without its record.
+            outcome = ErrorCode::AuditFailed.as_str();
+            response = Response::error(id, ErrorCode::AuditFailed, withheld(&e));
+        }
+    }
+    Stats::bump(if outcome == "ok" { &agent.stats.requests_ok } else { &agent.stats.requests_failed });
     agent.stats.record(op_name, key.as_ref(), shown_profile, outcome, started.elapsed());
     response
+}
+
+/// Operations whose success hands out the work of a private key.
+fn uses_private_key(op: &Operation) -> bool {
+    matches!(op, Operation::Sign { .. } | Operation::Decrypt { .. } | Operation::NvflareRegister { .. })
+}
+
+/// The `audit_failed` message: the OS reason, not the log's path.
+fn withheld(e: &AuditError) -> String {
+    format!("the audit record could not be written ({}), so the result was withheld", e.reason())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -93,19 +111,17 @@ fn audit(
     payload: Option<(String, usize)>,
     outcome: &str,
     started: Instant,
-) {
+) -> Result<(), AuditError> {
     let (payload_sha256, payload_len) = payload.map_or((None, None), |(d, n)| (Some(d), Some(n)));
     agent.audit.record(&AuditRecord {
-        peer,
         request_id,
-        op,
         key: key.map(KeyId::as_str),
         profile,
         payload_sha256,
         payload_len,
-        outcome,
         latency_us: micros(started.elapsed()),
-    });
+        ..AuditRecord::new(peer, op, outcome)
+    })
 }
 
 impl From<Refusal> for Failure {

@@ -139,6 +139,12 @@ fn needs_restart(old: &Config, new: &Config) -> Vec<&'static str> {
     if old.audit_log() != new.audit_log() {
         out.push("audit_log");
     }
+    if old.audit_max_bytes() != new.audit_max_bytes()
+        || old.audit_max_files() != new.audit_max_files()
+        || old.audit_refusals_per_second() != new.audit_refusals_per_second()
+    {
+        out.push("audit_max_bytes, audit_max_files or audit_refusals_per_second");
+    }
     if old.access.socket_gid != new.access.socket_gid {
         out.push("access.socket_gid");
     }
@@ -177,6 +183,8 @@ token = "fl-site"
         assert_eq!(needs_restart(&old, &backend), ["backend"]);
         let moved = parse(&format!("{}[limits]\nqueue_depth = 8\n", BASE.replace("/run/keyward", "/run/kw")));
         assert_eq!(needs_restart(&old, &moved), ["socket", "limits"]);
+        let audit = parse(&format!("audit_max_files = 3\n{BASE}"));
+        assert_eq!(needs_restart(&old, &audit), ["audit_max_bytes, audit_max_files or audit_refusals_per_second"]);
     }
 
     #[tokio::test]

@@ -71,6 +71,10 @@ pub enum ErrorCode {
     /// The key's rate limit (`keys.<name>.rate_limit` or `profile_rate_limits`) is used up;
     /// the message says when a token is back.
     RateLimited,
+    /// The audit record of a private-key result (signature, decryption, registration)
+    /// could not be written (for example a full file system), so the result was withheld;
+    /// the message says why. Retry once the log is writable again.
+    AuditFailed,
     /// A bug in the agent; details are in its log.
     Internal,
 }
@@ -110,6 +114,7 @@ impl ErrorCode {
             Self::TokenSignatureInvalid => "token_signature_invalid",
             Self::PolicyDenied => "policy_denied",
             Self::RateLimited => "rate_limited",
+            Self::AuditFailed => "audit_failed",
             Self::Internal => "internal",
         }
     }

@@ -225,6 +225,15 @@ class RateLimited(AgentError):
     code = "rate_limited"
 
 
+class AuditFailed(AgentError):
+    """``audit_failed``: the agent could not write the audit record of a signature, decryption or
+    registration (for example its file system is full), so it withheld the result. Nothing was
+    returned; retry once the agent's audit log is writable again."""
+
+    code = "audit_failed"
+    hint = "the agent's audit log cannot be written (is its file system full?); see the agent's log"
+
+
 class NonceUnknown(AgentError):
     """``nonce_unknown``: ``nvflare_register`` with a client nonce this agent did not issue or forgot."""
 
@@ -367,6 +376,7 @@ ERROR_CLASSES: dict[str, type[AgentError]] = {
         UnknownKey,
         PolicyDenied,
         RateLimited,
+        AuditFailed,
         NonceUnknown,
         NonceExpired,
         NonceReplayed,
@@ -405,6 +415,7 @@ __all__ = [
     "ERROR_CLASSES",
     "AgentError",
     "AgentUnreachable",
+    "AuditFailed",
     "BackendError",
     "BackendUnavailable",
     "Busy",
