@@ -7,7 +7,9 @@
 //!
 //! When `[access]` does not admit the agent's own uid, the socket answers
 //! `permission_denied` — the request path works up to the access check — and the store is
-//! then asked directly, without the socket.
+//! then asked directly, without the socket. A `busy` reply (clients took every connection
+//! slot the moment the socket appeared) is asked again until the deadline: it proves the
+//! listener, not the store.
 
 use std::path::Path;
 use std::time::Duration;
@@ -33,7 +35,23 @@ pub async fn self_check(socket: &Path, store: &StoreHandle) -> Result<usize> {
         .with_context(|| format!("no answer within {} s", SELF_CHECK_DEADLINE.as_secs()))?
 }
 
+/// Pause between two tries after a `busy` reply.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
+
 async fn check(socket: &Path, store: &StoreHandle) -> Result<usize> {
+    loop {
+        match check_once(socket, store).await {
+            Err(e) if is_busy(&e) => tokio::time::sleep(BUSY_RETRY).await,
+            other => return other,
+        }
+    }
+}
+
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ClientError>().is_some_and(|c| matches!(c, ClientError::Agent { code: ErrorCode::Busy, .. }))
+}
+
+async fn check_once(socket: &Path, store: &StoreHandle) -> Result<usize> {
     let mut client = AgentClient::connect(socket).await.context("connecting to its own socket")?;
     match client.call(Operation::ListKeys).await {
         Ok(Reply::Keys { keys }) => Ok(keys.len()),
