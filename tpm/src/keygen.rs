@@ -2,7 +2,8 @@
 //! SubjectPublicKeyInfo from its TPMT_PUBLIC (no TPM call needed).
 //!
 //! Every key is fixedTPM, fixedParent, sensitiveDataOrigin (born in this TPM, never
-//! duplicable) and userWithAuth (the auth value, empty unless configured, authorises use).
+//! duplicable) and userWithAuth (the key's own random auth value, see `auth.rs`, or the
+//! configured one, authorises use).
 //! RSA keys are unrestricted sign+decrypt with the NULL scheme, so one key can do TPM2_Sign
 //! with the scheme a TLS profile needs, OAEP-SHA-256 in TPM2_RSA_Decrypt, and the raw
 //! private operation the maximum-salt PSS path uses (see `sign.rs`). P-256 keys are
@@ -18,6 +19,10 @@ use tss_esapi::structures::{EccScheme, HashScheme, Public, RsaExponent};
 use crate::blob::KeyBlob;
 use crate::connection::Connection;
 use crate::error::TpmError;
+
+/// The name algorithm of every key keyward makes or imports (it bounds the auth value's
+/// length: 32 bytes).
+pub(crate) const NAME_ALG: HashingAlgorithm = HashingAlgorithm::Sha256;
 
 fn template(algorithm: KeyAlgorithm) -> Result<Public, tss_esapi::Error> {
     match algorithm {
@@ -41,7 +46,8 @@ pub(crate) fn auth_value(auth: Option<&Pin>) -> Result<Option<tss_esapi::structu
     .transpose()
 }
 
-/// Creates a key of `algorithm` under the primary; returns it wrapped by the primary.
+/// Creates a key of `algorithm` with the auth value `auth` under the primary; returns it
+/// wrapped by the primary (the caller attaches the auth value it keeps).
 pub(crate) fn create(
     conn: &mut Connection,
     algorithm: KeyAlgorithm,
@@ -49,13 +55,12 @@ pub(crate) fn create(
 ) -> Result<KeyBlob, TpmError> {
     let public = template(algorithm).map_err(TpmError::call("building key template"))?;
     let primary = conn.primary;
-    let created = conn
-        .ctx
-        .execute_with_session(Some(tss_esapi::interface_types::session_handles::AuthSession::Password), |c| {
-            c.create(primary, public, auth, None, None, None)
-        })
-        .map_err(TpmError::call("TPM2_Create"))?;
-    Ok(KeyBlob { public: created.out_public, private: created.out_private })
+    // The new auth value travels in `inSensitive`: encrypted by the salted session.
+    let created = crate::session::encrypting(&mut conn.ctx, conn.session, |c| {
+        c.create(primary, public, auth, None, None, None)
+    })?
+    .map_err(TpmError::call("TPM2_Create"))?;
+    Ok(KeyBlob { public: created.out_public, private: created.out_private, auth: None })
 }
 
 /// The key's algorithm, if it is one keyward uses.
@@ -99,4 +104,16 @@ pub(crate) fn public_key(id: &KeyId, public: &Public) -> Result<PublicKey, Store
         _ => return Err(StoreError::Unsupported { what: format!("TPM key `{id}`: not an RSA or EC key") }),
     };
     Ok(PublicKey { algorithm, spki_der: spki })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_names_with_name_alg() {
+        for algorithm in [KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa3072, KeyAlgorithm::EcP256] {
+            assert_eq!(template(algorithm).unwrap().name_hashing_algorithm(), NAME_ALG, "{algorithm}");
+        }
+    }
 }
