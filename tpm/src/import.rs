@@ -34,9 +34,15 @@ use crate::connection::Connection;
 use crate::error::TpmError;
 
 /// Imports `key` under the storage primary; returns it wrapped by the primary.
-pub(crate) fn import(conn: &mut Connection, key: &PrivateKeyMaterial, auth: Option<Auth>) -> Result<KeyBlob, TpmError> {
-    let (public, sensitive) =
+pub(crate) fn import(
+    conn: &mut Connection,
+    key: &PrivateKeyMaterial,
+    auth: Option<Auth>,
+    no_da: bool,
+) -> Result<KeyBlob, TpmError> {
+    let (mut public, sensitive) =
         parts(key, auth.unwrap_or_default()).map_err(TpmError::call("building import structures"))?;
+    crate::keygen::set_no_da(&mut public, no_da);
     let duplicate = unwrapped_duplicate(&sensitive).map_err(TpmError::call("marshalling TPM2B_SENSITIVE"))?;
     drop(sensitive);
     let primary = conn.primary;

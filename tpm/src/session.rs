@@ -45,8 +45,7 @@ fn no_session() -> tss_esapi::Error {
 
 /// Continue the session after each command; encrypt the command's first parameter or not.
 fn set_attributes(ctx: &mut Context, session: AuthSession, decrypt: bool) -> Result<(), TpmError> {
-    let (attributes, mask) =
-        SessionAttributesBuilder::new().with_continue_session(true).with_decrypt(decrypt).build();
+    let (attributes, mask) = SessionAttributesBuilder::new().with_continue_session(true).with_decrypt(decrypt).build();
     ctx.tr_sess_set_attributes(session, attributes, mask).map_err(TpmError::call("Esys_TRSess_SetAttributes"))
 }
 

@@ -13,8 +13,8 @@ use keyward_core::{KeyAlgorithm, KeyId, KeyInfo, KeyStore, PublicKey, SignProfil
 use tss_esapi::structures::Public;
 use zeroize::Zeroizing;
 
-use crate::backend::Shared;
 use crate::auth::KeyAuth;
+use crate::backend::Shared;
 use crate::blob::{self, KeyBlob};
 use crate::connection::{Connection, StoredKey};
 use crate::error::{Failure, TpmError};
@@ -183,7 +183,7 @@ impl TpmStore {
         &mut self,
         id: &KeyId,
         what: &'static str,
-        make: impl Fn(&mut Connection, Option<tss_esapi::structures::Auth>) -> Result<KeyBlob, TpmError>,
+        make: impl Fn(&mut Connection, Option<tss_esapi::structures::Auth>, bool) -> Result<KeyBlob, TpmError>,
     ) -> Result<KeyInfo, StoreError> {
         let tpm = self.shared.config.tcti.to_string();
         let configured = self.auth()?;
@@ -221,7 +221,7 @@ impl TpmStore {
                 if crate::persistent::is_occupied(&mut conn.ctx, handle)? {
                     return Err(Failure::Store(occupied()));
                 }
-                let blob = make(conn, auth.clone())?;
+                let blob = make(conn, auth.clone(), own.is_some())?;
                 crate::persistent::persist(&mut conn.ctx, conn.primary, &blob, handle)?;
                 Ok(blob)
             });
@@ -243,7 +243,7 @@ impl TpmStore {
         if path.exists() {
             return Err(exists());
         }
-        let mut blob = self.run(|conn| Ok(make(conn, auth.clone())?))?;
+        let mut blob = self.run(|conn| Ok(make(conn, auth.clone(), own.is_some())?))?;
         blob.auth = own;
         match blob::write_new(&key_dir, id, &blob) {
             Ok(_) => {}
@@ -320,12 +320,14 @@ impl KeyStore for TpmStore {
     }
 
     fn generate(&mut self, id: &KeyId, algorithm: KeyAlgorithm) -> Result<KeyInfo, StoreError> {
-        self.create_key(id, "generated key in the TPM", |conn, auth| crate::keygen::create(conn, algorithm, auth))
+        self.create_key(id, "generated key in the TPM", |conn, auth, no_da| {
+            crate::keygen::create(conn, algorithm, auth, no_da)
+        })
     }
 
     fn import(&mut self, id: &KeyId, key: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
-        self.create_key(id, "imported key into the TPM (held by it, not born in it)", |conn, auth| {
-            crate::import::import(conn, key, auth)
+        self.create_key(id, "imported key into the TPM (held by it, not born in it)", |conn, auth, no_da| {
+            crate::import::import(conn, key, auth, no_da)
         })
     }
 
