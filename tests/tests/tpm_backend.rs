@@ -349,10 +349,6 @@ fn another_tpm_client_cannot_sign_with_a_key_at_its_persistent_handle() {
     let site = TpmSite::new();
     set_persistent_handles(&site, &[("site-1", "0x81000010")]);
     let out = site.keyward_ok(&["key", "generate", "site-1", "--algorithm", "rsa-2048"]);
-    let auth = site.auth_file("site-1");
-    assert_eq!(std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777, 0o600);
-    let secret = std::fs::read(&auth).unwrap();
-    assert_eq!(secret.len(), 32, "the auth value is as long as the SHA-256 name digest allows");
 
     // Another process on the machine, with the handle and the TPM but not the auth value.
     let msg = site.path("m");
@@ -362,6 +358,12 @@ fn another_tpm_client_cannot_sign_with_a_key_at_its_persistent_handle() {
     assert!(refused_for_auth(&refused), "tpm2_sign with the empty auth value was not refused: {refused:?}");
     // noDA: that failure does not count towards a lockout of the agent's keys.
     assert_eq!(lockout_counter(&site), "TPM2_PT_LOCKOUT_COUNTER: 0x0");
+
+    // The auth value is kept for the agent only: 0600, beside the key's name.
+    let auth = site.auth_file("site-1");
+    assert_eq!(std::fs::metadata(&auth).unwrap().permissions().mode() & 0o777, 0o600);
+    let secret = std::fs::read(&auth).unwrap();
+    assert_eq!(secret.len(), 32, "the auth value is as long as the SHA-256 name digest allows");
     // The only thing missing was the auth value.
     let allowed = tpm2_sign(&site, "0x81000010", Some(&auth), &msg, &sig);
     assert_success(&allowed, "tpm2_sign with the key's auth value");
