@@ -497,3 +497,22 @@ fn a_key_with_the_empty_auth_value_from_an_older_version_still_signs_and_is_flag
     assert_eq!(json.matches("\"empty_auth\": true").count(), 1, "{json}");
     assert!(agent.log_text().contains("TPM key has an empty auth value"), "{}", agent.log_text());
 }
+
+#[test]
+fn a_left_over_auth_file_is_never_replaced_and_nothing_is_made_persistent() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = TpmSite::new();
+    set_persistent_handles(&site, &[("site-1", "0x81000011")]);
+    std::fs::create_dir_all(&site.key_dir).unwrap();
+    let stale = site.auth_file("site-1");
+    std::fs::write(&stale, b"left by an interrupted generate").unwrap();
+    std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = site.keyward(&["key", "generate", "site-1", "--algorithm", "p-256"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("site-1.tpmauth") && stderr.contains("never replaces"), "{stderr}");
+    assert_eq!(std::fs::read(&stale).unwrap(), b"left by an interrupted generate");
+    let out = site.swtpm.tpm2("tpm2_getcap").arg("handles-persistent").output().unwrap();
+    assert_success(&out, "tpm2_getcap handles-persistent");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("0x81000011"), "{out:?}");
+}
