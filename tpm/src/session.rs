@@ -5,7 +5,8 @@
 //!
 //! The session is salted with the storage primary (`tpmKey`), so its session key is not
 //! known to a bus observer either; that is what lets TPM2_Create's `inSensitive` (the new
-//! key's auth value) be sent encrypted (AES-128-CFB parameter encryption, [`encrypting`]).
+//! key's auth value) be sent encrypted (AES-128-CFB parameter encryption, [`encrypting`]),
+//! and TPM2_RSA_Decrypt's plaintext come back encrypted ([`with_encrypted_response`]).
 //! It is started once per connection and kept (continueSession): measured cost in
 //! docs/security.md. Operations on the primary itself (empty auth, no secret) keep using
 //! password sessions.
@@ -45,7 +46,14 @@ fn no_session() -> tss_esapi::Error {
 
 /// Continue the session after each command; encrypt the command's first parameter or not.
 fn set_attributes(ctx: &mut Context, session: AuthSession, decrypt: bool) -> Result<(), TpmError> {
-    let (attributes, mask) = SessionAttributesBuilder::new().with_continue_session(true).with_decrypt(decrypt).build();
+    set_flags(ctx, session, decrypt, false)
+}
+
+/// Continue the session; encrypt the command's first parameter (`decrypt`) and/or the
+/// response's (`encrypt`).
+fn set_flags(ctx: &mut Context, session: AuthSession, decrypt: bool, encrypt: bool) -> Result<(), TpmError> {
+    let (attributes, mask) =
+        SessionAttributesBuilder::new().with_continue_session(true).with_decrypt(decrypt).with_encrypt(encrypt).build();
     ctx.tr_sess_set_attributes(session, attributes, mask).map_err(TpmError::call("Esys_TRSess_SetAttributes"))
 }
 
@@ -59,5 +67,18 @@ pub(crate) fn encrypting<T>(
     set_attributes(ctx, session, true)?;
     let result = ctx.execute_with_session(Some(session), op);
     set_attributes(ctx, session, false)?;
+    Ok(result)
+}
+
+/// Runs `op` (inside `execute_with_session` with the connection's session) with the
+/// response's first parameter encrypted: for TPM2_RSA_Decrypt, the plaintext.
+pub(crate) fn with_encrypted_response<T>(
+    ctx: &mut Context,
+    op: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+) -> Result<tss_esapi::Result<T>, TpmError> {
+    let Some(session) = ctx.sessions().0 else { return Ok(op(ctx)) };
+    set_flags(ctx, session, false, true)?;
+    let result = op(ctx);
+    set_flags(ctx, session, false, false)?;
     Ok(result)
 }
