@@ -278,12 +278,14 @@ fn refused_for_auth(out: &std::process::Output) -> bool {
 }
 
 /// `tpm2_sign` (RSASSA-SHA256, or ECDSA for an EC key) of `msg` with `key` (a handle or a
-/// context file), in another process; `auth` is a file holding the auth value, none: empty.
-fn tpm2_sign(site: &TpmSite, key: &str, auth: Option<&Path>, msg: &Path, sig: &Path) -> std::process::Output {
+/// context file), in another process; `auth` is the auth value, none: empty. (As `hex:`
+/// in argv, on a throwaway test TPM: tpm2-tools' `file:` reads a C string, so random bytes
+/// with a 0x00 or a newline in them would be cut.)
+fn tpm2_sign(site: &TpmSite, key: &str, auth: Option<&[u8]>, msg: &Path, sig: &Path) -> std::process::Output {
     let mut cmd = site.swtpm.tpm2("tpm2_sign");
     cmd.args(["-c", key, "-g", "sha256", "-f", "plain", "-o"]).arg(sig);
     if let Some(auth) = auth {
-        cmd.arg("-p").arg(format!("file:{}", auth.display()));
+        cmd.arg("-p").arg(format!("hex:{}", hex::encode(auth)));
     }
     cmd.arg(msg).output().expect("tpm2_sign is installed (package tpm2-tools)")
 }
@@ -365,7 +367,7 @@ fn another_tpm_client_cannot_sign_with_a_key_at_its_persistent_handle() {
     let secret = std::fs::read(&auth).unwrap();
     assert_eq!(secret.len(), 32, "the auth value is as long as the SHA-256 name digest allows");
     // The only thing missing was the auth value.
-    let allowed = tpm2_sign(&site, "0x81000010", Some(&auth), &msg, &sig);
+    let allowed = tpm2_sign(&site, "0x81000010", Some(&secret), &msg, &sig);
     assert_success(&allowed, "tpm2_sign with the key's auth value");
     let public = site.public_pem("site-1");
     assert!(openssl_verify(&public, &(msg.clone(), sig), "-sha256", &[]));

@@ -48,10 +48,15 @@ fn max_len(name_alg: HashingAlgorithm) -> usize {
 }
 
 impl KeyAuth {
-    /// A fresh random auth value, as long as a key with name algorithm `name_alg` takes.
+    /// A fresh random auth value, as long as a key with name algorithm `name_alg` takes. It
+    /// never ends in a zero byte: a TPM drops trailing zero octets of an auth value (TPM 2.0
+    /// Part 1, authorization values) and a client may or may not, so such a value would
+    /// depend on the client.
     pub(crate) fn random(name_alg: HashingAlgorithm) -> Self {
         let mut bytes = Zeroizing::new(vec![0u8; max_len(name_alg)]);
-        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        while bytes.last() == Some(&0) {
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+        }
         Self(bytes)
     }
 
@@ -123,6 +128,7 @@ mod tests {
     fn random_values_fill_the_name_digest_and_differ() {
         let (a, b) = (random(), random());
         assert_eq!(a.bytes().len(), 32);
+        assert!((0..200).all(|_| random().bytes().last() != Some(&0)), "ends in a zero byte");
         assert_eq!(KeyAuth::random(HashingAlgorithm::Sha384).bytes().len(), 48);
         assert_ne!(a, b);
         assert_eq!(format!("{a:?}"), "KeyAuth(<redacted>)");
