@@ -169,6 +169,10 @@ pub struct KeyInfo {
     pub algorithm: KeyAlgorithm,
     /// Whether the key was created inside the device (`false` for imported keys).
     pub generated_on_device: bool,
+    /// Whether any client of the device can use the key without a secret: a TPM key with
+    /// the empty auth value (made by keyward before keys had their own). Always `false`
+    /// for PKCS#11 keys (the token login guards them).
+    pub empty_auth: bool,
 }
 
 #[cfg(test)]

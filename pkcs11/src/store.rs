@@ -209,7 +209,7 @@ impl Pkcs11Store {
         let attrs = self.session.get_attributes(found.handle, &[AttributeType::Local]);
         let local =
             attrs.map_err(self.fail("C_GetAttributeValue"))?.into_iter().any(|a| matches!(a, Attribute::Local(true)));
-        Ok(KeyInfo { id: id.clone(), algorithm: found.algorithm, generated_on_device: local })
+        Ok(KeyInfo { id: id.clone(), algorithm: found.algorithm, generated_on_device: local, empty_auth: false })
     }
 }
 

@@ -106,6 +106,14 @@ impl Swtpm {
         }
     }
 
+    /// A tpm2-tools command (`tpm2_sign`, ...) talking to this swtpm, as another TPM client
+    /// would; libtss2's error text stays on its stderr.
+    pub fn tpm2(&self, tool: &str) -> Command {
+        let mut cmd = Command::new(tool);
+        cmd.env("TPM2TOOLS_TCTI", self.tcti()).env_remove("TSS2_LOG");
+        cmd
+    }
+
     /// swtpm's log.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.state.path().join("swtpm.log")).unwrap_or_default()
@@ -182,6 +190,11 @@ impl TpmSite {
     /// The key blob of `name`.
     pub fn blob(&self, name: &str) -> PathBuf {
         self.key_dir.join(format!("{name}.tpmkey"))
+    }
+
+    /// The auth value file of the persistent key `name`.
+    pub fn auth_file(&self, name: &str) -> PathBuf {
+        self.key_dir.join(format!("{name}.tpmauth"))
     }
 
     /// The config path.

@@ -7,10 +7,11 @@
 //! has 3 transient slots; a leak makes the next load fail with TPM_RC_OBJECT_MEMORY). The
 //! key of the last operation stays loaded (one slot); using another key releases it first.
 //!
-//! Authorisation uses password sessions: HMAC sessions cost ~3.4 ms of client CPU per
-//! command with libtss2 3.2.1 (shared/notes/backends-spike.md §6).
+//! Keys are used through the connection's salted HMAC session (`session.rs`), so their auth
+//! value never crosses the bus; the primary (empty auth) through password sessions. Leaked
+//! sessions are flushed at connect like leaked objects (swtpm has 3 session slots).
 
-use tss_esapi::constants::tss::TPM2_TRANSIENT_FIRST;
+use tss_esapi::constants::tss::{TPM2_LOADED_SESSION_FIRST, TPM2_TRANSIENT_FIRST};
 use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::{KeyHandle, ObjectHandle};
 use tss_esapi::interface_types::resource_handles::Hierarchy;
@@ -18,6 +19,7 @@ use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{CapabilityData, Private, Public, RsaExponent, SymmetricDefinitionObject};
 use tss_esapi::Context;
 
+use crate::auth::KeyAuth;
 use crate::backend::Shared;
 use crate::blob::KeyBlob;
 use crate::error::{Failure, TpmError};
@@ -26,6 +28,8 @@ use crate::error::{Failure, TpmError};
 pub(crate) struct Connection {
     pub(crate) ctx: Context,
     pub(crate) primary: KeyHandle,
+    /// The salted HMAC session that authorises every use of a key.
+    pub(crate) session: AuthSession,
     /// The key of the last operation, left loaded: an FL site uses one key, and loading it
     /// for every request would double the cost of a P-256 signature on swtpm. One slot
     /// only (primary + one key of a real TPM's ~3 transient slots).
@@ -43,6 +47,8 @@ pub(crate) enum StoredKey {
         handle: u32,
         /// Its public area, read from the TPM.
         public: Public,
+        /// Its own auth value, from `<name>.tpmauth` (none for keys of older versions).
+        auth: Option<KeyAuth>,
     },
 }
 
@@ -52,6 +58,14 @@ impl StoredKey {
         match self {
             Self::Wrapped(blob) => &blob.public,
             Self::Persistent { public, .. } => public,
+        }
+    }
+
+    /// The key's own auth value, if it has one.
+    pub(crate) fn own_auth(&self) -> Option<&KeyAuth> {
+        match self {
+            Self::Wrapped(blob) => blob.auth.as_ref(),
+            Self::Persistent { auth, .. } => auth.as_ref(),
         }
     }
 }
@@ -93,10 +107,11 @@ impl Connection {
             })
             .map_err(TpmError::call("TPM2_CreatePrimary (owner storage key)"))?
             .key_handle;
-        Ok(Self { ctx, primary, loaded: None })
+        let session = crate::session::start(&mut ctx, primary)?;
+        Ok(Self { ctx, primary, session, loaded: None })
     }
 
-    /// Runs `op` with `key` in a password session, loading (or opening) it first unless it
+    /// Runs `op` with `key` in the HMAC session, loading (or opening) it first unless it
     /// is the key already at hand, which is released to make room.
     pub(crate) fn with_key<T>(
         &mut self,
@@ -112,7 +127,7 @@ impl Connection {
             Some(loaded) if loaded.what == wanted => loaded.handle,
             _ => self.load(key, wanted, auth)?,
         };
-        self.ctx.execute_with_session(Some(AuthSession::Password), |c| op(c, handle))
+        self.ctx.execute_with_session(Some(self.session), |c| op(c, handle))
     }
 
     /// Releases the key at hand (if any), loads or opens `key` and sets its auth value.
@@ -135,11 +150,9 @@ impl Connection {
             StoredKey::Persistent { handle, .. } => crate::persistent::open(&mut self.ctx, *handle)?,
         };
         let loaded = LoadedKey { what, handle };
-        if let Some(auth) = auth {
-            if let Err(e) = self.ctx.tr_set_auth(handle.into(), auth) {
-                let _ = self.release(loaded);
-                return Err(TpmError::call("setting key auth")(e).into());
-            }
+        if let Err(e) = self.ctx.tr_set_auth(handle.into(), auth.unwrap_or_default()) {
+            let _ = self.release(loaded);
+            return Err(TpmError::call("setting key auth")(e).into());
         }
         self.loaded = Some(loaded);
         Ok(handle)
@@ -159,19 +172,23 @@ impl Connection {
     }
 }
 
-/// Flushes every transient object the TPM reports (through `/dev/tpmrm0` only this
-/// connection's, which is none; on swtpm, whatever a crashed process left).
+/// Flushes every transient object and session the TPM reports (through `/dev/tpmrm0` only
+/// this connection's, which is none; on swtpm, whatever a crashed process left).
 fn flush_transients(ctx: &mut Context) -> Result<usize, TpmError> {
-    let (data, _) = ctx
-        .get_capability(CapabilityType::Handles, TPM2_TRANSIENT_FIRST, 16)
-        .map_err(TpmError::call("TPM2_GetCapability (transient handles)"))?;
-    let CapabilityData::Handles(handles) = data else { return Ok(0) };
-    let handles = handles.into_inner();
-    for handle in &handles {
-        let object = ctx
-            .execute_without_session(|c| c.tr_from_tpm_public(*handle))
-            .map_err(TpmError::call("Esys_TR_FromTPMPublic (leaked transient)"))?;
-        ctx.flush_context(object).map_err(TpmError::call("TPM2_FlushContext (leaked transient)"))?;
+    let mut flushed = 0;
+    for first in [TPM2_TRANSIENT_FIRST, TPM2_LOADED_SESSION_FIRST] {
+        let (data, _) = ctx
+            .get_capability(CapabilityType::Handles, first, 16)
+            .map_err(TpmError::call("TPM2_GetCapability (transient handles)"))?;
+        let CapabilityData::Handles(handles) = data else { continue };
+        let handles = handles.into_inner();
+        for handle in &handles {
+            let object = ctx
+                .execute_without_session(|c| c.tr_from_tpm_public(*handle))
+                .map_err(TpmError::call("Esys_TR_FromTPMPublic (leaked transient)"))?;
+            ctx.flush_context(object).map_err(TpmError::call("TPM2_FlushContext (leaked transient)"))?;
+        }
+        flushed += handles.len();
     }
-    Ok(handles.len())
+    Ok(flushed)
 }

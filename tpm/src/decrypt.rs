@@ -29,7 +29,10 @@ fn is_bad_ciphertext(rc: u32) -> bool {
 pub(crate) fn decrypt(ctx: &mut Context, key: KeyHandle, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, Failure> {
     let input = PublicKeyRsa::try_from(ciphertext.to_vec()).map_err(TpmError::call("building RSA input"))?;
     let scheme = RsaDecryptionScheme::Oaep(HashScheme::new(HashingAlgorithm::Sha256));
-    match ctx.rsa_decrypt(key, input, scheme, Data::default()) {
+    // The plaintext comes back encrypted under the salted session's key, not in clear on the bus.
+    let decrypted =
+        crate::session::with_encrypted_response(ctx, |c| c.rsa_decrypt(key, input, scheme, Data::default()))?;
+    match decrypted {
         Ok(plain) => Ok(Zeroizing::new(plain.value().to_vec())),
         Err(source) => {
             let err = TpmError::Call { call: "TPM2_RSA_Decrypt (OAEP-SHA-256)", source };

@@ -7,7 +7,8 @@
 //! still bound to this TPM's storage primary like a generated key's.
 //!
 //! The duplicate is handed over without an outer (seed) or inner (symmetric) wrapper: the
-//! key's sensitive area travels once, in clear, over the TCTI (the kernel's `/dev/tpmrm0`
+//! key's sensitive area, with the auth value keyward chose for it, travels once, in clear,
+//! over the TCTI (the kernel's `/dev/tpmrm0`
 //! on a real machine). A TPM only accepts that for objects without encryptedDuplication,
 //! which ours never have. Someone who can read the bus between CPU and TPM at that moment
 //! sees the key; someone who could read the key file before could anyway. Where that
@@ -33,13 +34,21 @@ use crate::connection::Connection;
 use crate::error::TpmError;
 
 /// Imports `key` under the storage primary; returns it wrapped by the primary.
-pub(crate) fn import(conn: &mut Connection, key: &PrivateKeyMaterial, auth: Option<Auth>) -> Result<KeyBlob, TpmError> {
-    let (public, sensitive) =
+pub(crate) fn import(
+    conn: &mut Connection,
+    key: &PrivateKeyMaterial,
+    auth: Option<Auth>,
+    no_da: bool,
+) -> Result<KeyBlob, TpmError> {
+    let (mut public, sensitive) =
         parts(key, auth.unwrap_or_default()).map_err(TpmError::call("building import structures"))?;
+    crate::keygen::set_no_da(&mut public, no_da);
     let duplicate = unwrapped_duplicate(&sensitive).map_err(TpmError::call("marshalling TPM2B_SENSITIVE"))?;
     drop(sensitive);
     let primary = conn.primary;
     let template = public.clone();
+    // The duplicate (key and auth value) is TPM2_Import's third parameter: parameter
+    // encryption covers only the first, so it crosses the bus in clear (module doc).
     let private = conn
         .ctx
         .execute_with_session(Some(AuthSession::Password), |c| {
@@ -53,7 +62,7 @@ pub(crate) fn import(conn: &mut Connection, key: &PrivateKeyMaterial, auth: Opti
             )
         })
         .map_err(TpmError::call("TPM2_Import"))?;
-    Ok(KeyBlob { public, private })
+    Ok(KeyBlob { public, private, auth: None })
 }
 
 /// Attributes of an imported key: usable with the auth value, never duplicable again
@@ -92,7 +101,7 @@ fn parts(key: &PrivateKeyMaterial, auth_value: Auth) -> tss_esapi::Result<(Publi
             };
             let public = PublicBuilder::new()
                 .with_public_algorithm(PublicAlgorithm::Rsa)
-                .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+                .with_name_hashing_algorithm(crate::keygen::NAME_ALG)
                 .with_object_attributes(imported_attributes(true)?)
                 .with_rsa_parameters(
                     PublicRsaParametersBuilder::new()
@@ -118,7 +127,7 @@ fn parts(key: &PrivateKeyMaterial, auth_value: Auth) -> tss_esapi::Result<(Publi
             let (x, y) = point.get(1..).and_then(|xy| xy.split_at_checked(32)).ok_or(bad_point)?;
             let public = PublicBuilder::new()
                 .with_public_algorithm(PublicAlgorithm::Ecc)
-                .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+                .with_name_hashing_algorithm(crate::keygen::NAME_ALG)
                 .with_object_attributes(imported_attributes(false)?)
                 .with_ecc_parameters(
                     PublicEccParametersBuilder::new_unrestricted_signing_key(

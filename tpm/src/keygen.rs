@@ -2,7 +2,8 @@
 //! SubjectPublicKeyInfo from its TPMT_PUBLIC (no TPM call needed).
 //!
 //! Every key is fixedTPM, fixedParent, sensitiveDataOrigin (born in this TPM, never
-//! duplicable) and userWithAuth (the auth value, empty unless configured, authorises use).
+//! duplicable) and userWithAuth (the key's own random auth value, see `auth.rs`, or the
+//! configured one, authorises use); keys with their own random auth value are also noDA.
 //! RSA keys are unrestricted sign+decrypt with the NULL scheme, so one key can do TPM2_Sign
 //! with the scheme a TLS profile needs, OAEP-SHA-256 in TPM2_RSA_Decrypt, and the raw
 //! private operation the maximum-salt PSS path uses (see `sign.rs`). P-256 keys are
@@ -18,6 +19,10 @@ use tss_esapi::structures::{EccScheme, HashScheme, Public, RsaExponent};
 use crate::blob::KeyBlob;
 use crate::connection::Connection;
 use crate::error::TpmError;
+
+/// The name algorithm of every key keyward makes or imports (it bounds the auth value's
+/// length: 32 bytes).
+pub(crate) const NAME_ALG: HashingAlgorithm = HashingAlgorithm::Sha256;
 
 fn template(algorithm: KeyAlgorithm) -> Result<Public, tss_esapi::Error> {
     match algorithm {
@@ -41,21 +46,35 @@ pub(crate) fn auth_value(auth: Option<&Pin>) -> Result<Option<tss_esapi::structu
     .transpose()
 }
 
-/// Creates a key of `algorithm` under the primary; returns it wrapped by the primary.
+/// Sets noDA: a key with its own random auth value cannot be guessed, so the TPM's
+/// dictionary-attack counter need not guard it, and then another client's failed attempts
+/// (on it or on anything else) cannot lock the agent out of it.
+pub(crate) fn set_no_da(public: &mut Public, no_da: bool) {
+    let (Public::Rsa { object_attributes, .. }
+    | Public::Ecc { object_attributes, .. }
+    | Public::KeyedHash { object_attributes, .. }
+    | Public::SymCipher { object_attributes, .. }) = public;
+    let bits = tss_esapi::tss2_esys::TPMA_OBJECT::from(*object_attributes);
+    let noda = tss_esapi::constants::tss::TPMA_OBJECT_NODA;
+    *object_attributes = (if no_da { bits | noda } else { bits & !noda }).into();
+}
+
+/// Creates a key of `algorithm` with the auth value `auth` under the primary; returns it
+/// wrapped by the primary (the caller attaches the auth value it keeps).
 pub(crate) fn create(
     conn: &mut Connection,
     algorithm: KeyAlgorithm,
     auth: Option<tss_esapi::structures::Auth>,
+    no_da: bool,
 ) -> Result<KeyBlob, TpmError> {
-    let public = template(algorithm).map_err(TpmError::call("building key template"))?;
+    let mut public = template(algorithm).map_err(TpmError::call("building key template"))?;
+    set_no_da(&mut public, no_da);
     let primary = conn.primary;
-    let created = conn
-        .ctx
-        .execute_with_session(Some(tss_esapi::interface_types::session_handles::AuthSession::Password), |c| {
-            c.create(primary, public, auth, None, None, None)
-        })
-        .map_err(TpmError::call("TPM2_Create"))?;
-    Ok(KeyBlob { public: created.out_public, private: created.out_private })
+    // The new auth value travels in `inSensitive`: encrypted by the salted session.
+    let created =
+        crate::session::encrypting(&mut conn.ctx, conn.session, |c| c.create(primary, public, auth, None, None, None))?
+            .map_err(TpmError::call("TPM2_Create"))?;
+    Ok(KeyBlob { public: created.out_public, private: created.out_private, auth: None })
 }
 
 /// The key's algorithm, if it is one keyward uses.
@@ -99,4 +118,26 @@ pub(crate) fn public_key(id: &KeyId, public: &Public) -> Result<PublicKey, Store
         _ => return Err(StoreError::Unsupported { what: format!("TPM key `{id}`: not an RSA or EC key") }),
     };
     Ok(PublicKey { algorithm, spki_der: spki })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_template_names_with_name_alg() {
+        for algorithm in [KeyAlgorithm::Rsa2048, KeyAlgorithm::Rsa3072, KeyAlgorithm::EcP256] {
+            assert_eq!(template(algorithm).unwrap().name_hashing_algorithm(), NAME_ALG, "{algorithm}");
+        }
+    }
+
+    #[test]
+    fn sets_and_clears_no_da_only() {
+        let mut public = template(KeyAlgorithm::EcP256).unwrap();
+        let before = public.object_attributes();
+        set_no_da(&mut public, true);
+        assert!(public.object_attributes().no_da() && public.object_attributes().sign_encrypt());
+        set_no_da(&mut public, false);
+        assert_eq!(public.object_attributes(), before);
+    }
 }

@@ -7,9 +7,14 @@
 //! - Keys are born in the TPM (fixedTPM, fixedParent, sensitiveDataOrigin, userWithAuth), or
 //!   imported once (then not fixedTPM, and listed as imported), and kept as wrapped blobs on
 //!   disk, one file per key in `key_dir`; the last key used stays loaded.
+//! - Each key has its own random auth value (`auth.rs`), used only through a salted HMAC
+//!   session (`session.rs`): no other TPM client can use a key, at its persistent handle or
+//!   loaded by the agent.
 //!
 //! Files: `config.rs` (TCTI, key folder), `backend.rs` (open), `connection.rs` (ESAPI context,
-//! primary, key at hand), `store.rs` (KeyStore), `persistent.rs` (persistent handles), `blob.rs` (key files), `keygen.rs` (templates, public keys), `import.rs` (one-time import), `sign.rs`,
+//! primary, key at hand), `session.rs` (HMAC session), `auth.rs` (per-key auth values),
+//! `store.rs` (KeyStore), `persistent.rs` (persistent handles), `blob.rs` (key files),
+//! `keygen.rs` (templates, public keys), `import.rs` (one-time import), `sign.rs`,
 //! `decrypt.rs`, `error.rs`.
 //!
 //! Device quirks (swtpm 0.7 / libtpms 0.9 / libtss2 3.2.1):
@@ -21,6 +26,7 @@
 //!   environment. This crate does not set it: changing the environment of a running,
 //!   multi-threaded process is unsound.
 
+mod auth;
 mod backend;
 mod blob;
 mod config;
@@ -30,6 +36,7 @@ mod error;
 mod import;
 mod keygen;
 mod persistent;
+mod session;
 mod sign;
 mod store;
 

@@ -13,6 +13,7 @@ use keyward_core::{KeyAlgorithm, KeyId, KeyInfo, KeyStore, PublicKey, SignProfil
 use tss_esapi::structures::Public;
 use zeroize::Zeroizing;
 
+use crate::auth::KeyAuth;
 use crate::backend::Shared;
 use crate::blob::{self, KeyBlob};
 use crate::connection::{Connection, StoredKey};
@@ -142,7 +143,10 @@ impl TpmStore {
                 }
                 Ok(crate::persistent::read_public(&mut conn.ctx, handle)?)
             })?;
-            let key = StoredKey::Persistent { handle, public };
+            let auth = crate::auth::read(&self.shared.config.key_dir, id)
+                .map_err(|e| e.into_store_error(&self.shared.config.tcti.to_string()))?;
+            let key = StoredKey::Persistent { handle, public, auth };
+            self.warn_if_open(id, &key);
             self.cache.insert(id.clone(), (None, key.clone()));
             return Ok(key);
         }
@@ -164,6 +168,7 @@ impl TpmStore {
             .map_err(|e| e.into_store_error(&tpm()))?
             .ok_or_else(|| StoreError::KeyNotFound { id: id.clone() })?;
         let key = StoredKey::Wrapped(blob);
+        self.warn_if_open(id, &key);
         self.cache.insert(id.clone(), (Some(stamp), key.clone()));
         Ok(key)
     }
@@ -171,48 +176,106 @@ impl TpmStore {
     /// Makes a new key with `make` and keeps it, never replacing an existing one: at its
     /// configured persistent handle if that is free, else as a blob linked into place
     /// atomically (a race between two creators leaves the first). The name is checked
-    /// before the TPM is asked.
+    /// before the TPM is asked. Without a configured `auth_file` the key gets its own random
+    /// auth value, kept in its blob or, for a persistent key, in its `.tpmauth` file, which
+    /// is written before the key is made persistent (never a persistent key without it).
     fn create_key(
         &mut self,
         id: &KeyId,
         what: &'static str,
-        make: impl Fn(&mut Connection, Option<tss_esapi::structures::Auth>) -> Result<KeyBlob, TpmError>,
+        make: impl Fn(&mut Connection, Option<tss_esapi::structures::Auth>, bool) -> Result<KeyBlob, TpmError>,
     ) -> Result<KeyInfo, StoreError> {
-        let auth = self.auth()?;
+        let tpm = self.shared.config.tcti.to_string();
+        let configured = self.auth()?;
+        let own = configured.is_none().then(|| KeyAuth::random(crate::keygen::NAME_ALG));
+        let auth = match &own {
+            Some(own) => Some(own.to_tpm().map_err(|e| e.into_store_error(&tpm))?),
+            None => configured,
+        };
+        let key_dir = self.shared.config.key_dir.clone();
         if let Some(&handle) = self.shared.config.persistent.get(id) {
             let occupied = || StoreError::KeyExists {
                 id: id.clone(),
                 detail: format!("persistent handle {handle:#010x} is occupied (keyward never evicts a handle)"),
             };
-            let blob = self.run(|conn| {
+            if self.run(|conn| Ok(crate::persistent::is_occupied(&mut conn.ctx, handle)?))? {
+                return Err(occupied());
+            }
+            let auth_file = match &own {
+                None => None,
+                Some(own) => match crate::auth::write_new(&key_dir, id, own) {
+                    Ok(path) => Some(path),
+                    Err(TpmError::Io { source, path }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
+                        return Err(StoreError::KeyExists {
+                            id: id.clone(),
+                            detail: format!(
+                                "auth file `{}` exists while handle {handle:#010x} is free (left by an interrupted generate or import?); keyward never replaces it: remove it to go on",
+                                path.display()
+                            ),
+                        });
+                    }
+                    Err(e) => return Err(e.into_store_error(&tpm)),
+                },
+            };
+            let made = self.run(|conn| {
                 if crate::persistent::is_occupied(&mut conn.ctx, handle)? {
                     return Err(Failure::Store(occupied()));
                 }
-                let blob = make(conn, auth.clone())?;
+                let blob = make(conn, auth.clone(), own.is_some())?;
                 crate::persistent::persist(&mut conn.ctx, conn.primary, &blob, handle)?;
                 Ok(blob)
-            })?;
-            let info = info_of(id, &blob.public)?;
+            });
+            let blob = match made {
+                Ok(blob) => blob,
+                Err(e) => {
+                    if let Some(path) = auth_file {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e);
+                }
+            };
+            let info = info_of(id, &blob.public, own.is_none() && self.shared.auth.is_none())?;
             tracing::info!(key = %id, algorithm = %info.algorithm, handle = %format!("{handle:#010x}"), "{what}");
             return Ok(info);
         }
-        let key_dir = self.shared.config.key_dir.clone();
         let path = blob::path(&key_dir, id);
         let exists = || StoreError::KeyExists { id: id.clone(), detail: format!("key blob `{}`", path.display()) };
         if path.exists() {
             return Err(exists());
         }
-        let blob = self.run(|conn| Ok(make(conn, auth.clone())?))?;
+        let mut blob = self.run(|conn| Ok(make(conn, auth.clone(), own.is_some())?))?;
+        blob.auth = own;
         match blob::write_new(&key_dir, id, &blob) {
             Ok(_) => {}
             Err(TpmError::Io { source, .. }) if source.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(exists())
             }
-            Err(e) => return Err(e.into_store_error(&self.shared.config.tcti.to_string())),
+            Err(e) => return Err(e.into_store_error(&tpm)),
         }
-        let info = info_of(id, &blob.public)?;
+        let info = info_of(id, &blob.public, self.is_open(&StoredKey::Wrapped(blob.clone())))?;
         tracing::info!(key = %id, algorithm = %info.algorithm, blob = %path.display(), "{what}");
         Ok(info)
+    }
+
+    /// The auth value to use `key` with: its own, else the configured one, else empty.
+    fn key_auth(&self, key: &StoredKey) -> Result<Option<tss_esapi::structures::Auth>, StoreError> {
+        let configured = self.auth()?;
+        match key.own_auth() {
+            Some(own) => own.to_tpm().map(Some).map_err(|e| e.into_store_error(&self.shared.config.tcti.to_string())),
+            None => Ok(configured),
+        }
+    }
+
+    /// Whether `key` has the empty auth value: any client of the TPM can use it.
+    fn is_open(&self, key: &StoredKey) -> bool {
+        key.own_auth().is_none() && self.shared.auth.is_none()
+    }
+
+    /// Says once per lookup that a key made by an older keyward is open to every TPM client.
+    fn warn_if_open(&self, id: &KeyId, key: &StoredKey) {
+        if self.is_open(key) {
+            tracing::warn!(key = %id, "TPM key has an empty auth value: any TPM client can use it; rotate it (docs/security.md, \"TPM keys\")");
+        }
     }
 
     fn auth(&self) -> Result<Option<tss_esapi::structures::Auth>, StoreError> {
@@ -224,11 +287,12 @@ impl TpmStore {
     }
 }
 
-fn info_of(id: &KeyId, public: &Public) -> Result<KeyInfo, StoreError> {
+fn info_of(id: &KeyId, public: &Public, empty_auth: bool) -> Result<KeyInfo, StoreError> {
     Ok(KeyInfo {
         id: id.clone(),
         algorithm: crate::keygen::algorithm_of(id, public)?,
         generated_on_device: public.object_attributes().sensitive_data_origin(),
+        empty_auth,
     })
 }
 
@@ -245,7 +309,7 @@ impl KeyStore for TpmStore {
         ids.dedup();
         let mut keys = Vec::new();
         for id in ids {
-            let listed = self.stored(&id).and_then(|key| info_of(&id, key.public()));
+            let listed = self.stored(&id).and_then(|key| info_of(&id, key.public(), self.is_open(&key)));
             match listed {
                 Ok(info) => keys.push(info),
                 Err(StoreError::Unsupported { .. } | StoreError::KeyNotFound { .. }) => continue,
@@ -256,12 +320,14 @@ impl KeyStore for TpmStore {
     }
 
     fn generate(&mut self, id: &KeyId, algorithm: KeyAlgorithm) -> Result<KeyInfo, StoreError> {
-        self.create_key(id, "generated key in the TPM", |conn, auth| crate::keygen::create(conn, algorithm, auth))
+        self.create_key(id, "generated key in the TPM", |conn, auth, no_da| {
+            crate::keygen::create(conn, algorithm, auth, no_da)
+        })
     }
 
     fn import(&mut self, id: &KeyId, key: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
-        self.create_key(id, "imported key into the TPM (held by it, not born in it)", |conn, auth| {
-            crate::import::import(conn, key, auth)
+        self.create_key(id, "imported key into the TPM (held by it, not born in it)", |conn, auth, no_da| {
+            crate::import::import(conn, key, auth, no_da)
         })
     }
 
@@ -274,7 +340,7 @@ impl KeyStore for TpmStore {
         let algorithm = crate::keygen::algorithm_of(id, key.public())?;
         let req =
             SignRequest { mechanism: profile.mechanism(algorithm)?, msg, rsa_bits: algorithm.rsa_bits().unwrap_or(0) };
-        let auth = self.auth()?;
+        let auth = self.key_auth(&key)?;
         self.run(|conn| conn.with_key(&key, auth.clone(), |ctx, handle| crate::sign::sign(ctx, handle, &req)))
     }
 
@@ -289,7 +355,7 @@ impl KeyStore for TpmStore {
                 what: format!("ciphertext is {} bytes; key `{id}` needs exactly {}", ciphertext.len(), bits / 8),
             });
         }
-        let auth = self.auth()?;
+        let auth = self.key_auth(&key)?;
         self.run(|conn| {
             conn.with_key(&key, auth.clone(), |ctx, handle| crate::decrypt::decrypt(ctx, handle, ciphertext))
         })

@@ -111,7 +111,8 @@ fn print_keys(keys: &[keyward_core::protocol::KeyStatus]) {
                 }
             }
         };
-        println!("  {:<20} {:<12} {certificate}", k.key.as_str(), k.algorithm.to_string());
+        let open = if k.empty_auth { format!("; {}", crate::cli::keys::OPEN_KEY) } else { String::new() };
+        println!("  {:<20} {:<12} {certificate}{open}", k.key.as_str(), k.algorithm.to_string());
     }
 }
 

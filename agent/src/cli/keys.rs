@@ -58,6 +58,10 @@ pub(super) fn open_store(config: &Config) -> Result<Box<dyn KeyStore>> {
 
 /// Runs a `key` subcommand.
 ///
+/// How `key list` and `status` flag a key any client of the device can use.
+pub(crate) const OPEN_KEY: &str =
+    "auth: none (any TPM client can use this key; rotate it: docs/security.md, \"TPM keys\")";
+
 /// # Errors
 /// Token, PIN and file errors, with context.
 pub fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
@@ -84,7 +88,8 @@ pub fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
             for k in keys {
                 let origin = if k.generated_on_device { "generated" } else { "imported" };
                 let cert = if certs.get(&k.id).is_some() { "yes" } else { "no" };
-                println!("{:<24} {:<9} {:<10} {cert}", k.id.as_str(), k.algorithm.name(), origin);
+                let open = if k.empty_auth { format!("   {OPEN_KEY}") } else { String::new() };
+                println!("{:<24} {:<9} {:<10} {cert}{open}", k.id.as_str(), k.algorithm.name(), origin);
             }
         }
         KeyCommand::Public { name, out, der } => {

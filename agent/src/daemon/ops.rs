@@ -146,6 +146,7 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
                     key: k.id,
                     algorithm: k.algorithm,
                     generated_on_device: k.generated_on_device,
+                    empty_auth: k.empty_auth,
                 })
                 .collect();
             Reply::Keys { keys }

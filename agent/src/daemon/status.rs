@@ -27,6 +27,7 @@ pub(super) async fn keys(agent: &Agent, backend_up: bool) -> Vec<KeyStatus> {
             .into_iter()
             .map(|k| KeyStatus {
                 certificate_not_after: agent.certs.not_after(&k.id),
+                empty_auth: k.empty_auth,
                 key: k.id,
                 algorithm: k.algorithm,
             })

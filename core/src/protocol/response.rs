@@ -48,6 +48,10 @@ pub struct KeyEntry {
     pub generated_on_device: bool,
     /// A certificate is installed for it.
     pub has_certificate: bool,
+    /// Any client of the device can use it (a TPM key with the empty auth value); sent only
+    /// when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_auth: bool,
 }
 
 /// Backend health and counters.
@@ -96,6 +100,10 @@ pub struct KeyStatus {
     pub algorithm: KeyAlgorithm,
     /// When its installed certificate expires (Unix seconds); none without a certificate.
     pub certificate_not_after: Option<i64>,
+    /// Any client of the device can use it (a TPM key with the empty auth value); sent only
+    /// when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub empty_auth: bool,
 }
 
 /// Latency of one operation, from a fixed-bucket histogram (interpolated in the bucket).
