@@ -1,6 +1,6 @@
 //! Where the CLI's `--out` writes, with the real agent and token: a device node or FIFO is
 //! written through and stays what it was (`--out /dev/null` as root once replaced the
-//! machine's `/dev/null` with a regular file), `-` and `/dev/stdout` are standard output, a
+//! machine's `/dev/null` with a regular file), `-` and `/proc/self/fd/1` are standard output, a
 //! symbolic link and a missing folder are refused, plaintext is always 0600, and a replaced
 //! certificate keeps its owner, group and mode. Device nodes are made with mknod in the
 //! test's own folder, so a failure never harms the machine's `/dev/null`. Needs root (CI).
@@ -24,7 +24,9 @@ fn site_with_key() -> Site {
 
 fn sign_to(site: &Site, out: &Path) -> std::process::Output {
     let msg = site.path("m");
-    site.keyward(&["sign", "site-1", "--profile", "tls", "--in", msg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+    let args = ["sign", "site-1", "--profile", "tls", "--in", msg.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    // In the site's folder, so that a relative `--out` (`-`) could only land there.
+    site.command().current_dir(site.hsm.dir.path()).args(args).output().unwrap()
 }
 
 fn assert_verifies(site: &Site, signature: &[u8]) {
@@ -58,12 +60,13 @@ fn sign_out_to_a_fifo_writes_through_it() {
     };
     let out = sign_to(&site, &fifo);
     assert!(out.status.success(), "{out:?}");
+    // Checked before joining: had the FIFO been replaced, the reader would wait forever.
+    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo(), "`--out` replaced the FIFO");
     assert_verifies(&site, &reader.join().unwrap());
-    assert!(std::fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
 }
 
 #[test]
-fn dash_and_dev_stdout_are_standard_output() {
+fn dash_and_proc_self_fd_1_are_standard_output() {
     let site = site_with_key();
     let _agent = AgentProcess::start(&site);
     let out = sign_to(&site, Path::new("-"));
@@ -71,7 +74,9 @@ fn dash_and_dev_stdout_are_standard_output() {
     assert_verifies(&site, &out.stdout);
     assert!(!site.path("-").exists(), "a file named `-` was written");
 
-    let public = site.keyward_ok(&["key", "public", "site-1", "--out", "/dev/stdout"]);
+    // `/proc/self/fd/1`, not `/dev/stdout`: should the fix regress, the old code's rename
+    // into `/proc/self/fd` fails instead of replacing the machine's `/dev/stdout`.
+    let public = site.keyward_ok(&["key", "public", "site-1", "--out", "/proc/self/fd/1"]);
     assert_eq!(public.stdout, std::fs::read(site.public_pem("site-1")).unwrap());
 }
 
