@@ -83,8 +83,7 @@ fn a_symlinked_interpreter_is_resolved_and_the_keyward_cli_is_then_refused() {
 
     let msg = site.path("m");
     std::fs::write(&msg, b"from another binary").unwrap();
-    let out =
-        site.keyward(&["sign", "site-1", "--profile", "tls", "--in", msg.to_str().unwrap()]);
+    let out = site.keyward(&["sign", "site-1", "--profile", "tls", "--in", msg.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("policy_denied") && stderr.contains("allowed_executables"), "{stderr}");
