@@ -22,7 +22,8 @@
 #
 # Changes on the machine:
 #           installs cargo-fuzz with `cargo install --locked` when it is
-#           missing (a few minutes, into ~/.cargo/bin); builds into
+#           missing (a few minutes, into $CARGO_HOME/bin, default ~/.cargo/bin,
+#           where cargo finds it even when that folder is not on PATH); builds into
 #           fuzz/target/. Only the stable toolchain is needed: cargo-fuzz's
 #           nightly flags are enabled with RUSTC_BOOTSTRAP=1 for its builds.
 #

@@ -3,7 +3,8 @@
 # test.sh - run keyward's whole test suite (README command 2; also CI).
 #
 # Purpose:  prepare the machine (system packages, Python venv) and run every
-#           test: build all targets of the workspace, then `cargo test`, the
+#           test: the format check and clippy -D warnings (lint.sh), build all
+#           targets of the workspace, then `cargo test`, the
 #           Python tests, the benchmarks once, and every fuzz target for 20 s
 #           (fuzz.sh).
 #
@@ -53,36 +54,12 @@ esac
 HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
 REPO_ROOT="$(cd -- "$HERE/.." && pwd -P)"
 cd -- "$REPO_ROOT"
-# Nothing here reads standard input; make sure no tool (rustc probes read `-`) inherits a stray one.
+# Nothing here reads standard input; no tool inherits a stray one.
 exec </dev/null
 
 if [[ "${CI:-}" == "true" ]]; then
     export CARGO_TERM_COLOR=never
 fi
-
-# Runs cargo, retrying (up to 3 times) when only its rustc target-information probe failed. On
-# this 2-core VM that probe (`rustc - --print=...`) has failed right after a large build in
-# another profile or target dir, reading stray compiler output as its input, and cargo then
-# caches the failure in <target>/.rustc_info.json; nothing else is retried.
-cargo_retry() {
-    local attempt errlog
-    errlog="$(mktemp)"
-    for attempt in 1 2 3; do
-        if "$@" 2> >(tee "$errlog" >&2); then
-            rm -f -- "$errlog"
-            return 0
-        fi
-        sleep "$((attempt * 10))"
-        if ! grep -q "to learn about target-specific information" "$errlog"; then
-            rm -f -- "$errlog"
-            return 1
-        fi
-        log "cargo's rustc probe failed (attempt $attempt); clearing its cache and retrying"
-        rm -f -- target/.rustc_info.json target/lint/.rustc_info.json fuzz/target/.rustc_info.json
-    done
-    rm -f -- "$errlog"
-    return 1
-}
 
 step "installing missing system packages"
 bash "$HERE/install-packages.sh"
@@ -98,24 +75,24 @@ log "KEYWARD_PYTHON=$KEYWARD_PYTHON"
 command -v cargo >/dev/null 2>&1 ||
     die "cargo not found: install a Rust toolchain >= 1.85 (e.g. https://rustup.rs) and rerun"
 
-step "checking the format (cargo fmt --check; clippy: softhsm-setup/lint.sh)"
-cargo fmt --all --check
+step "checking the format and lints (softhsm-setup/lint.sh: cargo fmt --check, clippy -D warnings)"
+bash "$HERE/lint.sh"
 
 step "building the workspace (cargo build --workspace --all-targets)"
-cargo_retry cargo build --workspace --all-targets
+cargo build --workspace --all-targets
 
 step "running the Rust tests (cargo test --workspace -- --test-threads 4)"
-cargo_retry cargo test --workspace -- --test-threads 4
+cargo test --workspace -- --test-threads 4
 
 step "running the Python tests (pytest python/tests, real agent and real nvflare)"
 KEYWARD_BIN="$REPO_ROOT/target/debug/keyward" "$KEYWARD_PYTHON" -m pytest -q "$REPO_ROOT/python/tests"
 
 step "running the benchmarks once in --quick mode (keeps them working; assert no speed)"
-cargo_retry cargo run -q -p keyward-tests --bin keyward-bench -- --quick >/dev/null
-cargo_retry cargo run -q -p keyward-tests --bin tls-bench -- --quick >/dev/null
-cargo_retry cargo run -q -p keyward-tests --bin tpm-bench -- --quick >/dev/null
+cargo run -q -p keyward-tests --bin keyward-bench -- --quick >/dev/null
+cargo run -q -p keyward-tests --bin tls-bench -- --quick >/dev/null
+cargo run -q -p keyward-tests --bin tpm-bench -- --quick >/dev/null
 
 step "fuzzing every parser of outside input for 20 s per target (softhsm-setup/fuzz.sh 20)"
-cargo_retry bash "$HERE/fuzz.sh" 20
+bash "$HERE/fuzz.sh" 20
 
 log "all tests passed"

@@ -2,8 +2,10 @@
 //! followed by its chain) that must belong to the key. Installing checks that the leaf's
 //! public key is the key's, that it is in its validity period, and that any KeyUsage /
 //! ExtendedKeyUsage allows what NVFlare requires (digitalSignature, clientAuth); writes are
-//! atomic, and a replaced certificate is kept as `<key>.previous.pem`.
+//! atomic (`files.rs`: a replaced file keeps its owner, group and mode; a symbolic link at
+//! the path is refused), and a replaced certificate is kept as `<key>.previous.pem`.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use keyward_core::{KeyId, PublicKey};
@@ -147,6 +149,14 @@ impl CertStore {
         let previous = std::fs::read_to_string(&path).ok();
         if previous.as_deref() == Some(canonical.as_str()) {
             return Ok(Installed::Unchanged);
+        }
+        // The folder is made here on purpose (one level, in the existing state dir); the
+        // atomic writes below never create folders.
+        match std::fs::DirBuilder::new().mode(0o755).create(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(CertError::Io { path: self.dir.clone(), source: e })
+            }
+            _ => {}
         }
         let mut outcome = Installed::New;
         if let Some(old) = previous {

@@ -21,6 +21,7 @@ pub mod files;
 pub mod hygiene;
 pub mod kit_file;
 pub mod notify;
+pub mod output;
 pub mod store_handle;
 pub mod store_health;
 pub mod tls;

@@ -458,3 +458,18 @@ fn the_plugin_is_installed_as_the_venvs_owner_never_as_root() {
     let ran_as = std::fs::read_to_string(venv.join("ran-as")).unwrap();
     assert_eq!(ran_as, "65534\n65534\n", "the installer ran as uid/groups {ran_as:?}, not as the venv's owner");
 }
+
+#[test]
+fn migrate_keeps_the_configs_owner_group_and_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    assert!(nix::unistd::geteuid().is_root(), "this test needs root (chown to uid 65534); CI runs as root");
+    let site = Site::new();
+    let kit = make_kit(&site);
+    // The documented deployment: the agent's group may read the config (`chgrp keyward; chmod 0640`).
+    std::os::unix::fs::chown(&site.config, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&site.config, std::fs::Permissions::from_mode(0o640)).unwrap();
+    site.keyward_ok(&["nvflare", "migrate", kit.to_str().unwrap()]);
+    assert!(std::fs::read_to_string(&site.config).unwrap().contains("[keys.site-1.nvflare]"));
+    let meta = std::fs::metadata(&site.config).unwrap();
+    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o7777), (65534, 65534, 0o640));
+}

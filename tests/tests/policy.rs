@@ -52,7 +52,7 @@ fn only_the_allowed_executable_may_use_the_key() {
     // The keyward CLI is the allowed executable.
     let msg = site.path("m");
     std::fs::write(&msg, b"from the allowed binary").unwrap();
-    site.keyward_ok(&["sign", "site-1", "--profile", "tls", "--in", msg.to_str().unwrap(), "--out", "/dev/null"]);
+    site.keyward_ok(&["sign", "site-1", "--profile", "tls", "--in", msg.to_str().unwrap()]);
 
     // This test binary is not.
     let (code, message) = refused(sign(&mut client(&agent), "site-1", "tls"));
@@ -83,8 +83,7 @@ fn a_symlinked_interpreter_is_resolved_and_the_keyward_cli_is_then_refused() {
 
     let msg = site.path("m");
     std::fs::write(&msg, b"from another binary").unwrap();
-    let out =
-        site.keyward(&["sign", "site-1", "--profile", "tls", "--in", msg.to_str().unwrap(), "--out", "/dev/null"]);
+    let out = site.keyward(&["sign", "site-1", "--profile", "tls", "--in", msg.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("policy_denied") && stderr.contains("allowed_executables"), "{stderr}");

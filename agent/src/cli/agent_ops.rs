@@ -1,6 +1,6 @@
 //! `keyward status | sign | decrypt`: clients of the running agent, for scripts and
-//! debugging. Inputs are bounded; binary outputs go to a file (mode 0600 for plaintext) or
-//! stdout, optionally base64.
+//! debugging. Inputs are bounded; binary outputs go to stdout or `--out` (`output.rs`: written
+//! through devices and FIFOs, files replaced atomically, plaintext 0600), optionally base64.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +12,7 @@ use keyward_core::protocol::{Operation, Reply};
 use keyward_core::KeyId;
 
 use crate::client::AgentClient;
+use crate::output::Contents;
 
 /// Largest input `sign` and `decrypt` read (the agent's default frame limit is 1 MiB).
 const MAX_INPUT_BYTES: u64 = 512 * 1024;
@@ -22,7 +23,8 @@ pub struct IoArgs {
     /// Input file (default: stdin).
     #[arg(long = "in", value_name = "FILE")]
     input: Option<PathBuf>,
-    /// Output file (default: stdout); a plaintext file is created 0600.
+    /// Output (default: stdout; `-` is stdout too). A device or FIFO is written through, an
+    /// existing file replaced atomically, a symbolic link refused; plaintext files are 0600.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
     /// Write base64 instead of raw bytes.
@@ -80,7 +82,7 @@ fn read_input(path: Option<&Path>) -> Result<Vec<u8>> {
     Ok(data)
 }
 
-fn write_output(path: Option<&Path>, bytes: &[u8], base64: bool, mode: u32) -> Result<()> {
+fn write_output(path: Option<&Path>, bytes: &[u8], base64: bool, contents: Contents) -> Result<()> {
     let encoded;
     let bytes = if base64 {
         encoded = format!("{}\n", base64::engine::general_purpose::STANDARD.encode(bytes));
@@ -90,7 +92,7 @@ fn write_output(path: Option<&Path>, bytes: &[u8], base64: bool, mode: u32) -> R
     };
     match path {
         Some(p) => {
-            crate::files::write_atomic(p, bytes, mode, true).with_context(|| format!("writing `{}`", p.display()))
+            crate::output::write_output(p, bytes, contents).with_context(|| format!("writing `{}`", p.display()))
         }
         None => Ok(std::io::stdout().write_all(bytes)?),
     }
@@ -174,7 +176,7 @@ pub fn sign(socket: PathBuf, args: SignArgs) -> Result<()> {
     let data = read_input(args.io.input.as_deref())?;
     let reply = call(&socket, Operation::Sign { key: args.name, profile: args.profile, data })?;
     let Reply::Signature { signature, .. } = reply else { bail!("unexpected reply to sign") };
-    write_output(args.io.out.as_deref(), &signature, args.io.base64, 0o644)
+    write_output(args.io.out.as_deref(), &signature, args.io.base64, Contents::Public)
 }
 
 /// `keyward decrypt`.
@@ -186,5 +188,5 @@ pub fn decrypt(socket: PathBuf, args: DecryptArgs) -> Result<()> {
     let reply = call(&socket, Operation::Decrypt { key: args.name, data })?;
     let Reply::Plaintext { plaintext } = reply else { bail!("unexpected reply to decrypt") };
     let plaintext = zeroize::Zeroizing::new(plaintext);
-    write_output(args.io.out.as_deref(), &plaintext, args.io.base64, 0o600)
+    write_output(args.io.out.as_deref(), &plaintext, args.io.base64, Contents::Secret)
 }

@@ -131,7 +131,7 @@ pub fn csr(config: &Config, name: &KeyId, subject: &str, out: Option<&Path>) -> 
     let pem_text = request.pem().context("encoding the request")?;
     match out {
         Some(path) => {
-            crate::files::write_atomic(path, pem_text.as_bytes(), 0o644, true)
+            crate::output::write_output(path, pem_text.as_bytes(), crate::output::Contents::Public)
                 .with_context(|| format!("writing `{}`", path.display()))?;
             eprintln!("wrote certificate request for `{name}` to `{}`", path.display());
         }

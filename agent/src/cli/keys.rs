@@ -96,7 +96,7 @@ pub fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
             let public = store.public_key(&name)?;
             let bytes = if der { public.spki_der.clone() } else { public.to_pem().into_bytes() };
             match out {
-                Some(path) => crate::files::write_atomic(&path, &bytes, 0o644, true)
+                Some(path) => crate::output::write_output(&path, &bytes, crate::output::Contents::Public)
                     .with_context(|| format!("writing `{}`", path.display()))?,
                 None => std::io::stdout().write_all(&bytes)?,
             }
