@@ -198,14 +198,32 @@ fn owner_if_root(owner: (u32, u32)) -> Option<(u32, u32)> {
     nix::unistd::geteuid().is_root().then_some(owner)
 }
 
+fn describe(existing: &crate::files::Existing) -> &'static str {
+    match existing {
+        crate::files::Existing::Missing => "missing",
+        crate::files::Existing::Regular(_) => "a regular file",
+        crate::files::Existing::Symlink => "a symbolic link",
+        crate::files::Existing::Other(kind) => kind,
+    }
+}
+
 /// Where the agent keeps its copy of a key's NVFlare root CA.
 fn trust_anchor_path(config: &Config, name: &KeyId) -> PathBuf {
     config.state_dir.join("trust").join(format!("{name}.rootCA.pem"))
 }
 
 /// The config with `[keys.<name>.nvflare]` (the agent's root CA copy, the server identity)
-/// added, its layout kept; checked to parse before anything changes.
+/// added, its layout kept; checked to parse, and the config to be a regular file that can be
+/// replaced (not a link, which the atomic rewrite refuses), before anything changes.
 fn config_with_trust(config_path: &Path, name: &KeyId, root_ca: &Path, server_identity: &str) -> Result<String> {
+    match crate::files::inspect(config_path).with_context(|| format!("`{}`", config_path.display()))? {
+        crate::files::Existing::Regular(_) => {}
+        other => bail!(
+            "`{}` is {}, not a regular file; keyward rewrites only a regular config file",
+            config_path.display(),
+            describe(&other)
+        ),
+    }
     let text = std::fs::read_to_string(config_path)?;
     let mut doc: toml_edit::DocumentMut =
         text.parse().with_context(|| format!("parsing `{}`", config_path.display()))?;
