@@ -2,6 +2,8 @@
 //! and fields), the reply-kind table of §4 and the error-code table list exactly what
 //! `vectors/` and [`OpKind::ALL`] / [`ErrorCode::ALL`] do.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod vector_files;
 
 use std::collections::BTreeSet;

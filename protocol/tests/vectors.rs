@@ -7,6 +7,8 @@
 //! `KEYWARD_WRITE_VECTORS=1 cargo test -p keyward-protocol --test vectors` once: it writes
 //! the files that are missing (never overwrites one), then check them in.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 mod vector_files;
 
 use keyward_core::{KeyAlgorithm, KeyId};

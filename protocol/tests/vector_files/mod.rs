@@ -4,6 +4,7 @@
 //! (`request_frame`, `reply_frame`: the 4-byte length prefix, then the body).
 
 #![allow(dead_code)] // each test file uses part of it
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
 use std::path::{Path, PathBuf};
 
