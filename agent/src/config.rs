@@ -219,7 +219,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            max_frame_bytes: keyward_core::protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: keyward_protocol::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 256,
             max_connections_per_peer: 128,
             read_timeout_ms: 30_000,

@@ -4,17 +4,15 @@
 //! - `daemon/`: socket, connections, request execution (knows nothing of PKCS#11 or TPM).
 //! - [`store_handle`]: the bounded queue to the worker threads that own the key stores.
 //! - [`backends`]: the one place that names backend crates.
-//! - [`client`]: the socket client used by the CLI, tests and benchmarks; [`blocking_client`]
-//!   is its synchronous twin.
+//! - [`wire_error`]: which wire code each `keyward-core` error becomes.
+//! - The socket clients are the `keyward-client` crate; the protocol is `keyward-protocol`.
 //! - [`tls`]: a rustls signing key backed by the agent, and the `keyward tunnel` relay.
 //! - `cli/`: the clap command line; [`kit_file`]: files in folders another user may change.
 
 pub mod audit;
 pub mod backends;
-pub mod blocking_client;
 pub mod certs;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod files;
@@ -25,3 +23,4 @@ pub mod output;
 pub mod store_handle;
 pub mod store_health;
 pub mod tls;
+pub mod wire_error;

@@ -10,8 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_core::protocol::{ErrorCode, Operation, Reply, StatusReport};
+use keyward_client::BlockingAgentClient;
+use keyward_protocol::{ErrorCode, Operation, Reply, StatusReport};
 use keyward_tests::{python, AgentProcess, Site};
 
 const LOCKER: &str = r#"

@@ -11,9 +11,9 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use keyward_agent::client::AgentClient;
-use keyward_core::protocol::{Operation, Reply};
+use keyward_client::AgentClient;
 use keyward_core::KeyId;
+use keyward_protocol::{Operation, Reply};
 use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, AgentProcess, Site, TestCa};
 

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use keyward_agent::client::AgentClient;
-use keyward_core::protocol::Operation;
+use keyward_client::AgentClient;
+use keyward_protocol::Operation;
 use keyward_tests::tools::{assert_success, keyward_bin};
 use keyward_tests::{workspace_root, AgentProcess, Site};
 

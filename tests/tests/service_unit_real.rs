@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use base64::Engine;
-use keyward_agent::client::AgentClient;
-use keyward_core::protocol::{Operation, Reply};
+use keyward_client::AgentClient;
 use keyward_core::KeyId;
+use keyward_protocol::{Operation, Reply};
 use keyward_tests::checks::{openssl_oaep_encrypt, openssl_verifies, pss_sigopts};
 use keyward_tests::container::{Container, FLARE_UID, KEYWARD_UID};
 use keyward_tests::pki::sign_pss_max_salt;

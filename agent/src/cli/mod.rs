@@ -24,8 +24,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use keyward_core::{KeyAlgorithm, KeyId, StoreError};
 
-use crate::client::ClientError;
 use crate::config::Config;
+use keyward_client::ClientError;
 
 /// Exit codes.
 pub mod exit {

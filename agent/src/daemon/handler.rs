@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{SinkExt, StreamExt};
-use keyward_core::protocol::{self, ErrorCode, Response};
+use keyward_protocol::{self as protocol, ErrorCode, Response};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio_util::codec::{FramedRead, FramedWrite, LengthDelimitedCodec, LengthDelimitedCodecError};

@@ -11,13 +11,14 @@ use std::time::{Duration, Instant, SystemTime};
 use keyward_core::nvflare::{
     check_server_nonce, registration_message, ChallengeError, NonceBook, ServerReply, VerifiedServer,
 };
-use keyward_core::protocol::{ErrorCode, Reply};
 use keyward_core::{KeyId, SignProfile};
+use keyward_protocol::{ErrorCode, Reply};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::ops::Failure;
 use super::{Agent, Policies};
 use crate::audit::Peer;
+use crate::wire_error::WireCode;
 
 /// How long a registration session stays usable for `nvflare_verify_token`.
 const SESSION_LIFETIME: Duration = Duration::from_secs(300);

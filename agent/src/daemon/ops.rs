@@ -7,12 +7,13 @@
 use std::time::Instant;
 
 use keyward_core::error::chain;
-use keyward_core::protocol::{decode_request, ErrorCode, KeyEntry, Operation, Reply, Response, StatusReport};
 use keyward_core::{KeyId, SignProfile, StoreError, TlsScheme};
+use keyward_protocol::{decode_request, ErrorCode, KeyEntry, Operation, Reply, Response, StatusReport};
 
 use super::policy::{Grant, KeyUse, Policies, Refusal};
 use super::{nvflare, status, Agent, Stats};
 use crate::audit::{micros, sha256_hex, AuditError, AuditRecord, Peer};
+use crate::wire_error::WireCode;
 
 /// A failed operation: wire code and message.
 pub(super) struct Failure {
@@ -134,7 +135,7 @@ async fn run(agent: &Agent, peer: Peer, op: Operation) -> Result<(Reply, AuditEx
     let reply = match op {
         Operation::Hello => Reply::Hello {
             agent: format!("keyward {}", env!("CARGO_PKG_VERSION")),
-            protocol: keyward_core::protocol::PROTOCOL_VERSION,
+            protocol: keyward_protocol::PROTOCOL_VERSION,
             backend: agent.store.info().backend.to_owned(),
         },
         Operation::ListKeys => {

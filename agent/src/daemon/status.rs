@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use keyward_core::error::chain;
-use keyward_core::protocol::{KeyStatus, OpLatency};
 use keyward_core::StoreError;
+use keyward_protocol::{KeyStatus, OpLatency};
 
 use super::Agent;
 

@@ -1,6 +1,7 @@
 """Errors of the keyward client: one class per wire error code, plus local failures.
 
-The wire codes and their meanings are in docs/protocol.md §4 ("Error codes"). Branch on the
+The wire codes and their meanings are in docs/protocol.md §4 ("Error codes"); ``ERROR_CLASSES``
+holds exactly the codes of protocol/vectors/error_codes.json (tests/unit/test_errors.py). Branch on the
 class (or on ``code``), never on the message text. Every message starts with ``keyward:`` and,
 where a socket is involved, names it, so that a line in someone else's log (NVFlare's) says
 which component failed, where, and why.
@@ -361,7 +362,7 @@ class InternalError(AgentError):
     code = "internal"
 
 
-#: Wire code → class, for every code docs/protocol.md §4 lists.
+#: Wire code → class, for every code of protocol/vectors/error_codes.json.
 ERROR_CLASSES: dict[str, type[AgentError]] = {
     cls.code: cls
     for cls in (

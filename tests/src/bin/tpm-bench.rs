@@ -20,9 +20,9 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_core::protocol::{Operation, Reply};
+use keyward_client::BlockingAgentClient;
 use keyward_core::KeyId;
+use keyward_protocol::{Operation, Reply};
 use keyward_tests::report::{command_output, cpu_model, percentile};
 use keyward_tests::{AgentProcess, AgentSite, TpmSite};
 use sha2::Digest as _;

@@ -1,57 +1,14 @@
-//! [`AgentClient`]: a client of the agent's socket protocol, used by the CLI, the tests and
-//! the benchmark. It speaks exactly what `docs/protocol.md` describes.
+//! [`AgentClient`]: an async client of the agent's socket protocol, used by the CLI, the tests
+//! and the benchmark. It speaks exactly what `docs/protocol.md` describes.
 
 use std::path::Path;
 
 use futures::{SinkExt, StreamExt};
-use keyward_core::protocol::{self, ErrorCode, Operation, Outcome, Reply, Request, Response};
+use keyward_protocol::{self as protocol, Operation, Outcome, Reply, Request, Response};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-/// What can go wrong talking to the agent.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The socket could not be reached.
-    #[error("cannot connect to the keyward agent at `{path}` (is `keyward serve` running?)")]
-    Connect {
-        /// Socket path.
-        path: String,
-        /// Cause.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The connection failed mid-exchange.
-    #[error("connection to the agent failed")]
-    Io(#[from] std::io::Error),
-    /// The agent closed the connection without a reply.
-    #[error("the agent closed the connection")]
-    Closed,
-    /// The reply's length prefix is over [`protocol::MAX_REPLY_BYTES`].
-    #[error("the agent's reply of {len} bytes exceeds the limit of {max} bytes", max = protocol::MAX_REPLY_BYTES)]
-    ReplyTooLarge {
-        /// The announced length.
-        len: usize,
-    },
-    /// The reply did not parse.
-    #[error("unreadable reply from the agent")]
-    BadReply(#[source] serde_json::Error),
-    /// The reply answers another request.
-    #[error("the agent answered request {got}, expected {sent}")]
-    WrongId {
-        /// Our request id.
-        sent: u64,
-        /// The reply's id.
-        got: u64,
-    },
-    /// The agent answered with an error.
-    #[error("agent refused: {message} ({code})")]
-    Agent {
-        /// Stable code.
-        code: ErrorCode,
-        /// Message.
-        message: String,
-    },
-}
+use crate::error::ClientError;
 
 /// One connection to the agent.
 pub struct AgentClient {
@@ -96,7 +53,7 @@ impl AgentClient {
 
 /// Parses a reply frame; `expected_id` is checked when given (id 0 is a connection-level
 /// error the agent sends before it could read a request). Shared with
-/// [`crate::blocking_client`].
+/// [`crate::BlockingAgentClient`].
 pub(crate) fn reply_outcome(frame: &[u8], expected_id: Option<u64>) -> Result<Reply, ClientError> {
     let response: Response = serde_json::from_slice(frame).map_err(ClientError::BadReply)?;
     if let Some(id) = expected_id.filter(|id| response.id != *id && response.id != 0) {

@@ -1,13 +1,15 @@
 //! Requests: what a client asks the agent, and [`decode_request`], which turns a frame body
 //! into a [`Request`] or a precise [`RequestError`] (malformed JSON, unsupported version,
 //! unknown operation, invalid fields) that still carries the request id when one was readable.
-//! A frame with a repeated object key is malformed (`unique_keys.rs`).
+//! A frame with a repeated object key is malformed (`unique_keys.rs`). Which fields an
+//! operation takes, and how long its text fields may be, is in its `ops/<name>.rs`.
 
+use keyward_core::key::KeyId;
 use serde::{Deserialize, Serialize};
 
-use super::error_code::ErrorCode;
-use super::{unique_keys, PROTOCOL_VERSION};
-use crate::key::KeyId;
+use crate::error_code::ErrorCode;
+use crate::ops::OpKind;
+use crate::{unique_keys, PROTOCOL_VERSION};
 
 /// One request frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,7 +43,7 @@ pub enum Operation {
         /// `nvflare`, `tls`, or `tls-<scheme>`.
         profile: String,
         /// The message.
-        #[serde(with = "super::base64_field")]
+        #[serde(with = "crate::base64_field")]
         data: Vec<u8>,
     },
     /// Decrypt an RSA-OAEP-SHA-256 ciphertext.
@@ -49,7 +51,7 @@ pub enum Operation {
         /// The key.
         key: KeyId,
         /// The ciphertext.
-        #[serde(with = "super::base64_field")]
+        #[serde(with = "crate::base64_field")]
         data: Vec<u8>,
     },
     /// Backend health and counters.
@@ -66,12 +68,12 @@ pub enum Operation {
         /// The nonce `nvflare_challenge` returned (and the client sent to the server).
         client_nonce: String,
         /// The reply's `cert`: the server certificate PEM bytes, exactly as received.
-        #[serde(with = "super::base64_field")]
+        #[serde(with = "crate::base64_field")]
         server_cert: Vec<u8>,
         /// The reply's `cn`.
         server_cn: String,
         /// The reply's `signature` (raw bytes).
-        #[serde(with = "super::base64_field")]
+        #[serde(with = "crate::base64_field")]
         server_signature: Vec<u8>,
         /// The reply's `nonce`: the server nonce the registration signature covers.
         server_nonce: String,
@@ -90,32 +92,24 @@ pub enum Operation {
 }
 
 impl Operation {
-    /// Every `op` name, for telling an unknown operation from a malformed one.
-    pub const NAMES: [&'static str; 9] = [
-        "hello",
-        "list_keys",
-        "public_key",
-        "sign",
-        "decrypt",
-        "status",
-        "nvflare_challenge",
-        "nvflare_register",
-        "nvflare_verify_token",
-    ];
+    /// Which operation this is.
+    pub fn kind(&self) -> OpKind {
+        match self {
+            Self::Hello => OpKind::Hello,
+            Self::ListKeys => OpKind::ListKeys,
+            Self::PublicKey { .. } => OpKind::PublicKey,
+            Self::Sign { .. } => OpKind::Sign,
+            Self::Decrypt { .. } => OpKind::Decrypt,
+            Self::Status => OpKind::Status,
+            Self::NvflareChallenge { .. } => OpKind::NvflareChallenge,
+            Self::NvflareRegister { .. } => OpKind::NvflareRegister,
+            Self::NvflareVerifyToken { .. } => OpKind::NvflareVerifyToken,
+        }
+    }
 
     /// The `op` name.
     pub fn name(&self) -> &'static str {
-        match self {
-            Self::Hello => "hello",
-            Self::ListKeys => "list_keys",
-            Self::PublicKey { .. } => "public_key",
-            Self::Sign { .. } => "sign",
-            Self::Decrypt { .. } => "decrypt",
-            Self::Status => "status",
-            Self::NvflareChallenge { .. } => "nvflare_challenge",
-            Self::NvflareRegister { .. } => "nvflare_register",
-            Self::NvflareVerifyToken { .. } => "nvflare_verify_token",
-        }
+        self.kind().name()
     }
 
     /// The key the operation uses, if any.
@@ -181,48 +175,33 @@ pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
     if id.is_none() {
         return Err(fail(None, ErrorCode::InvalidRequest, "missing or non-integer request `id`".into()));
     }
-    match obj.get("op").and_then(serde_json::Value::as_str) {
+    let kind = match obj.get("op").and_then(serde_json::Value::as_str) {
         None => return Err(fail(id, ErrorCode::InvalidRequest, "missing `op`".into())),
-        Some(op) if !Operation::NAMES.contains(&op) => {
+        Some(op) => OpKind::from_name(op).ok_or_else(|| {
             let shown: String = op.chars().take(40).collect();
-            return Err(fail(id, ErrorCode::UnknownOperation, format!("unknown operation `{shown}`")));
-        }
-        Some(_) => {}
-    }
-    let request: Request = serde_json::from_value(value.clone())
-        .map_err(|e| fail(id, ErrorCode::InvalidRequest, strip_serde_detail(&e)))?;
-    // serde ignores unknown fields of field-less operations; refuse them for every operation.
-    let known = serde_json::to_value(&request).map_err(|e| fail(id, ErrorCode::Internal, e.to_string()))?;
-    if let (Some(given), Some(known)) = (value.as_object(), known.as_object()) {
-        if let Some(extra) = given.keys().find(|k| !known.contains_key(*k)) {
-            let shown: String = extra.chars().take(40).collect();
-            return Err(fail(id, ErrorCode::InvalidRequest, format!("invalid request: unknown field `{shown}`")));
-        }
-    }
-    if let Some(message) = oversized_field(&request.op) {
-        return Err(fail(id, ErrorCode::InvalidRequest, message));
-    }
-    Ok(request)
-}
-
-/// Text fields are short in every valid request; refuse long ones before they reach logs.
-fn oversized_field(op: &Operation) -> Option<String> {
-    let limit = |name: &str, value: &str, max: usize| {
-        (value.len() > max).then(|| format!("invalid request: `{name}` longer than {max} bytes"))
+            fail(id, ErrorCode::UnknownOperation, format!("unknown operation `{shown}`"))
+        })?,
     };
-    match op {
-        Operation::Sign { profile, .. } => limit("profile", profile, super::MAX_PROFILE_NAME),
-        Operation::NvflareRegister { client_nonce, server_cn, server_nonce, .. } => {
-            limit("client_nonce", client_nonce, 64)
-                .or_else(|| limit("server_cn", server_cn, 256))
-                .or_else(|| limit("server_nonce", server_nonce, 256))
-        }
-        Operation::NvflareVerifyToken { session, client_name, token, token_signature } => limit("session", session, 64)
-            .or_else(|| limit("client_name", client_name, 256))
-            .or_else(|| limit("token", token, 256))
-            .or_else(|| limit("token_signature", token_signature, 4096)),
-        _ => None,
+    let spec = kind.spec();
+    // serde ignores unknown fields of field-less operations; the operation's field list
+    // refuses them for every operation, without re-serialising the request.
+    if let Some(extra) =
+        obj.keys().find(|k| !matches!(k.as_str(), "v" | "id" | "op") && !spec.fields.contains(&k.as_str()))
+    {
+        let shown: String = extra.chars().take(40).collect();
+        return Err(fail(id, ErrorCode::InvalidRequest, format!("invalid request: unknown field `{shown}`")));
     }
+    // Text fields are short in every valid request; refuse long ones before they reach logs.
+    for (name, max) in spec.text_limits {
+        if obj.get(*name).and_then(serde_json::Value::as_str).is_some_and(|text| text.len() > *max) {
+            return Err(fail(
+                id,
+                ErrorCode::InvalidRequest,
+                format!("invalid request: `{name}` longer than {max} bytes"),
+            ));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| fail(id, ErrorCode::InvalidRequest, strip_serde_detail(&e)))
 }
 
 /// serde's message names the field and the problem; cut it to a readable length.

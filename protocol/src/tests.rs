@@ -2,7 +2,7 @@
 //! error classification of bad frames.
 
 use super::*;
-use crate::key::KeyId;
+use keyward_core::KeyId;
 
 #[test]
 fn sign_request_has_the_documented_shape() {

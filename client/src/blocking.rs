@@ -1,6 +1,6 @@
-//! [`BlockingAgentClient`]: the synchronous twin of [`crate::client::AgentClient`], over a
+//! [`BlockingAgentClient`]: the synchronous twin of [`crate::AgentClient`], over a
 //! std `UnixStream`, for callers that cannot await — rustls calls `Signer::sign`
-//! synchronously (see `tls/signer.rs`). Same framing (`docs/protocol.md` §2: 4-byte
+//! synchronously (see the agent's `tls/signer.rs`). Same framing (`docs/protocol.md` §2: 4-byte
 //! big-endian length, then JSON), same reply checks, plus read/write timeouts so a stuck
 //! agent cannot hold a thread forever.
 
@@ -9,9 +9,10 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
 
-use keyward_core::protocol::{self, Operation, Reply, Request};
+use keyward_protocol::{self as protocol, Operation, Reply, Request};
 
-use crate::client::{reply_outcome, ClientError};
+use crate::agent_client::reply_outcome;
+use crate::error::ClientError;
 
 /// One blocking connection to the agent.
 #[derive(Debug)]
@@ -40,13 +41,8 @@ impl BlockingAgentClient {
     pub fn call(&mut self, op: Operation) -> Result<Reply, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
-        let body =
-            serde_json::to_vec(&Request { v: protocol::PROTOCOL_VERSION, id, op }).map_err(ClientError::BadReply)?;
-        // Past 4 GiB the prefix saturates and the agent refuses the frame as too large.
-        let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
-        let mut frame = Vec::with_capacity(protocol::LENGTH_PREFIX_BYTES + body.len());
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(&body);
+        let frame = protocol::encode_frame(&Request { v: protocol::PROTOCOL_VERSION, id, op })
+            .map_err(ClientError::BadReply)?;
         if let Err(e) = self.stream.write_all(&frame) {
             // As in `AgentClient::call`: a refused peer is answered before the agent reads.
             if !matches!(e.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset) {
