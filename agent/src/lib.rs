@@ -7,6 +7,7 @@
 //! - [`client`]: the socket client used by the CLI, tests and benchmarks; [`blocking_client`]
 //!   is its synchronous twin.
 //! - [`tls`]: a rustls signing key backed by the agent, and the `keyward tunnel` relay.
+//! - [`provision`]: NVFlare's distributed-provisioning request with a token key.
 //! - `cli/`: the clap command line; [`kit_file`]: files in folders another user may change.
 
 pub mod audit;
@@ -22,6 +23,7 @@ pub mod hygiene;
 pub mod kit_file;
 pub mod notify;
 pub mod output;
+pub mod provision;
 pub mod store_handle;
 pub mod store_health;
 pub mod tls;

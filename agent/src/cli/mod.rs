@@ -14,6 +14,7 @@ mod keys;
 mod nvflare;
 mod nvflare_kit;
 mod nvflare_plugin;
+mod nvflare_request;
 mod ready;
 mod serve;
 mod tunnel;
