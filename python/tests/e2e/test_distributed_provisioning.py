@@ -350,3 +350,46 @@ def test_sites_with_keys_born_in_softhsm_and_swtpm_register_and_run_a_job(projec
     assert_no_private_key(proj.sites[ADMIN].dir)
     for client in clients.values():
         Processes.stop(client)
+
+
+def test_the_request_has_the_shape_nvflare_cert_request_makes(project, tmp_path):
+    """The same definition through the real `nvflare cert request`: the same files and modes, the
+    same zip members in the same order, request.json with the same fields in the same order and
+    the same values (but ids, times and hashes), site.yaml byte for byte, and a CSR of the same
+    shape (subject attributes and their string types, no attributes, the signature algorithm)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    import zipfile
+
+    ours = project.sites["site-1"]
+    definition = ours.dir / "site-1.yaml"
+    run([str(NVFLARE_BIN), "cert", "request", "-p", str(definition), "--out", str(tmp_path / "nv")], cwd=tmp_path)
+    theirs = tmp_path / "nv"
+
+    def listing(folder: Path) -> dict[str, int]:
+        return {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
+
+    # (`nvflare package` has since added signed.json, site-1.crt and rootCA.pem to ours.)
+    made = listing(theirs)
+    assert set(made) == {"site-1.key", "site-1.csr", "request.json", "site.yaml", "site-1.request.zip"}
+    assert {k: v for k, v in listing(ours.request_dir).items() if k in made} == made
+    zips = [zipfile.ZipFile(d / "site-1.request.zip") for d in (ours.request_dir, theirs)]
+    assert [z.namelist() for z in zips][0] == zips[1].namelist() == ["request.json", "site.yaml", "site-1.csr"]
+    assert zips[0].read("site.yaml") == zips[1].read("site.yaml")
+    assert (ours.request_dir / "site.yaml").read_bytes() == (theirs / "site.yaml").read_bytes()
+    metas = [json.loads((d / "request.json").read_text()) for d in (ours.request_dir, theirs)]
+    assert list(metas[0]) == list(metas[1])
+    varying = {"request_id", "created_at", "csr_sha256", "public_key_sha256"}
+    assert {k: v for k, v in metas[0].items() if k not in varying} == \
+        {k: v for k, v in metas[1].items() if k not in varying}
+    assert (ours.request_dir / "request.json").read_text().count("\n") == (theirs / "request.json").read_text().count("\n")
+
+    csrs = [x509.load_pem_x509_csr((d / "site-1.csr").read_bytes()) for d in (ours.request_dir, theirs)]
+    shape = [[(a.oid, a._type, a.value) for a in c.subject] for c in csrs]
+    assert shape[0] == shape[1], shape
+    assert [c.signature_algorithm_oid for c in csrs][0] == csrs[1].signature_algorithm_oid
+    assert [len(c.extensions) for c in csrs] == [0, 0] and [len(c.attributes) for c in csrs] == [0, 0]
+    assert all(c.is_signature_valid for c in csrs)
+    pub = csrs[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert metas[0]["public_key_sha256"] == __import__("hashlib").sha256(pub).hexdigest()
+    assert private_key_files(theirs) == [theirs / "site-1.key"], "the real tool writes the key as a file"
