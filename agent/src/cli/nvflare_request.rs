@@ -63,9 +63,9 @@ pub fn run(config: &Config, args: RequestArgs) -> Result<()> {
     let mut store = super::keys::open_store(config)?;
     if !args.renew {
         store.generate(&key, args.algorithm).map_err(|e| match e {
-            StoreError::KeyExists { .. } => anyhow::Error::new(e).context(format!(
-                "to ask for a new certificate for the existing key, pass --renew; for a new key, another --key"
-            )),
+            StoreError::KeyExists { .. } => anyhow::Error::new(e).context(
+                "to ask for a new certificate for the existing key, pass --renew; for a new key, another --key",
+            ),
             e => anyhow::Error::new(e).context(format!("generating key `{key}`")),
         })?;
         eprintln!(
