@@ -393,3 +393,47 @@ def test_the_request_has_the_shape_nvflare_cert_request_makes(project, tmp_path)
     pub = csrs[0].public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert metas[0]["public_key_sha256"] == __import__("hashlib").sha256(pub).hexdigest()
     assert private_key_files(theirs) == [theirs / "site-1.key"], "the real tool writes the key as a file"
+
+
+def _cert_not_after(agent: Agent, key: str) -> int:
+    status = json.loads(agent.keyward("status", "--json").stdout)
+    [entry] = [k for k in status["keys"] if k["key"] == key]
+    return int(entry["certificate_not_after"])
+
+
+def test_a_renewal_with_the_agent_running_is_used_without_restart_and_the_site_registers_with_it(project):
+    """The same token key asks again (`keyward nvflare request --renew`) while its agent runs and
+    serves; the admin approves a 30-day certificate; `nvflare package` makes a kit with it and
+    `keyward nvflare enroll` installs it (the old one kept as `.previous.pem`). The running agent
+    reports the new expiry at once (it reads the certificate at each use), and the client started
+    from the new kit registers with the new certificate, without the agent restarting."""
+    proj = project
+    site = proj.sites["site-1"]
+    agent_pid = site.agent.proc.pid if site.agent.proc else None
+    before = _cert_not_after(site.agent, site.key)
+    renewal = Site(site.name, site.key, site.agent, site.dir / "renewal")
+    renewal.dir.mkdir()
+    site.agent.keyward("nvflare", "request", "-p", str(site.dir / "site-1.yaml"), "--renew", "--out",
+                       str(renewal.request_dir))
+    assert_no_private_key(site.dir)
+    signed = renewal.dir / "site-1.signed.zip"
+    run([str(NVFLARE_BIN), "cert", "approve", str(renewal.request_dir / "site-1.request.zip"), "-c", str(proj.ca),
+         "--profile", str(proj.profile), "--out", str(signed), "--valid-days", "30"], cwd=proj.dir)
+    renewal.kit = proj.package(signed, renewal.request_dir, renewal.dir / "ws", site.name, plugin=True)
+    assert_no_private_key(site.dir)
+    site.agent.keyward("nvflare", "enroll", str(renewal.kit / "startup"), "--key", site.key)
+    assert (site.agent.dir / "state" / "certs" / "site-1.previous.pem").exists()
+
+    after = _cert_not_after(site.agent, site.key)
+    assert after < before and after - time.time() < 31 * 86400, (before, after)
+    assert site.agent.proc is not None and site.agent.proc.pid == agent_pid and site.agent.proc.poll() is None
+
+    client = proj.start_client(renewal)
+    wait_for_line(renewal.kit / "log.txt", "Successfully registered client:site-1", client, REGISTER_LIMIT_S)
+    regs = [r for r in site.agent.audit_records() if r.get("op") == "nvflare_register" and r["key"] == site.key]
+    assert regs[-1]["outcome"] == "ok"
+    from cryptography import x509
+    sent = x509.load_pem_x509_certificate((renewal.kit / "startup" / "client.crt").read_bytes())
+    assert int(sent.not_valid_after_utc.timestamp()) == after, "the client registered with the renewed certificate"
+    assert_no_private_key(site.dir)
+    Processes.stop(client)
