@@ -24,6 +24,7 @@ pub mod kit_file;
 pub mod notify;
 pub mod output;
 pub mod provision;
+pub mod renewal;
 pub mod store_handle;
 pub mod store_health;
 pub mod tls;
