@@ -7,6 +7,7 @@
 //! - [`wire_error`]: which wire code each `keyward-core` error becomes.
 //! - The socket clients are the `keyward-client` crate; the protocol is `keyward-protocol`.
 //! - [`tls`]: a rustls signing key backed by the agent, and the `keyward tunnel` relay.
+//! - [`provision`]: NVFlare's distributed-provisioning request with a token key.
 //! - `cli/`: the clap command line; [`kit_file`]: files in folders another user may change.
 
 pub mod audit;
@@ -20,6 +21,8 @@ pub mod hygiene;
 pub mod kit_file;
 pub mod notify;
 pub mod output;
+pub mod provision;
+pub mod renewal;
 pub mod store_handle;
 pub mod store_health;
 pub mod tls;
