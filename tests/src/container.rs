@@ -50,6 +50,16 @@ pub fn service_tree() -> (PathBuf, f64) {
     (tree, started.elapsed().as_secs_f64())
 }
 
+/// A copy of the freshly built `keyward`, mode 0755: the build's own file may be 0700 (CI
+/// builds under `umask 077`), which the container's non-root users could not execute.
+fn executable_copy(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = dir.join("keyward");
+    std::fs::copy(keyward_bin(), &copy).expect("copying the keyward binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod 0755");
+    copy
+}
+
 impl Container {
     /// Boots the tree with the freshly built `keyward` bound read-only at `/usr/bin/keyward`,
     /// plus `binds` (`host:container` pairs, read-only), and waits for the boot to finish.
@@ -64,10 +74,7 @@ impl Container {
             .arg(&tree)
             .args(["--boot", "--volatile=overlay", "--register=no", "--keep-unit", "--private-network"])
             .arg(format!("--machine={name}"))
-            .arg(format!(
-                "--bind-ro={}:/usr/bin/keyward",
-                keyward_bin().canonicalize().expect("keyward binary").display()
-            ));
+            .arg(format!("--bind-ro={}:/usr/bin/keyward", executable_copy(dir.path()).display()));
         for (host, inside) in binds {
             cmd.arg(format!("--bind-ro={}:{inside}", host.display()));
         }
