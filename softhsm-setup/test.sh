@@ -27,7 +27,10 @@
 #           (tests/tests/service_unit_real.rs, needs root) builds a Debian 12
 #           tree once into /var/cache/keyward-test/bookworm (service-tree.sh,
 #           debootstrap, ~2 min) and boots it in systemd-nspawn containers;
-#           nothing else changes.
+#           the package test (tests/tests/deb_package.rs) builds the .deb
+#           with deb.sh (installs cargo-deb into ~/.cargo/bin when missing, a
+#           release build, the wheel into python/dist/) and installs it only
+#           inside such a container; nothing else changes.
 #
 set -euo pipefail
 umask 077

@@ -54,6 +54,15 @@ impl Container {
     /// Boots the tree with the freshly built `keyward` bound read-only at `/usr/bin/keyward`,
     /// plus `binds` (`host:container` pairs, read-only), and waits for the boot to finish.
     pub fn boot(binds: &[(PathBuf, &str)]) -> Self {
+        let agent = keyward_bin().canonicalize().expect("keyward binary");
+        let mut all = vec![(agent, "/usr/bin/keyward")];
+        all.extend(binds.iter().cloned());
+        Self::boot_bare(&all)
+    }
+
+    /// Boots the tree with only `binds` (`host:container` pairs, read-only): no `keyward` in
+    /// it until a test installs one (the package test), and waits for the boot to finish.
+    pub fn boot_bare(binds: &[(PathBuf, &str)]) -> Self {
         let (tree, tree_seconds) = service_tree();
         let dir = tempfile::Builder::new().prefix("kwct").tempdir_in("/tmp").expect("temp dir");
         let log = dir.path().join("nspawn.log");
@@ -63,11 +72,7 @@ impl Container {
             .arg("--directory")
             .arg(&tree)
             .args(["--boot", "--volatile=overlay", "--register=no", "--keep-unit", "--private-network"])
-            .arg(format!("--machine={name}"))
-            .arg(format!(
-                "--bind-ro={}:/usr/bin/keyward",
-                keyward_bin().canonicalize().expect("keyward binary").display()
-            ));
+            .arg(format!("--machine={name}"));
         for (host, inside) in binds {
             cmd.arg(format!("--bind-ro={}:{inside}", host.display()));
         }
@@ -80,12 +85,13 @@ impl Container {
             .expect("systemd-nspawn is installed (package systemd-container, install-packages.sh)");
         let leader = wait_for_leader(nspawn.id(), &log);
         let mut container = Self { nspawn, leader, log, _dir: dir, tree_seconds, boot_seconds: 0.0 };
-        // Until systemd listens on its private socket, systemctl fails at once: poll.
+        // Until systemd listens on its private socket, systemctl fails at once, and before it
+        // made /run/systemd/system it answers `offline` (on a busy machine, seen): poll.
         let mut state = String::new();
         while started.elapsed() < BOOT_LIMIT {
             let out = container.run(&["systemctl", "is-system-running", "--wait"]);
             state = format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr));
-            if !out.stdout.is_empty() {
+            if !out.stdout.is_empty() && out.stdout.trim_ascii() != b"offline" {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));
