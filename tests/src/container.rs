@@ -1,5 +1,5 @@
 //! [`Container`]: a real systemd booted as PID 1 of a `systemd-nspawn` container over the
-//! Debian 12 tree `softhsm-setup/service-tree.sh` builds (and caches), with
+//! Debian 12 tree `scripts/service-tree.sh` builds (and caches), with
 //! `--volatile=overlay` so every boot starts from the same tree and writes go to a tmpfs.
 //! Never a systemd on the machine's own root: its tmpfiles would clean the host's `/tmp`.
 //!
@@ -36,16 +36,16 @@ pub struct Container {
     pub boot_seconds: f64,
 }
 
-/// Builds the tree when missing (`softhsm-setup/service-tree.sh`), returning its path and the
+/// Builds the tree when missing (`scripts/service-tree.sh`), returning its path and the
 /// time it took.
 pub fn service_tree() -> (PathBuf, f64) {
     let started = Instant::now();
     let out = Command::new("bash")
-        .arg(workspace_root().join("softhsm-setup/service-tree.sh"))
+        .arg(workspace_root().join("scripts/service-tree.sh"))
         .stderr(Stdio::inherit())
         .output()
-        .expect("run softhsm-setup/service-tree.sh");
-    assert_success(&out, "softhsm-setup/service-tree.sh");
+        .expect("run scripts/service-tree.sh");
+    assert_success(&out, "scripts/service-tree.sh");
     let tree = PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim());
     (tree, started.elapsed().as_secs_f64())
 }

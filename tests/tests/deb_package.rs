@@ -1,5 +1,5 @@
 //! The Debian package, end to end: built from the repo with one command
-//! (`softhsm-setup/deb.sh`: the wheel, then `cargo deb`), checked with `lintian`, then
+//! (`scripts/deb.sh`: the wheel, then `cargo deb`), checked with `lintian`, then
 //! installed with apt inside a container over the Debian 12 tree (`tests/src/container.rs`,
 //! systemd as PID 1, an overlay so the cached tree stays clean), with no `keyward` user or
 //! binary there before. The package makes its user (sysusers.d) and folders (tmpfiles.d),
@@ -26,13 +26,13 @@ const DEB: &str = "/srv/deb/keyward.deb";
 /// Builds the package with the repo's one command; returns its path.
 fn build_deb() -> PathBuf {
     let out = Command::new("bash")
-        .arg(workspace_root().join("softhsm-setup/deb.sh"))
+        .arg(workspace_root().join("scripts/deb.sh"))
         .env("KEYWARD_PYTHON", python())
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
-        .expect("run softhsm-setup/deb.sh");
-    assert_success(&out, "softhsm-setup/deb.sh");
+        .expect("run scripts/deb.sh");
+    assert_success(&out, "scripts/deb.sh");
     let deb = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
     assert!(deb.is_file(), "deb.sh printed `{}`", deb.display());
     deb
@@ -55,7 +55,7 @@ fn lintian(deb: &Path) {
         .args(["--fail-on", "error", "--no-tag-display-limit"])
         .arg(deb)
         .output()
-        .expect("lintian is installed (softhsm-setup/install-packages.sh)");
+        .expect("lintian is installed (scripts/install-packages.sh)");
     eprintln!("lintian:\n{}", String::from_utf8_lossy(&out.stdout));
     assert_success(&out, "lintian --fail-on error");
 }

@@ -11,7 +11,7 @@
 #           under systemd in a container over a Debian 12 tree, service-tree.sh),
 #           lintian (the package test checks the .deb deb.sh builds).
 #
-# Usage:    softhsm-setup/install-packages.sh
+# Usage:    scripts/install-packages.sh
 #
 # Env vars: none read. apt-get is run with DEBIAN_FRONTEND=noninteractive.
 #
@@ -27,8 +27,8 @@ umask 077
 
 readonly PROG="install-packages"
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 readonly PACKAGES=(
     softhsm2

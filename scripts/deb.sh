@@ -3,7 +3,7 @@
 # deb.sh - build keyward's Debian package: the agent, its unit, user, folders, docs and the
 #          Python plug-in as a wheel (agent/Cargo.toml, [package.metadata.deb]).
 #
-# Usage:    softhsm-setup/deb.sh
+# Usage:    scripts/deb.sh
 #           prints the path of the .deb on stdout (<target dir>/debian/keyward_<version>_<arch>.deb).
 #           Install it with `apt-get install ./keyward_*.deb`; what it installs and how a site
 #           sets it up: deploy/debian/README.Debian.
@@ -22,18 +22,12 @@ set -euo pipefail
 umask 022 # the package's files must be readable by everyone
 
 readonly PROG="deb"
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h | --help)
-        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
-        exit 0
-        ;;
-esac
+help_from_header "$@"
 [[ $# -eq 0 ]] || die "takes no arguments (see --help)"
 
-REPO_ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 cd -- "$REPO_ROOT"
 exec </dev/null
 
