@@ -62,7 +62,7 @@ fn systemd_analyze(args: &[&str]) -> std::process::Output {
         .args(args)
         .env("SYSTEMD_PAGER", "")
         .output()
-        .expect("systemd-analyze is installed (package systemd, softhsm-setup/install-packages.sh)")
+        .expect("systemd-analyze is installed (package systemd, scripts/install-packages.sh)")
 }
 
 #[test]

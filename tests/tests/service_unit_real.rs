@@ -1,7 +1,7 @@
 //! The shipped unit under a real systemd: `deploy/systemd/keyward.service` and its drop-ins,
 //! unchanged (the freshly built binary is bound at the unit's `/usr/bin/keyward`), started by
 //! systemd as PID 1 of a container over a Debian 12 tree (`tests/src/container.rs`,
-//! `softhsm-setup/service-tree.sh`). Through the running unit, with the agent as user
+//! `scripts/service-tree.sh`). Through the running unit, with the agent as user
 //! `keyward` and callers of other uids (`flare` through `setpriv`, root from the host): sign
 //! (verified by openssl), decrypt, status, the NVFlare challenge / register / token flow,
 //! `systemctl reload` (SIGHUP) and still serving, then a clean stop. And

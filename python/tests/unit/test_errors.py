@@ -73,3 +73,15 @@ def test_errors_survive_pickling_with_their_fields():
     assert odd.code == "new_code"
     local = pickle.loads(pickle.dumps(errors.ReplyTimeout("no reply", socket_path="/s")))
     assert type(local) is errors.ReplyTimeout and str(local).startswith("keyward:")
+
+
+def test_the_class_definitions_are_the_only_list():
+    """A subclass registers its code; a second class for a code fails at definition; __all__
+    names every error class of the module."""
+    assert all(errors.ERROR_CLASSES[cls.code] is cls for cls in errors.ERROR_CLASSES.values())
+    with pytest.raises(TypeError, match="wire code `busy` has two classes"):
+        type("Busy2", (errors.AgentError,), {"code": "busy"})
+    assert errors.ERROR_CLASSES["busy"] is errors.Busy
+    defined = {n for n, o in vars(errors).items() if isinstance(o, type) and issubclass(o, errors.KeywardError)}
+    assert set(errors.__all__) == defined | {"ERROR_CLASSES", "error_from_reply"}
+    assert "IncompatibleNvflare" in errors.__all__ and "incompatible_nvflare" not in errors.ERROR_CLASSES

@@ -13,7 +13,7 @@
 //! a shared machine does not land on one path only.
 //!
 //! Usage: `cargo run --release -p keyward-tests --bin keyward-bench -- [--quick] [--seconds N]`
-//! (or `softhsm-setup/bench.sh`). It prints a Markdown table for `docs/benchmarks.md` and
+//! (or `scripts/bench.sh`). It prints a Markdown table for `docs/benchmarks.md` and
 //! never asserts a speed; CI runs `--quick` only so the bench keeps working.
 //!
 //! The in-process paths need `SOFTHSM2_CONF` in the environment of the process that loads

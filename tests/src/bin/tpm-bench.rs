@@ -13,7 +13,7 @@
 //! stopped after it, so the raw loop has the TPM to itself (swtpm has no resource manager).
 //!
 //! Usage: `cargo run --release -p keyward-tests --bin tpm-bench -- [--quick] [--seconds N]`
-//! (or `softhsm-setup/bench.sh`). Prints a Markdown table for `docs/benchmarks.md`; never
+//! (or `scripts/bench.sh`). Prints a Markdown table for `docs/benchmarks.md`; never
 //! asserts a speed.
 
 use std::str::FromStr;

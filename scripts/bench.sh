@@ -12,7 +12,7 @@
 #           Each prints a Markdown table with the machine and the date; copy
 #           them into docs/benchmarks.md by hand. Never fails on a slow result.
 #
-# Usage:    softhsm-setup/bench.sh [--quick] [--seconds N]
+# Usage:    scripts/bench.sh [--quick] [--seconds N]
 #               --quick      a fraction of a second per measurement (CI)
 #               --seconds N  seconds per measurement (defaults: 5, 3, 5)
 #           Arguments are passed to each bench binary unchanged.
@@ -31,18 +31,11 @@ umask 077
 
 readonly PROG="bench"
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h | --help)
-        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
-        exit 0
-        ;;
-esac
+help_from_header "$@"
 
-HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
-REPO_ROOT="$(cd -- "$HERE/.." && pwd -P)"
 cd -- "$REPO_ROOT"
 
 if [[ "${CI:-}" == "true" ]]; then
@@ -50,7 +43,7 @@ if [[ "${CI:-}" == "true" ]]; then
 fi
 
 log "installing missing system packages"
-bash "$HERE/install-packages.sh"
+bash "$SCRIPTS/install-packages.sh"
 
 command -v cargo >/dev/null 2>&1 ||
     die "cargo not found: install a Rust toolchain >= 1.85 (e.g. https://rustup.rs) and rerun"

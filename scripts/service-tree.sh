@@ -12,7 +12,7 @@
 #           clean the host's /tmp); only this tree boots, and the test boots it with
 #           --volatile=overlay so the cached tree stays as built.
 #
-# Usage:    softhsm-setup/service-tree.sh [TREE]
+# Usage:    scripts/service-tree.sh [TREE]
 #           prints the tree's path on stdout. TREE defaults to $KEYWARD_SERVICE_TREE or
 #           /var/cache/keyward-test/bookworm. A tree that is complete (marker file
 #           <TREE>/.keyward-tree-v1) is left alone ("already done").
@@ -37,15 +37,10 @@ readonly MARKER=".keyward-tree-v1"
 readonly SUITE="bookworm"
 readonly INCLUDE="systemd,systemd-sysv,dbus,softhsm2,libtss2-esys-3.0.2-0,libtss2-tctildr0,libtss2-mu0,libtss2-sys1,openssl,util-linux,procps"
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h | --help)
-        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
-        exit 0
-        ;;
-esac
+help_from_header "$@"
 [[ $# -le 1 ]] || die "takes at most one argument, the tree path (see --help)"
 
 tree="${1:-${KEYWARD_SERVICE_TREE:-/var/cache/keyward-test/bookworm}}"
@@ -68,7 +63,7 @@ if [[ -f "$tree/$MARKER" ]]; then
     printf '%s\n' "$tree"
     exit 0
 fi
-command -v debootstrap >/dev/null 2>&1 || die "debootstrap not found (softhsm-setup/install-packages.sh installs it)"
+command -v debootstrap >/dev/null 2>&1 || die "debootstrap not found (scripts/install-packages.sh installs it)"
 
 mirror() {
     if [[ -n "${KEYWARD_DEBIAN_MIRROR:-}" ]]; then

@@ -8,9 +8,10 @@
 #           ca-certificates, hyperfine, shellcheck, stunnel4 (tls-bench) and
 #           systemd (systemd-analyze checks the service unit in the tests),
 #           systemd-container and debootstrap (the real-unit test boots the unit
-#           under systemd in a container over a Debian 12 tree, service-tree.sh).
+#           under systemd in a container over a Debian 12 tree, service-tree.sh),
+#           lintian (the package test checks the .deb deb.sh builds).
 #
-# Usage:    softhsm-setup/install-packages.sh
+# Usage:    scripts/install-packages.sh
 #
 # Env vars: none read. apt-get is run with DEBIAN_FRONTEND=noninteractive.
 #
@@ -26,8 +27,8 @@ umask 077
 
 readonly PROG="install-packages"
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
 readonly PACKAGES=(
     softhsm2
@@ -47,6 +48,7 @@ readonly PACKAGES=(
     systemd  # systemd-analyze verify/security on deploy/systemd/keyward.service
     systemd-container # systemd-nspawn: the real-unit test boots systemd in a container
     debootstrap       # the Debian 12 tree for that container (service-tree.sh)
+    lintian           # checks the Debian package (tests/tests/deb_package.rs)
 )
 
 if [[ $# -gt 0 ]]; then

@@ -6,9 +6,9 @@
 #           system-wide /etc/softhsm) with one initialised token labelled LABEL
 #           and random SO / user PINs stored in files, for tests and the demo.
 #
-# Usage:    softhsm-setup/init-softhsm-token.sh DIR [LABEL]
+# Usage:    scripts/init-softhsm-token.sh DIR [LABEL]
 #               LABEL defaults to "fl-site" (at most 32 bytes).
-#           eval "$(softhsm-setup/init-softhsm-token.sh state/softhsm)"
+#           eval "$(scripts/init-softhsm-token.sh state/softhsm)"
 #
 #           On success prints to STDOUT exactly these lines, for eval:
 #               export SOFTHSM2_CONF='<abs DIR>/softhsm2.conf'
@@ -34,8 +34,8 @@ umask 077
 
 readonly PROG="init-softhsm-token"
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 usage() {
     sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
 }
@@ -54,7 +54,7 @@ LABEL="${2:-fl-site}"
 [[ "$(printf '%s' "$LABEL" | LC_ALL=C wc -c)" -le 32 ]] || die "LABEL '$LABEL' is longer than 32 bytes"
 [[ "$LABEL" != *[[:space:]] && "$LABEL" != [[:space:]]* ]] || die "LABEL must not start or end with whitespace"
 
-command -v softhsm2-util >/dev/null 2>&1 || die "softhsm2-util not found; run softhsm-setup/install-packages.sh first"
+command -v softhsm2-util >/dev/null 2>&1 || die "softhsm2-util not found; run scripts/install-packages.sh first"
 
 # shq VALUE: VALUE as a single-quoted shell word, safe for eval.
 shq() {
@@ -128,7 +128,7 @@ TOKENS="$DIR/tokens"
 SO_PIN_FILE="$DIR/so-pin"
 USER_PIN_FILE="$DIR/user-pin"
 
-MODULE="$(find_module)" || die "libsofthsm2.so not found (looked at /usr/lib/softhsm and under /usr/lib*); run softhsm-setup/install-packages.sh"
+MODULE="$(find_module)" || die "libsofthsm2.so not found (looked at /usr/lib/softhsm and under /usr/lib*); run scripts/install-packages.sh"
 
 # Temporary files live inside DIR so that the final mv is an atomic rename.
 WORK="$(mktemp -d "$DIR/.tmp.XXXXXX")"
@@ -148,7 +148,7 @@ fi
 # 2. private softhsm2.conf
 desired_conf="$(
     cat <<EOF
-# SoftHSM2 configuration for keyward, written by softhsm-setup/init-softhsm-token.sh
+# SoftHSM2 configuration for keyward, written by scripts/init-softhsm-token.sh
 directories.tokendir = $TOKENS
 objectstore.backend = file
 log.level = ERROR

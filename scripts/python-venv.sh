@@ -5,9 +5,9 @@
 # Purpose:  provide a Python with `cryptography` (pinned, used to check
 #           keyward's signatures independently of OpenSSL's CLI) and `pytest`.
 #
-# Usage:    softhsm-setup/python-venv.sh [VENV_DIR]
+# Usage:    scripts/python-venv.sh [VENV_DIR]
 #               VENV_DIR defaults to <repo root>/.venv
-#           KEYWARD_PYTHON="$(softhsm-setup/python-venv.sh)"
+#           KEYWARD_PYTHON="$(scripts/python-venv.sh)"
 #
 #           Prints the absolute path of the venv's python to STDOUT; all
 #           logging (and pip's output) goes to stderr.
@@ -29,18 +29,12 @@ umask 077
 readonly PROG="python-venv"
 readonly CRYPTOGRAPHY_PIN="45.0.7"
 
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h | --help)
-        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
-        exit 0
-        ;;
-esac
+help_from_header "$@"
 [[ $# -le 1 ]] || die "usage: $0 [VENV_DIR]"
 
-REPO_ROOT="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd -P)"
 VENV="${1:-$REPO_ROOT/.venv}"
 [[ -n "$VENV" ]] || die "VENV_DIR must not be empty"
 VENV="$(realpath -m -- "$VENV")"
@@ -69,10 +63,10 @@ trap cleanup EXIT
 if [[ -x "$VPY" ]]; then
     log "venv $VENV exists but lacks cryptography/pytest: installing them"
 else
-    command -v "$PY3" >/dev/null 2>&1 || die "$PY3 not found; run softhsm-setup/install-packages.sh"
+    command -v "$PY3" >/dev/null 2>&1 || die "$PY3 not found; run scripts/install-packages.sh"
     log "creating venv $VENV with $(command -v "$PY3") ($("$PY3" --version 2>&1))"
     "$PY3" -m venv -- "$VENV" >&2 ||
-        die "'$PY3 -m venv' failed (on Debian install python3-venv: softhsm-setup/install-packages.sh)"
+        die "'$PY3 -m venv' failed (on Debian install python3-venv: scripts/install-packages.sh)"
 fi
 [[ -x "$VPY" ]] || die "$VPY missing after venv creation"
 

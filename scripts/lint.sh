@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # lint.sh — the format check and clippy with warnings denied, for the whole workspace.
 #
-# Usage:    softhsm-setup/lint.sh
+# Usage:    scripts/lint.sh
 # Changes:  builds clippy's metadata into target/; nothing else.
 #
 # Part of test.sh (CI, step 3). Developers run it before pushing (style guide:

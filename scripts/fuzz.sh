@@ -11,7 +11,7 @@
 #           (fuzz/corpus/<target>, not committed).
 #           Prints one line per target: executions, seconds, corpus size.
 #
-# Usage:    softhsm-setup/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
+# Usage:    scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
 #           Exits non-zero when a target crashes, times out (10 s for one
 #           input) or runs out of memory; the input that did it is kept in
 #           fuzz/artifacts/<target>/ and `cargo fuzz run <target> <file>`
@@ -31,21 +31,15 @@ set -euo pipefail
 umask 022
 
 readonly PROG="fuzz"
-log() { printf '%s: %s\n' "$PROG" "$*" >&2; }
-die() { printf '%s: error: %s\n' "$PROG" "$*" >&2; exit 1; }
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
 
-case "${1:-}" in
-    -h | --help)
-        sed -n '3,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0" >&2
-        exit 0
-        ;;
-esac
+help_from_header "$@"
 [[ $# -le 1 ]] || die "takes at most one argument, the seconds per target (see --help)"
 SECONDS_PER_TARGET="${1:-30}"
 [[ "$SECONDS_PER_TARGET" =~ ^[1-9][0-9]*$ ]] || die "seconds per target must be a positive integer, not \`$SECONDS_PER_TARGET\`"
 
-HERE="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)"
-FUZZ_DIR="$(cd -- "$HERE/../fuzz" && pwd -P)"
+FUZZ_DIR="$(cd -- "$SCRIPTS/../fuzz" && pwd -P)"
 cd -- "$FUZZ_DIR"
 exec </dev/null
 
