@@ -118,7 +118,7 @@ class Swtpm:
 
     def _start(self) -> bool:
         if shutil.which("swtpm") is None:
-            pytest.fail("swtpm not found: run softhsm-setup/install-packages.sh", pytrace=False)
+            pytest.fail("swtpm not found: run scripts/install-packages.sh", pytrace=False)
         with open(self.state / "swtpm.log", "ab") as log:
             self.proc = subprocess.Popen(
                 ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state}", "--server",
