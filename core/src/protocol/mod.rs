@@ -6,6 +6,7 @@
 //! caller's request `id`, which the reply echoes. Binary fields are standard base64.
 
 mod base64_field;
+mod decode;
 mod error_code;
 mod request;
 mod response;

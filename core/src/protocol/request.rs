@@ -1,18 +1,18 @@
 //! Requests: what a client asks the agent, and [`decode_request`], which turns a frame body
 //! into a [`Request`] or a precise [`RequestError`] (malformed JSON, unsupported version,
 //! unknown operation, invalid fields) that still carries the request id when one was readable.
-//! A frame with a repeated object key is malformed (`unique_keys.rs`).
+//! The decoding itself, in one pass over the frame, is in `decode.rs`; a frame with a
+//! repeated object key is malformed (`unique_keys.rs`).
 
 use serde::{Deserialize, Serialize};
 
 use super::error_code::ErrorCode;
-use super::{unique_keys, PROTOCOL_VERSION};
 use crate::key::KeyId;
 
 /// One request frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// Protocol version; must be [`PROTOCOL_VERSION`].
+    /// Protocol version; must be [`super::PROTOCOL_VERSION`].
     pub v: u16,
     /// Chosen by the client, echoed in the reply.
     pub id: u64,
@@ -149,64 +149,11 @@ pub struct RequestError {
 /// [`RequestError`] with code `malformed_request`, `unsupported_version`,
 /// `unknown_operation` or `invalid_request`.
 pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
-    let fail = |id, code, message: String| RequestError { id, code, message };
-    let value = unique_keys::parse(body).map_err(|e| {
-        let message = if e.classify() == serde_json::error::Category::Data {
-            // Only a repeated key fails a parse into a plain value with a data error.
-            let detail = e.to_string();
-            let detail = detail.split(" at line ").next().unwrap_or_default().to_owned();
-            format!("frame is not valid JSON: {detail}")
-        } else {
-            format!("frame is not JSON ({})", e.classify_name())
-        };
-        fail(None, ErrorCode::MalformedRequest, message)
-    })?;
-    let Some(obj) = value.as_object() else {
-        return Err(fail(None, ErrorCode::MalformedRequest, "frame is not a JSON object".into()));
-    };
-    let id = obj.get("id").and_then(serde_json::Value::as_u64);
-    match obj.get("v") {
-        None => return Err(fail(id, ErrorCode::UnsupportedVersion, "missing protocol version `v`".into())),
-        Some(v) => match v.as_u64() {
-            Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
-            Some(v) => {
-                let message = format!("protocol version {v} is not supported; this agent speaks {PROTOCOL_VERSION}");
-                return Err(fail(id, ErrorCode::UnsupportedVersion, message));
-            }
-            None => {
-                return Err(fail(id, ErrorCode::UnsupportedVersion, "protocol version `v` must be an integer".into()))
-            }
-        },
-    }
-    if id.is_none() {
-        return Err(fail(None, ErrorCode::InvalidRequest, "missing or non-integer request `id`".into()));
-    }
-    match obj.get("op").and_then(serde_json::Value::as_str) {
-        None => return Err(fail(id, ErrorCode::InvalidRequest, "missing `op`".into())),
-        Some(op) if !Operation::NAMES.contains(&op) => {
-            let shown: String = op.chars().take(40).collect();
-            return Err(fail(id, ErrorCode::UnknownOperation, format!("unknown operation `{shown}`")));
-        }
-        Some(_) => {}
-    }
-    let request: Request = serde_json::from_value(value.clone())
-        .map_err(|e| fail(id, ErrorCode::InvalidRequest, strip_serde_detail(&e)))?;
-    // serde ignores unknown fields of field-less operations; refuse them for every operation.
-    let known = serde_json::to_value(&request).map_err(|e| fail(id, ErrorCode::Internal, e.to_string()))?;
-    if let (Some(given), Some(known)) = (value.as_object(), known.as_object()) {
-        if let Some(extra) = given.keys().find(|k| !known.contains_key(*k)) {
-            let shown: String = extra.chars().take(40).collect();
-            return Err(fail(id, ErrorCode::InvalidRequest, format!("invalid request: unknown field `{shown}`")));
-        }
-    }
-    if let Some(message) = oversized_field(&request.op) {
-        return Err(fail(id, ErrorCode::InvalidRequest, message));
-    }
-    Ok(request)
+    super::decode::decode(body)
 }
 
 /// Text fields are short in every valid request; refuse long ones before they reach logs.
-fn oversized_field(op: &Operation) -> Option<String> {
+pub(super) fn oversized_field(op: &Operation) -> Option<String> {
     let limit = |name: &str, value: &str, max: usize| {
         (value.len() > max).then(|| format!("invalid request: `{name}` longer than {max} bytes"))
     };
@@ -222,27 +169,5 @@ fn oversized_field(op: &Operation) -> Option<String> {
             .or_else(|| limit("token", token, 256))
             .or_else(|| limit("token_signature", token_signature, 4096)),
         _ => None,
-    }
-}
-
-/// serde's message names the field and the problem; cut it to a readable length.
-fn strip_serde_detail(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    let text = text.split(" at line ").next().unwrap_or_default();
-    format!("invalid request: {}", text.chars().take(200).collect::<String>())
-}
-
-trait ClassifyName {
-    fn classify_name(&self) -> &'static str;
-}
-
-impl ClassifyName for serde_json::Error {
-    fn classify_name(&self) -> &'static str {
-        match self.classify() {
-            serde_json::error::Category::Io => "i/o",
-            serde_json::error::Category::Syntax => "syntax error",
-            serde_json::error::Category::Data => "bad data",
-            serde_json::error::Category::Eof => "ends early",
-        }
     }
 }

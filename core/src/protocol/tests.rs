@@ -63,3 +63,36 @@ fn a_repeated_key_is_a_malformed_request_naming_the_key() {
     let twice_op = decode_request(br#"{"v":1,"id":3,"op":"hello","op":"status"}"#).unwrap_err();
     assert_eq!(twice_op.code, ErrorCode::MalformedRequest);
 }
+
+#[test]
+fn every_operation_decodes_from_its_own_frame_and_refuses_fields_of_others() {
+    let ok = |body: &str| decode_request(body.as_bytes()).unwrap();
+    assert_eq!(ok(r#"{"v":1,"id":2,"op":"hello"}"#).op, Operation::Hello);
+    assert_eq!(ok(r#"{"op":"status","id":2,"v":1}"#).op, Operation::Status);
+    let key = KeyId::new("k").unwrap();
+    assert_eq!(ok(r#"{"v":1,"id":2,"op":"public_key","key":"k"}"#).op, Operation::PublicKey { key: key.clone() });
+    assert_eq!(
+        ok(r#"{"v":1,"id":2,"op":"decrypt","key":"k","data":"AAE="}"#).op,
+        Operation::Decrypt { key: key.clone(), data: vec![0, 1] }
+    );
+    // An escaped string is decoded, not borrowed.
+    let escaped = ok(r#"{"v":1,"id":2,"op":"sign","key":"k","profile":"nv\u0066lare","data":""}"#);
+    assert_eq!(escaped.op, Operation::Sign { key, profile: "nvflare".into(), data: Vec::new() });
+    let e = decode_request(br#"{"v":1,"id":2,"op":"public_key","key":"k","data":""}"#).unwrap_err();
+    assert_eq!((e.code, e.message.as_str()), (ErrorCode::InvalidRequest, "invalid request: unknown field `data`"));
+    let e = decode_request(br#"{"v":1,"id":2,"op":"sign","key":"k","profile":7,"data":""}"#).unwrap_err();
+    assert_eq!(e.message, "invalid request: field `profile` must be a string");
+    let e = decode_request(br#"{"v":1,"id":2,"op":"sign","key":"k","profile":"tls"}"#).unwrap_err();
+    assert_eq!(e.message, "invalid request: missing field `data`");
+}
+
+#[test]
+fn a_repeated_key_anywhere_is_malformed_even_inside_an_unknown_field() {
+    let code = |body: &str| decode_request(body.as_bytes()).unwrap_err().code;
+    assert_eq!(code(r#"{"v":1,"id":1,"op":"hello","x":{"a":1,"a":2}}"#), ErrorCode::MalformedRequest);
+    assert_eq!(code(r#"{"v":1,"id":1,"op":"hello","x":1,"x":1}"#), ErrorCode::MalformedRequest);
+    assert_eq!(code(r#"[{"a":1,"a":2}]"#), ErrorCode::MalformedRequest);
+    assert_eq!(code(r#"{"v":1,"id":1,"op":"hello"} x"#), ErrorCode::MalformedRequest);
+    assert_eq!(code(r#"{"v":-1,"id":1,"op":"hello"}"#), ErrorCode::UnsupportedVersion);
+    assert_eq!(code(r#"{"v":1,"id":-1,"op":"hello"}"#), ErrorCode::InvalidRequest);
+}

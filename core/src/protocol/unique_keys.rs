@@ -1,4 +1,5 @@
-//! Parsing a request frame into a `serde_json::Value` that refuses duplicate object keys at
+//! Walking JSON values (the ones no valid request has: objects, arrays) into a
+//! `serde_json::Value` that refuses duplicate object keys at
 //! any depth. Plain `serde_json` keeps the last of two equal keys, so a frame such as
 //! `{"profile":"tls",...,"profile":"nvflare"}` would mean one thing to a proxy or logger that
 //! reads the first and another to the agent; refusing it removes the ambiguity (RFC 8259 §4:
@@ -10,11 +11,11 @@ use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// The start of the error message a duplicate key produces; [`parse`]'s callers match it.
+/// The start of the error message a duplicate key produces (here and in `decode.rs`).
 pub(super) const DUPLICATE_KEY: &str = "duplicate key";
 
 /// A JSON value whose objects have no repeated key.
-struct UniqueKeys(Value);
+pub(super) struct UniqueKeys(Value);
 
 impl<'de> Deserialize<'de> for UniqueKeys {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
@@ -22,7 +23,7 @@ impl<'de> Deserialize<'de> for UniqueKeys {
     }
 }
 
-struct UniqueKeysVisitor;
+pub(super) struct UniqueKeysVisitor;
 
 impl<'de> Visitor<'de> for UniqueKeysVisitor {
     type Value = Value;
@@ -83,7 +84,8 @@ impl<'de> Visitor<'de> for UniqueKeysVisitor {
 /// # Errors
 /// serde_json's error; for a repeated key its category is `Data` and its message starts
 /// with [`DUPLICATE_KEY`].
-pub(super) fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
+#[cfg(test)]
+fn parse(body: &[u8]) -> Result<Value, serde_json::Error> {
     serde_json::from_slice::<UniqueKeys>(body).map(|UniqueKeys(v)| v)
 }
 
