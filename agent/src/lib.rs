@@ -1,8 +1,9 @@
 //! keyward-agent: the `keyward` agent daemon and command line, as a library so that tests
 //! and the benchmark can use the same client and the same pieces.
 //!
-//! - `daemon/`: socket, connections, request execution (knows nothing of PKCS#11 or TPM).
-//! - [`store_handle`]: the bounded queue to the worker threads that own the key stores.
+//! - `daemon/`: the agent as rooms — `front/` (socket, connections, watchdog), `ops/` (one
+//!   file per operation), `back/` (the pool of key store sessions), `policy/`, `metrics/`
+//!   (knows nothing of PKCS#11 or TPM).
 //! - [`backends`]: the one place that names backend crates.
 //! - [`client`]: the socket client used by the CLI, tests and benchmarks; [`blocking_client`]
 //!   is its synchronous twin.
@@ -22,6 +23,4 @@ pub mod hygiene;
 pub mod kit_file;
 pub mod notify;
 pub mod output;
-pub mod store_handle;
-pub mod store_health;
 pub mod tls;
