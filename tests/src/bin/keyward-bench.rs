@@ -4,8 +4,9 @@
 //!
 //! - `raw cryptoki`: each thread its own session, `C_Sign` in a loop (the limit);
 //! - `KeyStore`: `Pkcs11Backend::store()` per thread and `KeyStore::sign`;
-//! - `StoreHandle`: the agent's queue to its 2 worker threads, called from one thread per
-//!   client (no socket, no JSON, no audit): the cost of handing each request to a worker;
+//! - `session pool`: the agent's pool of 2 sessions (`daemon::back::Back`), used from one
+//!   thread per client as the agent's connection threads use it (no socket, no JSON, no
+//!   audit): the cost of lending a session;
 //! - `agent`: the real `keyward serve`, one `AgentClient` connection per client thread,
 //!   sequential requests.
 //!
@@ -34,7 +35,7 @@ use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use keyward_agent::client::AgentClient;
-use keyward_agent::store_handle::StoreHandle;
+use keyward_agent::daemon::back::{Back, BackendJob, JobOutput, ProfileChoice};
 use keyward_core::protocol::{Operation, Reply};
 use keyward_core::{KeyId, KeyStore, Pin, SignProfile, TlsScheme};
 use keyward_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
@@ -79,7 +80,7 @@ const ROUNDS: usize = 5;
 enum Route {
     Cryptoki,
     KeyStore,
-    StoreHandle,
+    Pool,
     Agent,
 }
 
@@ -88,7 +89,7 @@ impl Route {
         match self {
             Self::Cryptoki => "cryptoki",
             Self::KeyStore => "keystore",
-            Self::StoreHandle => "storehandle",
+            Self::Pool => "pool",
             Self::Agent => "agent",
         }
     }
@@ -97,7 +98,7 @@ impl Route {
         match self {
             Self::Cryptoki => "raw cryptoki",
             Self::KeyStore => "KeyStore (in-process)",
-            Self::StoreHandle => "StoreHandle (in-process)",
+            Self::Pool => "session pool (in-process)",
             Self::Agent => "agent socket",
         }
     }
@@ -178,7 +179,7 @@ fn parse_options(args: Vec<String>) -> Result<Options> {
                 println!(
                     "keyward-bench [--quick] [--seconds N]\n\n\
                      Signing throughput and latency on a fresh SoftHSM2 token: raw cryptoki, KeyStore,\n\
-                     StoreHandle and the agent socket; RSA-2048 `nvflare` and P-256; 1 and 2 clients.\n\
+                     the session pool and the agent socket; RSA-2048 `nvflare` and P-256; 1 and 2 clients.\n\
                      Prints Markdown for docs/benchmarks.md; never fails on a slow result.\n\n\
                      --quick      about 0.5 s per case and path (CI)\n\
                      --seconds N  seconds per case and path, split into 5 rounds (default 5; overrides --quick)"
@@ -202,7 +203,7 @@ fn run(options: &Options) -> Result<()> {
     let agent = AgentProcess::start(&site);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let routes = [Route::Cryptoki, Route::KeyStore, Route::StoreHandle, Route::Agent];
+    let routes = [Route::Cryptoki, Route::KeyStore, Route::Pool, Route::Agent];
     let round_time = duration / ROUNDS as u32;
     let mut rows = Vec::new();
     for case in CASES {
@@ -278,7 +279,7 @@ fn in_process_child(args: &[String]) -> Result<()> {
     let sample = match path.as_str() {
         "cryptoki" => raw_cryptoki(module, token, pin_file, case, clients, duration)?,
         "keystore" => keystore(module, token, pin_file, case, clients, duration)?,
-        "storehandle" => store_handle(module, token, pin_file, case, clients, duration)?,
+        "pool" => pool(module, token, pin_file, case, clients, duration)?,
         other => bail!("unknown in-process path `{other}`"),
     };
     println!("{}", sample.to_json());
@@ -362,32 +363,26 @@ fn keystore(
     measure(workers, duration, None)
 }
 
-/// The agent's worker pool without the socket: the same `StoreHandle` with the agent's
-/// default 2 workers, called from one thread per client.
-fn store_handle(
-    module: &Path,
-    token: &str,
-    pin_file: &Path,
-    case: Case,
-    clients: usize,
-    duration: Duration,
-) -> Result<Sample> {
+/// The agent's session pool without the socket: the same `Back` with the agent's default 2
+/// sessions, called from one thread per client.
+fn pool(module: &Path, token: &str, pin_file: &Path, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
     let backend = open_backend(module, token, pin_file, 2)?;
-    let (handle, pool) = StoreHandle::start(std::sync::Arc::new(backend), 1024, Duration::from_secs(10))?;
+    let (back, threads) = Back::start(std::sync::Arc::new(backend), 1024, Duration::from_secs(10))?;
     let id = KeyId::new(case.key)?;
     let mut workers = Vec::new();
     for _ in 0..clients {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let (handle, id) = (handle.clone(), id.clone());
+        let (back, id) = (std::sync::Arc::clone(&back), id.clone());
         workers.push(move || -> Result<()> {
-            let id = id.clone();
-            let signature = rt.block_on(handle.call(move |s| s.sign(&id, case.profile, MESSAGE)))?;
-            check_len(signature.len())
+            let job = BackendJob::Sign { key: &id, profile: ProfileChoice::Exact(case.profile), data: MESSAGE };
+            match back.run(job, Instant::now() + Duration::from_secs(10))? {
+                JobOutput::Signature(signature, _) => check_len(signature.len()),
+                other => bail!("unexpected output `{}`", other.kind()),
+            }
         });
     }
     let sample = measure(workers, duration, None);
-    drop(handle);
-    pool.join();
+    drop(back);
+    threads.stop();
     sample
 }
 
