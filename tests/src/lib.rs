@@ -17,6 +17,7 @@ pub mod procstat;
 pub mod raw;
 pub mod report;
 pub mod soak;
+pub mod syscalls;
 pub mod softhsm;
 pub mod swtpm;
 pub mod tls;
