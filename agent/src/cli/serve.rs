@@ -1,6 +1,6 @@
 //! `keyward serve`: log in to the token once, open the key store sessions, bind the socket,
 //! serve until SIGTERM or SIGINT (SIGHUP reloads key policies and access rules, see
-//! `daemon/reload.rs`), then drain: stop accepting, let in-flight requests finish
+//! `daemon/policy/reload.rs`), then drain: stop accepting, let in-flight requests finish
 //! (bounded by `limits.shutdown_grace_ms`), close the sessions, remove the socket. Under
 //! systemd it reports `READY=1` once a `list_keys` through its own socket and key store has
 //! been answered (`ready.rs`), and `STOPPING=1` at the first termination signal
