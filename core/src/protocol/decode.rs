@@ -122,7 +122,8 @@ impl<'de> Visitor<'de> for FieldsVisitor {
         let mut fields = Fields { object: true, ..Fields::default() };
         let mut unknown_names: Vec<String> = Vec::new();
         while let Some(name) = map.next_key::<Cow<'de, str>>()? {
-            let repeated = || de::Error::custom(format!("{DUPLICATE_KEY} `{}`", name.chars().take(40).collect::<String>()));
+            let repeated =
+                || de::Error::custom(format!("{DUPLICATE_KEY} `{}`", name.chars().take(40).collect::<String>()));
             match FIELD_NAMES.iter().position(|known| *known == name) {
                 Some(slot) => {
                     if fields.values[slot].is_some() {
@@ -174,9 +175,7 @@ fn fields_of(op: &str) -> &'static [&'static str] {
         "public_key" | "nvflare_challenge" => &["key"],
         "sign" => &["key", "profile", "data"],
         "decrypt" => &["key", "data"],
-        "nvflare_register" => {
-            &["key", "client_nonce", "server_cert", "server_cn", "server_signature", "server_nonce"]
-        }
+        "nvflare_register" => &["key", "client_nonce", "server_cert", "server_cn", "server_signature", "server_nonce"],
         "nvflare_verify_token" => &["session", "client_name", "token", "token_signature"],
         _ => &[],
     }

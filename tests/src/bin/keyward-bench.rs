@@ -7,8 +7,8 @@
 //! - `session pool`: the agent's pool of 2 sessions (`daemon::back::Back`), used from one
 //!   thread per client as the agent's connection threads use it (no socket, no JSON, no
 //!   audit): the cost of lending a session;
-//! - `agent`: the real `keyward serve`, one `AgentClient` connection per client thread,
-//!   sequential requests.
+//! - `agent`: the real `keyward serve`, one `BlockingAgentClient` connection per client
+//!   thread, sequential requests.
 //!
 //! The paths of one case run in interleaved rounds (see [`ROUNDS`]), so that a busy spell of
 //! a shared machine does not land on one path only.
@@ -34,7 +34,7 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use keyward_agent::client::AgentClient;
+use keyward_agent::blocking_client::BlockingAgentClient;
 use keyward_agent::daemon::back::{Back, BackendJob, JobOutput, ProfileChoice};
 use keyward_core::protocol::{Operation, Reply};
 use keyward_core::{KeyId, KeyStore, Pin, SignProfile, TlsScheme};
@@ -404,18 +404,17 @@ fn pool(module: &Path, token: &str, pin_file: &Path, case: Case, clients: usize,
     sample
 }
 
-/// Through the running agent: one connection per client thread, each with its own
-/// single-threaded runtime, sequential requests.
+/// Through the running agent: one connection per client thread, with the agent crate's
+/// blocking client (the one the TLS signer uses), sequential requests.
 fn measure_agent(agent: &AgentProcess, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
     let mut workers = Vec::new();
     for _ in 0..clients {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let mut client = rt.block_on(AgentClient::connect(agent.socket()))?;
+        let mut client = BlockingAgentClient::connect(agent.socket(), Duration::from_secs(30))?;
         let key = KeyId::new(case.key)?;
         let profile = case.profile.name().to_owned();
         workers.push(move || -> Result<()> {
             let op = Operation::Sign { key: key.clone(), profile: profile.clone(), data: MESSAGE.to_vec() };
-            match rt.block_on(client.call(op))? {
+            match client.call(op)? {
                 Reply::Signature { signature, .. } => check_len(signature.len()),
                 other => bail!("unexpected reply {other:?}"),
             }
@@ -438,7 +437,12 @@ fn raw_syscalls_per_request(site: &Site, case: Case, clients: usize, time: Durat
         .env("SOFTHSM2_CONF", &site.hsm.conf)
         .env(TRACE_PAUSE_ENV, "500")
         .arg("--in-process")
-        .args([Route::Cryptoki.arg(), case.key, &clients.to_string(), &time.min(Duration::from_secs(1)).as_secs_f64().to_string()])
+        .args([
+            Route::Cryptoki.arg(),
+            case.key,
+            &clients.to_string(),
+            &time.min(Duration::from_secs(1)).as_secs_f64().to_string(),
+        ])
         .arg(&site.hsm.module)
         .arg(&site.hsm.label)
         .arg(&site.hsm.pin_file)
@@ -489,7 +493,10 @@ where
         .into_iter()
         .map(|mut work| {
             let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || -> Result<(Instant, Instant, Vec<u64>)> {
+            // The worker comes back with the result: its connection must outlive the CPU and
+            // context-switch readings (a closed connection ends its agent thread, and with it
+            // that thread's counts).
+            std::thread::spawn(move || -> Result<(Instant, Instant, Vec<u64>, W)> {
                 let warm_until = Instant::now() + warmup;
                 let mut warm = Ok(());
                 while warm.is_ok() && Instant::now() < warm_until {
@@ -508,7 +515,7 @@ where
                     let end = Instant::now();
                     latencies.push((end - t).as_nanos() as u64);
                     if end >= deadline {
-                        return Ok((start, end, latencies));
+                        return Ok((start, end, latencies, work));
                     }
                 }
             })
@@ -526,14 +533,17 @@ where
     barrier.wait();
     let mut all = Vec::new();
     let (mut first, mut last) = (None::<Instant>, None::<Instant>);
+    let mut finished = Vec::new();
     for thread in threads {
-        let (start, end, latencies) = thread.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        let (start, end, latencies, work) = thread.join().map_err(|_| anyhow::anyhow!("bench thread panicked"))??;
+        finished.push(work);
         first = Some(first.map_or(start, |f| f.min(start)));
         last = Some(last.map_or(end, |l| l.max(end)));
         all.extend(latencies);
     }
     let (signer_after, self_after) = (process_cpu(signer_pid)?, process_cpu(std::process::id())?);
     let switches_after = server.map(context_switches).transpose()?;
+    drop(finished);
     let switches = switches_before.zip(switches_after).map(|(b, a)| switches_between(&b, &a));
     let (signer_before, self_before) = (cpu_before.0?, cpu_before.1?);
     let (Some(first), Some(last)) = (first, last) else { bail!("no workers") };
@@ -600,9 +610,10 @@ fn print_report(options: &Options, rows: &[Row], date: &str, load: [&str; 2]) {
     );
     println!("- SoftHSM: `{}`", command_output(&["dpkg-query", "-W", "softhsm2"]).replace('\t', " "));
     println!("- load average before / after: `{}` / `{}`", load[0], load[1]);
+    println!("- agent binary: `{}`", keyward_tests::tools::keyward_bin().display());
     println!(
         "- {} s per case and path, as {ROUNDS} interleaved rounds (each after a warm-up); message {} bytes; \
-         the agent has the default 2 workers",
+         the agent has the default 2 sessions (`workers`)",
         options.seconds,
         MESSAGE.len()
     );
@@ -650,7 +661,8 @@ fn print_agent_vs_raw(rows: &[Row]) {
             else {
                 continue;
             };
-            let switches = agent.switches.map_or_else(|| "–".into(), |(v, n)| format!("{:.2} ({v:.2} + {n:.2})", v + n));
+            let switches =
+                agent.switches.map_or_else(|| "–".into(), |(v, n)| format!("{:.2} ({v:.2} + {n:.2})", v + n));
             let calls = |r: &Row| r.syscalls.map_or_else(|| "–".into(), |c| format!("{c:.1}"));
             let syscalls = format!("{} / {}", calls(raw), calls(agent));
             println!(
@@ -681,9 +693,15 @@ fn print_agent_vs_raw(rows: &[Row]) {
     let verdict = |ok: bool| if ok { "met" } else { "not met" };
     let agent = |key: &str, clients: usize| find(rows, key, clients, Route::Agent);
     let raw = |key: &str, clients: usize| find(rows, key, clients, Route::Cryptoki);
-    for (key, name, clients, target) in [("rsa", "RSA-2048", 1, 0.95), ("rsa", "RSA-2048", 2, 0.95), ("ec", "P-256", 1, 0.65), ("ec", "P-256", 2, 0.85)] {
+    for (key, name, clients, target) in
+        [("rsa", "RSA-2048", 1, 0.95), ("rsa", "RSA-2048", 2, 0.95), ("ec", "P-256", 1, 0.65), ("ec", "P-256", 2, 0.85)]
+    {
         if let Some(a) = agent(key, clients) {
-            println!("- {name}, {clients} client(s): agent / raw = {:.3} (target ≥ {target}): {}", a.vs_raw, verdict(a.vs_raw >= target));
+            println!(
+                "- {name}, {clients} client(s): agent / raw = {:.3} (target ≥ {target}): {}",
+                a.vs_raw,
+                verdict(a.vs_raw >= target)
+            );
         }
     }
     if let (Some(one), Some(two)) = (agent("rsa", 1), agent("rsa", 2)) {
@@ -697,7 +715,10 @@ fn print_agent_vs_raw(rows: &[Row]) {
     for key in ["rsa", "ec"] {
         if let (Some(a), Some(r)) = (agent(key, 1), raw(key, 1)) {
             let added = a.cpu_per_op.0 - r.cpu_per_op.0;
-            println!("- {key}, 1 client: agent CPU per request {added:+.1} µs over in-process (target ≤ +15 µs): {}", verdict(added <= 15.0));
+            println!(
+                "- {key}, 1 client: agent CPU per request {added:+.1} µs over in-process (target ≤ +15 µs): {}",
+                verdict(added <= 15.0)
+            );
         }
     }
     for key in ["rsa", "ec"] {

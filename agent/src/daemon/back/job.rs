@@ -3,7 +3,7 @@
 //! on whatever thread holds a session (`pool.rs`): the connection's own thread for client
 //! requests, the side thread (`side.rs`) for the health check and `status`'s key list.
 
-use keyward_core::{KeyInfo, KeyId, KeyStore, PublicKey, SignProfile, StoreError, TlsScheme};
+use keyward_core::{KeyId, KeyInfo, KeyStore, PublicKey, SignProfile, StoreError, TlsScheme};
 use zeroize::Zeroizing;
 
 /// Which profile a `sign` job uses.

@@ -62,7 +62,12 @@ impl SessionPool {
     /// A pool of `stores`, with at most `max_waiting` threads waiting for one.
     pub fn new(stores: Vec<Box<dyn KeyStore>>, max_waiting: usize) -> Self {
         let size = stores.len();
-        Self { idle: Mutex::new(Idle { stores, waiting: 0, closed: false }), returned: Condvar::new(), max_waiting, size }
+        Self {
+            idle: Mutex::new(Idle { stores, waiting: 0, closed: false }),
+            returned: Condvar::new(),
+            max_waiting,
+            size,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Idle> {

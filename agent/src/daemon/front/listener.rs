@@ -104,10 +104,10 @@ pub async fn serve(listener: &UnixListener, agent: Arc<Agent>, shutdown: Cancell
     agent.connections.close_all();
     let grace = Duration::from_millis(agent.limits.shutdown_grace_ms);
     let began = Instant::now();
-    while agent.connections.len() > 0 && began.elapsed() < grace {
+    while !agent.connections.is_empty() && began.elapsed() < grace {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    if agent.connections.len() > 0 {
+    if !agent.connections.is_empty() {
         tracing::warn!(open = agent.connections.len(), "shutdown grace period over; closing remaining connections");
     }
     revoker.abort();

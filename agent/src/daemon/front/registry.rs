@@ -53,6 +53,11 @@ impl Connections {
         self.lock().len()
     }
 
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
     /// Whether shutdown has begun.
     pub fn closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)

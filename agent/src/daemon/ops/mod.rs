@@ -178,7 +178,12 @@ pub fn execute(
 /// audit record and metrics, and the `timeout` reply.
 pub fn timed_out(agent: &Agent, peer: Peer, shard: &Shard, pending: &Pending, timeout: Duration) -> Response {
     let code = ErrorCode::Timeout;
-    tracing::warn!(request_id = pending.id, op = pending.op, timeout_ms = timeout.as_millis(), "backend call did not return in time; answered timeout");
+    tracing::warn!(
+        request_id = pending.id,
+        op = pending.op,
+        timeout_ms = timeout.as_millis(),
+        "backend call did not return in time; answered timeout"
+    );
     // Not a private-key result: the answer goes out whether or not its record is written.
     let _ = audit(agent, peer, pending, None, code.as_str());
     Stats::bump(&agent.stats.requests_failed);
@@ -198,8 +203,14 @@ fn dispatch(ctx: &Ctx<'_>, op: Operation) -> Done {
         Operation::Status => status::run(ctx),
         Operation::NvflareChallenge { key } => nvflare_challenge::run(ctx, &key),
         Operation::NvflareRegister { key, client_nonce, server_cert, server_cn, server_signature, server_nonce } => {
-            let registration =
-                nvflare_register::Registration { key, client_nonce, server_cert, server_cn, server_signature, server_nonce };
+            let registration = nvflare_register::Registration {
+                key,
+                client_nonce,
+                server_cert,
+                server_cn,
+                server_signature,
+                server_nonce,
+            };
             nvflare_register::run(ctx, registration)
         }
         Operation::NvflareVerifyToken { session, client_name, token, token_signature } => {

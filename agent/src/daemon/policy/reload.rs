@@ -22,8 +22,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Policies;
-use crate::daemon::{Access, Agent};
 use crate::config::Config;
+use crate::daemon::{Access, Agent};
 
 /// The rules a reload replaces, swapped together.
 pub struct Rules {
