@@ -100,3 +100,28 @@ pub fn check_tcti(tcti: &str) -> Result<()> {
     Tcti::parse(tcti)?;
     Ok(())
 }
+
+/// A PKCS#11 token's user-PIN flags (`C_GetTokenInfo`), for `keyward check`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PinFlags {
+    /// The user PIN is set.
+    pub initialized: bool,
+    /// A wrong PIN was entered since the last good one.
+    pub count_low: bool,
+    /// One more wrong PIN locks it.
+    pub final_try: bool,
+    /// Locked.
+    pub locked: bool,
+}
+
+/// Reads the PKCS#11 token's PIN flags without logging in; `None` for a TPM backend.
+///
+/// # Errors
+/// When the module does not load or the token is not found.
+pub fn pin_flags(config: &Config) -> Result<Option<PinFlags>> {
+    let BackendConfig::Pkcs11 { module, token, workers, .. } = &config.backend else { return Ok(None) };
+    let token = TokenSelector::parse(token).context("field `backend.token`")?;
+    let cfg = Pkcs11Config { module: module.clone(), token, workers: *workers };
+    let s = keyward_pkcs11::read_pin_state(&cfg)?;
+    Ok(Some(PinFlags { initialized: s.initialized, count_low: s.count_low, final_try: s.final_try, locked: s.locked }))
+}

@@ -125,6 +125,9 @@ pub struct KeyConfig {
     /// The NVFlare authenticator flow for this key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvflare: Option<NvflareConfig>,
+    /// When its certificate is due for renewal and the key for rotation (`renewal.rs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<crate::renewal::RenewalConfig>,
 }
 
 /// A token bucket: `burst` uses at once, refilled at `per_minute`.
@@ -163,6 +166,9 @@ impl KeyConfig {
             if !exe.is_absolute() {
                 bail!("field `allowed_executables`: `{}` is not an absolute path", exe.display());
             }
+        }
+        if let Some(renewal) = &self.renewal {
+            renewal.policy().map_err(|e| anyhow::anyhow!("[renewal]: {e}"))?;
         }
         let limits = self.rate_limit.iter().chain(self.profile_rate_limits.values());
         if limits.into_iter().any(|l| l.per_minute == 0 || l.burst == 0) {
@@ -219,7 +225,7 @@ pub struct LimitsConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         Self {
-            max_frame_bytes: keyward_core::protocol::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: keyward_protocol::DEFAULT_MAX_FRAME_BYTES,
             max_connections: 256,
             max_connections_per_peer: 128,
             read_timeout_ms: 30_000,

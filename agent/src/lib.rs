@@ -5,17 +5,16 @@
 //!   file per operation), `back/` (the pool of key store sessions), `policy/`, `metrics/`
 //!   (knows nothing of PKCS#11 or TPM).
 //! - [`backends`]: the one place that names backend crates.
-//! - [`client`]: the socket client used by the CLI, tests and benchmarks; [`blocking_client`]
-//!   is its synchronous twin.
+//! - [`wire_error`]: which wire code each `keyward-core` error becomes.
+//! - The socket clients are the `keyward-client` crate; the protocol is `keyward-protocol`.
 //! - [`tls`]: a rustls signing key backed by the agent, and the `keyward tunnel` relay.
+//! - [`provision`]: NVFlare's distributed-provisioning request with a token key.
 //! - `cli/`: the clap command line; [`kit_file`]: files in folders another user may change.
 
 pub mod audit;
 pub mod backends;
-pub mod blocking_client;
 pub mod certs;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod files;
@@ -23,4 +22,7 @@ pub mod hygiene;
 pub mod kit_file;
 pub mod notify;
 pub mod output;
+pub mod provision;
+pub mod renewal;
 pub mod tls;
+pub mod wire_error;

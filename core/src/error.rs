@@ -1,9 +1,10 @@
-//! [`StoreError`]: the error every key store returns and the agent and the wire rely on.
+//! [`StoreError`]: the error every key store returns and the agent relies on.
 //! Backends keep their own error enums and classify into this one (`CKR_PIN_INCORRECT`
 //! becomes [`StoreError::PinIncorrect`]); the cause stays attached as `#[source]`.
+//! Which wire code each variant becomes is decided at the agent's edge
+//! (`agent/src/wire_error.rs`), not here.
 
 use crate::key::KeyId;
-use crate::protocol::ErrorCode;
 
 /// A boxed cause kept for logs.
 pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -83,23 +84,6 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The stable wire code for this error.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::KeyNotFound { .. } => ErrorCode::UnknownKey,
-            Self::KeyExists { .. } => ErrorCode::KeyExists,
-            Self::Unsupported { .. } => ErrorCode::Unsupported,
-            Self::InvalidInput { .. } => ErrorCode::InvalidRequest,
-            Self::DecryptionFailed => ErrorCode::DecryptionFailed,
-            Self::PinIncorrect { .. } => ErrorCode::PinIncorrect,
-            Self::PinLocked { .. } => ErrorCode::PinLocked,
-            Self::Unavailable { .. } => ErrorCode::BackendUnavailable,
-            Self::Busy => ErrorCode::Busy,
-            Self::Timeout { .. } => ErrorCode::Timeout,
-            Self::Backend { .. } => ErrorCode::BackendError,
-        }
-    }
-
     /// Shorthand for [`StoreError::Backend`].
     pub fn backend(op: &'static str, source: impl Into<Cause>) -> Self {
         Self::Backend { op, source: source.into() }

@@ -1,9 +1,9 @@
-//! keyward-core: what every part of keyward shares and nothing device-specific.
+//! keyward-core: what every part of keyward shares and nothing device-specific. The socket
+//! protocol is the `keyward-protocol` crate (`protocol/`), which builds on these types.
 //!
 //! - [`KeyStore`] and [`Backend`]: the one trait each backend crate (PKCS#11, TPM) implements.
 //! - [`KeyId`], [`KeyAlgorithm`], [`PublicKey`]: key references and their public halves.
 //! - [`SignProfile`]: what a signature is for; the backend maps it to exactly one mechanism.
-//! - [`protocol`]: the agent's versioned, length-prefixed socket protocol (spec: `docs/protocol.md`).
 //! - [`Pin`]: a PIN or auth value that is zeroized and never printed.
 //! - [`nvflare`]: NVFlare's secure-mode authenticator flow, verified by the agent itself.
 //! - [`oaep`], [`pss`], [`verify`], [`private_key`]: pure cryptographic encoding shared by the backends.
@@ -15,7 +15,6 @@ pub mod oaep;
 pub mod pin;
 pub mod private_key;
 pub mod profile;
-pub mod protocol;
 pub mod pss;
 pub mod signature;
 pub mod store;

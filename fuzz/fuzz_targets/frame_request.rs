@@ -6,7 +6,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use keyward_core::protocol::{codec, decode_request};
+use keyward_protocol::{codec, decode_request};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

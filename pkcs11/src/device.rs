@@ -274,7 +274,7 @@ fn connect(
 }
 
 /// Finds the one token matching `selector`: returns its slot, label and a description.
-fn find_token(ctx: &Pkcs11, selector: &TokenSelector) -> Result<(Slot, String, String), Pkcs11Error> {
+pub(crate) fn find_token(ctx: &Pkcs11, selector: &TokenSelector) -> Result<(Slot, String, String), Pkcs11Error> {
     let slots = ctx.get_slots_with_token().map_err(Pkcs11Error::call("C_GetSlotList"))?;
     let mut found = Vec::new();
     let mut labels = Vec::new();

@@ -10,7 +10,7 @@
 //!
 //! Files: `config.rs` (what to open), `uri.rs` (RFC 7512), `backend.rs` (module, token,
 //! login), `store.rs` (lookup, list, public keys), `keygen.rs` (generate, import),
-//! `sign.rs`, `decrypt.rs`, `error.rs`.
+//! `sign.rs`, `decrypt.rs`, `error.rs`, `pin_state.rs` (the PIN flags, read without a login).
 //!
 //! Device quirks (SoftHSM 2.6.1): no OAEP with SHA-256 (see `decrypt.rs`); `CKA_EC_POINT` is
 //! DER-wrapped; reading a sensitive attribute returns success with the attribute left out.
@@ -21,6 +21,7 @@ mod decrypt;
 mod device;
 mod error;
 mod keygen;
+mod pin_state;
 mod sign;
 mod store;
 mod uri;
@@ -28,5 +29,6 @@ mod uri;
 pub use backend::Pkcs11Backend;
 pub use config::{Pkcs11Config, TokenSelector};
 pub use error::Pkcs11Error;
+pub use pin_state::{read_pin_state, PinState};
 pub use store::Pkcs11Store;
 pub use uri::Pkcs11Uri;

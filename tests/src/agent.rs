@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use keyward_agent::client::AgentClient;
+use keyward_client::AgentClient;
 
 /// A keyward config the agent can be started for (a SoftHSM [`crate::Site`] or a
 /// [`crate::TpmSite`]).
@@ -140,7 +140,7 @@ impl AgentProcess {
         loop {
             let ready = rt.block_on(async {
                 let Ok(mut c) = AgentClient::connect(&self.socket).await else { return false };
-                c.call(keyward_core::protocol::Operation::Hello).await.is_ok()
+                c.call(keyward_protocol::Operation::Hello).await.is_ok()
             });
             if ready {
                 return;
@@ -178,12 +178,11 @@ impl AgentProcess {
 
     /// Signs a short message with `key` as `nvflare` over a new connection: `Ok` or the
     /// agent's error code.
-    pub fn try_sign(&self, key: &str) -> Result<(), keyward_core::protocol::ErrorCode> {
-        use keyward_agent::client::ClientError;
-        use keyward_core::protocol::{Operation, Reply};
-        let mut c =
-            keyward_agent::blocking_client::BlockingAgentClient::connect(self.socket(), Duration::from_secs(20))
-                .expect("connect to the agent");
+    pub fn try_sign(&self, key: &str) -> Result<(), keyward_protocol::ErrorCode> {
+        use keyward_client::ClientError;
+        use keyward_protocol::{Operation, Reply};
+        let mut c = keyward_client::BlockingAgentClient::connect(self.socket(), Duration::from_secs(20))
+            .expect("connect to the agent");
         let key = keyward_core::KeyId::new(key).expect("key name");
         match c.call(Operation::Sign { key, profile: "nvflare".into(), data: b"m".to_vec() }) {
             Ok(Reply::Signature { .. }) => Ok(()),

@@ -1,5 +1,5 @@
 //! [`Container`]: a real systemd booted as PID 1 of a `systemd-nspawn` container over the
-//! Debian 12 tree `softhsm-setup/service-tree.sh` builds (and caches), with
+//! Debian 12 tree `scripts/service-tree.sh` builds (and caches), with
 //! `--volatile=overlay` so every boot starts from the same tree and writes go to a tmpfs.
 //! Never a systemd on the machine's own root: its tmpfiles would clean the host's `/tmp`.
 //!
@@ -30,30 +30,53 @@ pub struct Container {
     leader: u32,
     log: PathBuf,
     _dir: tempfile::TempDir,
+    /// Holds the 0755 copy of `keyward` bound into the tree ([`Container::boot`]).
+    _binary: Option<tempfile::TempDir>,
     /// How long `service-tree.sh` took (seconds; a cached tree takes well under one).
     pub tree_seconds: f64,
     /// How long the boot took until `systemctl is-system-running --wait` returned.
     pub boot_seconds: f64,
 }
 
-/// Builds the tree when missing (`softhsm-setup/service-tree.sh`), returning its path and the
+/// Builds the tree when missing (`scripts/service-tree.sh`), returning its path and the
 /// time it took.
 pub fn service_tree() -> (PathBuf, f64) {
     let started = Instant::now();
     let out = Command::new("bash")
-        .arg(workspace_root().join("softhsm-setup/service-tree.sh"))
+        .arg(workspace_root().join("scripts/service-tree.sh"))
         .stderr(Stdio::inherit())
         .output()
-        .expect("run softhsm-setup/service-tree.sh");
-    assert_success(&out, "softhsm-setup/service-tree.sh");
+        .expect("run scripts/service-tree.sh");
+    assert_success(&out, "scripts/service-tree.sh");
     let tree = PathBuf::from(String::from_utf8(out.stdout).expect("utf-8").trim());
     (tree, started.elapsed().as_secs_f64())
+}
+
+/// A copy of the freshly built `keyward`, mode 0755, in a folder of its own: the build's own
+/// file may be 0700 (CI builds under `umask 077`), which the tree's users could not execute.
+fn executable_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::Builder::new().prefix("kwbin").tempdir_in("/tmp").expect("temp dir");
+    let copy = dir.path().join("keyward");
+    std::fs::copy(keyward_bin(), &copy).expect("copying the keyward binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod 0755");
+    (dir, copy)
 }
 
 impl Container {
     /// Boots the tree with the freshly built `keyward` bound read-only at `/usr/bin/keyward`,
     /// plus `binds` (`host:container` pairs, read-only), and waits for the boot to finish.
     pub fn boot(binds: &[(PathBuf, &str)]) -> Self {
+        let (binary_dir, agent) = executable_copy();
+        let mut all = vec![(agent, "/usr/bin/keyward")];
+        all.extend(binds.iter().cloned());
+        let mut container = Self::boot_bare(&all);
+        container._binary = Some(binary_dir);
+        container
+    }
+
+    /// Boots the tree with only `binds` (`host:container` pairs, read-only): no `keyward` in
+    /// it until a test installs one (the package test), and waits for the boot to finish.
+    pub fn boot_bare(binds: &[(PathBuf, &str)]) -> Self {
         let (tree, tree_seconds) = service_tree();
         let dir = tempfile::Builder::new().prefix("kwct").tempdir_in("/tmp").expect("temp dir");
         let log = dir.path().join("nspawn.log");
@@ -63,11 +86,7 @@ impl Container {
             .arg("--directory")
             .arg(&tree)
             .args(["--boot", "--volatile=overlay", "--register=no", "--keep-unit", "--private-network"])
-            .arg(format!("--machine={name}"))
-            .arg(format!(
-                "--bind-ro={}:/usr/bin/keyward",
-                keyward_bin().canonicalize().expect("keyward binary").display()
-            ));
+            .arg(format!("--machine={name}"));
         for (host, inside) in binds {
             cmd.arg(format!("--bind-ro={}:{inside}", host.display()));
         }
@@ -79,13 +98,14 @@ impl Container {
             .spawn()
             .expect("systemd-nspawn is installed (package systemd-container, install-packages.sh)");
         let leader = wait_for_leader(nspawn.id(), &log);
-        let mut container = Self { nspawn, leader, log, _dir: dir, tree_seconds, boot_seconds: 0.0 };
-        // Until systemd listens on its private socket, systemctl fails at once: poll.
+        let mut container = Self { nspawn, leader, log, _dir: dir, _binary: None, tree_seconds, boot_seconds: 0.0 };
+        // Until systemd listens on its private socket, systemctl fails at once, and before it
+        // made /run/systemd/system it answers `offline` (on a busy machine, seen): poll.
         let mut state = String::new();
         while started.elapsed() < BOOT_LIMIT {
             let out = container.run(&["systemctl", "is-system-running", "--wait"]);
             state = format!("{}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr));
-            if !out.stdout.is_empty() {
+            if !out.stdout.is_empty() && out.stdout.trim_ascii() != b"offline" {
                 break;
             }
             std::thread::sleep(Duration::from_millis(200));

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use keyward_core::protocol::{Outcome, Reply, Response};
 use keyward_core::{KeyAlgorithm, PublicKey, SignProfile};
+use keyward_protocol::{Outcome, Reply, Response};
 use rand::{Rng, RngCore};
 use rsa::pkcs8::DecodePublicKey;
 

@@ -1,5 +1,5 @@
 //! [`SoftHsm`]: a private SoftHSM2 token in its own temp dir, made by the same script users
-//! run (`softhsm-setup/init-softhsm-token.sh`); [`Site`]: a keyward config for that token
+//! run (`scripts/init-softhsm-token.sh`); [`Site`]: a keyward config for that token
 //! and a way to run the `keyward` CLI against it.
 
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ impl SoftHsm {
     /// Initialises a fresh token labelled `label`.
     pub fn new(label: &str) -> Self {
         let dir = tempfile::Builder::new().prefix("kw").tempdir_in("/tmp").expect("temp dir");
-        let script = workspace_root().join("softhsm-setup/init-softhsm-token.sh");
+        let script = workspace_root().join("scripts/init-softhsm-token.sh");
         let out =
             Command::new("bash").arg(&script).arg(dir.path().join("hsm")).arg(label).output().expect("run init script");
         assert_success(&out, "init-softhsm-token.sh");

@@ -64,7 +64,7 @@ impl Swtpm {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("swtpm is installed (softhsm-setup/install-packages.sh)");
+            .expect("swtpm is installed (scripts/install-packages.sh)");
         let child = self.child.insert(child);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {

@@ -56,7 +56,7 @@ impl OpensslServer {
             .stdout(out)
             .stderr(err)
             .spawn()
-            .expect("openssl is installed (softhsm-setup/install-packages.sh)");
+            .expect("openssl is installed (scripts/install-packages.sh)");
         let mut server = Self { child, port, log };
         wait_until(
             Duration::from_secs(10),

@@ -28,7 +28,7 @@ pub fn sibling_bin(name: &str) -> PathBuf {
     let bin = dir.join(name);
     assert!(
         bin.exists(),
-        "`{}` not found: build the workspace first (cargo build --workspace --all-targets, or softhsm-setup/test.sh)",
+        "`{}` not found: build the workspace first (cargo build --workspace --all-targets, or scripts/test.sh)",
         bin.display()
     );
     bin
@@ -39,13 +39,13 @@ pub fn python() -> PathBuf {
     let p = std::env::var_os("KEYWARD_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".venv/bin/python"));
-    assert!(p.exists(), "Python venv `{}` missing: run softhsm-setup/python-venv.sh", p.display());
+    assert!(p.exists(), "Python venv `{}` missing: run scripts/python-venv.sh", p.display());
     p
 }
 
 /// Runs openssl with `args`, returning its output (never panics on a non-zero exit).
 pub fn openssl(args: &[&str]) -> Output {
-    Command::new("openssl").args(args).output().expect("openssl is installed (softhsm-setup/install-packages.sh)")
+    Command::new("openssl").args(args).output().expect("openssl is installed (scripts/install-packages.sh)")
 }
 
 /// Runs a Python snippet with arguments; returns the output.

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_agent::client::ClientError;
-use keyward_core::protocol::{ErrorCode, Operation, Reply};
+use keyward_client::BlockingAgentClient;
+use keyward_client::ClientError;
 use keyward_core::KeyId;
+use keyward_protocol::{ErrorCode, Operation, Reply};
 use keyward_tests::raw::{error_code, RawConn};
 use keyward_tests::{AgentProcess, Site};
 use serde_json::Value;

@@ -42,12 +42,12 @@ fn csr_is_signed_in_the_token_and_the_issued_certificate_installs_and_is_served(
     let _agent = AgentProcess::start(&site);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let reply = rt.block_on(async {
-        let mut c = keyward_agent::client::AgentClient::connect(&site.socket).await.unwrap();
-        c.call(keyward_core::protocol::Operation::PublicKey { key: keyward_core::KeyId::new("site-1").unwrap() })
+        let mut c = keyward_client::AgentClient::connect(&site.socket).await.unwrap();
+        c.call(keyward_protocol::Operation::PublicKey { key: keyward_core::KeyId::new("site-1").unwrap() })
             .await
             .unwrap()
     });
-    let keyward_core::protocol::Reply::PublicKey { certificate_pem, .. } = reply else { panic!("reply") };
+    let keyward_protocol::Reply::PublicKey { certificate_pem, .. } = reply else { panic!("reply") };
     assert_eq!(certificate_pem.unwrap(), std::fs::read_to_string(&crt).unwrap());
     let list = String::from_utf8(site.keyward_ok(&["key", "list"]).stdout).unwrap();
     let line = list.lines().find(|l| l.starts_with("site-1")).unwrap();

@@ -7,10 +7,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use keyward_agent::client::AgentClient;
-use keyward_core::protocol::{Operation, Reply};
+use keyward_client::AgentClient;
 use keyward_core::verify::verify;
 use keyward_core::{KeyAlgorithm, KeyId, PublicKey, SignProfile};
+use keyward_protocol::{Operation, Reply};
 use keyward_tests::{AgentProcess, Site};
 
 const CLIENTS: usize = 32;

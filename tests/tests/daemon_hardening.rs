@@ -22,10 +22,10 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_agent::client::ClientError;
-use keyward_core::protocol::{ErrorCode, Operation, Reply};
+use keyward_client::BlockingAgentClient;
+use keyward_client::ClientError;
 use keyward_core::KeyId;
+use keyward_protocol::{ErrorCode, Operation, Reply};
 use keyward_tests::raw::{error_code, frame, RawConn};
 use keyward_tests::{AgentProcess, AgentSite, Site, TpmSite};
 

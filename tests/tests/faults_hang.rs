@@ -10,8 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_core::protocol::{ErrorCode, Operation, Reply, StatusReport};
+use keyward_client::BlockingAgentClient;
+use keyward_protocol::{ErrorCode, Operation, Reply, StatusReport};
 use keyward_tests::{python, AgentProcess, Site};
 
 const LOCKER: &str = r#"
@@ -84,7 +84,7 @@ fn a_hung_token_call_times_out_while_status_keeps_answering_and_signing_resumes_
     let key = keyward_core::KeyId::new("site-1").unwrap();
     let sign = Operation::Sign { key, profile: "nvflare".into(), data: b"m".to_vec() };
     match same.call(sign) {
-        Err(keyward_agent::client::ClientError::Agent { code: ErrorCode::Timeout, .. }) => {}
+        Err(keyward_client::ClientError::Agent { code: ErrorCode::Timeout, .. }) => {}
         other => panic!("expected timeout, got {other:?}"),
     }
     let t = Instant::now();

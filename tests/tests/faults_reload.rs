@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use keyward_core::protocol::ErrorCode;
+use keyward_protocol::ErrorCode;
 use keyward_tests::{AgentProcess, Site};
 
 fn hangup(agent: &AgentProcess) {

@@ -10,11 +10,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_agent::client::ClientError;
-use keyward_core::protocol::{ErrorCode, Operation, Reply, StatusReport};
+use keyward_client::BlockingAgentClient;
+use keyward_client::ClientError;
 use keyward_core::verify::verify;
 use keyward_core::{KeyAlgorithm, KeyId, PublicKey, SignProfile};
+use keyward_protocol::{ErrorCode, Operation, Reply, StatusReport};
 use keyward_tests::softhsm::pkcs11_tool;
 use keyward_tests::{AgentProcess, Site};
 

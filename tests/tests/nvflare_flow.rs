@@ -9,9 +9,9 @@
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use keyward_agent::client::{AgentClient, ClientError};
-use keyward_core::protocol::{ErrorCode, Operation, Reply};
+use keyward_client::{AgentClient, ClientError};
 use keyward_core::KeyId;
+use keyward_protocol::{ErrorCode, Operation, Reply};
 use keyward_tests::checks::{openssl_verifies, pss_sigopts};
 use keyward_tests::pki::sign_pss_max_salt;
 use keyward_tests::tools::assert_success;

@@ -75,9 +75,9 @@ fn migrate_moves_the_key_and_leaves_a_reference(site: &impl AgentSite, config: &
     let _agent = AgentProcess::start(site);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let mut c = keyward_agent::client::AgentClient::connect(&site.socket()).await.unwrap();
+        let mut c = keyward_client::AgentClient::connect(&site.socket()).await.unwrap();
         let key = keyward_core::KeyId::new("site-1").unwrap();
-        assert!(c.call(keyward_core::protocol::Operation::NvflareChallenge { key }).await.is_ok());
+        assert!(c.call(keyward_protocol::Operation::NvflareChallenge { key }).await.is_ok());
     });
 
     let again = site.keyward(&["nvflare", "migrate", kit.to_str().unwrap()]);

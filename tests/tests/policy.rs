@@ -9,10 +9,10 @@
 
 use std::time::{Duration, Instant};
 
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_agent::client::ClientError;
-use keyward_core::protocol::{ErrorCode, Operation, Reply};
+use keyward_client::BlockingAgentClient;
+use keyward_client::ClientError;
 use keyward_core::KeyId;
+use keyward_protocol::{ErrorCode, Operation, Reply};
 use keyward_tests::tools::{keyward_bin, run_python};
 use keyward_tests::{AgentProcess, Site};
 

@@ -11,9 +11,9 @@
 
 use std::time::Duration;
 
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_core::protocol::{Operation, Reply};
+use keyward_client::BlockingAgentClient;
 use keyward_core::KeyId;
+use keyward_protocol::{Operation, Reply};
 use keyward_tests::procstat::{context_switches, switches_between};
 use keyward_tests::{AgentProcess, Site};
 

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use keyward_agent::client::AgentClient;
-use keyward_core::protocol::Operation;
+use keyward_client::AgentClient;
+use keyward_protocol::Operation;
 use keyward_tests::tools::{assert_success, keyward_bin};
 use keyward_tests::{workspace_root, AgentProcess, Site};
 
@@ -62,7 +62,7 @@ fn systemd_analyze(args: &[&str]) -> std::process::Output {
         .args(args)
         .env("SYSTEMD_PAGER", "")
         .output()
-        .expect("systemd-analyze is installed (package systemd, softhsm-setup/install-packages.sh)")
+        .expect("systemd-analyze is installed (package systemd, scripts/install-packages.sh)")
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The shipped unit under a real systemd: `deploy/systemd/keyward.service` and its drop-ins,
 //! unchanged (the freshly built binary is bound at the unit's `/usr/bin/keyward`), started by
 //! systemd as PID 1 of a container over a Debian 12 tree (`tests/src/container.rs`,
-//! `softhsm-setup/service-tree.sh`). Through the running unit, with the agent as user
+//! `scripts/service-tree.sh`). Through the running unit, with the agent as user
 //! `keyward` and callers of other uids (`flare` through `setpriv`, root from the host): sign
 //! (verified by openssl), decrypt, status, the NVFlare challenge / register / token flow,
 //! `systemctl reload` (SIGHUP) and still serving, then a clean stop. And
@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use base64::Engine;
-use keyward_agent::client::AgentClient;
-use keyward_core::protocol::{Operation, Reply};
+use keyward_client::AgentClient;
 use keyward_core::KeyId;
+use keyward_protocol::{Operation, Reply};
 use keyward_tests::checks::{openssl_oaep_encrypt, openssl_verifies, pss_sigopts};
 use keyward_tests::container::{Container, FLARE_UID, KEYWARD_UID};
 use keyward_tests::pki::sign_pss_max_salt;

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use base64::Engine;
 use clap::Args;
-use keyward_core::protocol::{Operation, Reply};
 use keyward_core::KeyId;
+use keyward_protocol::{Operation, Reply};
 
-use crate::client::AgentClient;
 use crate::output::Contents;
+use keyward_client::AgentClient;
 
 /// Largest input `sign` and `decrypt` read (the agent's default frame limit is 1 MiB).
 const MAX_INPUT_BYTES: u64 = 512 * 1024;
@@ -98,7 +98,7 @@ fn write_output(path: Option<&Path>, bytes: &[u8], base64: bool, contents: Conte
     }
 }
 
-fn print_keys(keys: &[keyward_core::protocol::KeyStatus]) {
+fn print_keys(keys: &[keyward_protocol::KeyStatus]) {
     println!("keys:        {}", keys.len());
     let now = std::time::SystemTime::now();
     for k in keys {
@@ -118,7 +118,7 @@ fn print_keys(keys: &[keyward_core::protocol::KeyStatus]) {
     }
 }
 
-fn print_latency(latency: &[keyward_core::protocol::OpLatency]) {
+fn print_latency(latency: &[keyward_protocol::OpLatency]) {
     if latency.is_empty() {
         return;
     }

@@ -1,14 +1,13 @@
-//! `keyward csr` (a PKCS#10 request built by rcgen and signed inside the token) and
+//! `keyward csr` (a PKCS#10 request built by rcgen and signed inside the token:
+//! `provision/csr.rs`) and
 //! `keyward cert install` (checked against the key, written atomically).
 
-use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use keyward_core::{KeyAlgorithm, KeyId, KeyStore, SignProfile, TlsScheme};
-use rcgen::{CertificateParams, DistinguishedName, DnType, PublicKeyData, SignatureAlgorithm, SigningKey};
-use x509_parser::prelude::FromDer;
+use keyward_core::KeyId;
+use rcgen::{CertificateParams, DistinguishedName, DnType};
 
 use crate::certs::{CertStore, Installed};
 use crate::config::Config;
@@ -52,34 +51,6 @@ pub fn run(config: &Config, cmd: CertCommand) -> Result<()> {
     Ok(())
 }
 
-/// A token key as rcgen's signer: rcgen builds the request, the token signs it.
-struct TokenSigner<'a> {
-    store: RefCell<&'a mut dyn KeyStore>,
-    key: KeyId,
-    profile: SignProfile,
-    algorithm: &'static SignatureAlgorithm,
-    subject_public_key: Vec<u8>,
-}
-
-impl PublicKeyData for TokenSigner<'_> {
-    fn der_bytes(&self) -> &[u8] {
-        &self.subject_public_key
-    }
-    fn algorithm(&self) -> &'static SignatureAlgorithm {
-        self.algorithm
-    }
-}
-
-impl SigningKey for TokenSigner<'_> {
-    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
-        let mut store = self.store.borrow_mut();
-        store.sign(&self.key, self.profile, msg).map_err(|e| {
-            eprintln!("keyward: signing the request in the token failed: {}", keyward_core::error::chain(&e));
-            rcgen::Error::RemoteKeyError
-        })
-    }
-}
-
 fn parse_subject(subject: &str) -> Result<(DistinguishedName, Option<String>)> {
     let mut dn = DistinguishedName::new();
     let mut cn = None;
@@ -92,7 +63,9 @@ fn parse_subject(subject: &str) -> Result<(DistinguishedName, Option<String>)> {
             "L" => DnType::LocalityName,
             "ST" => DnType::StateOrProvinceName,
             "C" => DnType::CountryName,
-            other => bail!("subject attribute `{other}` is not supported (use CN, O, OU, L, ST, C)"),
+            // NVFlare's distributed provisioning carries the role here.
+            "UNSTRUCTUREDNAME" => DnType::CustomDnType(crate::provision::csr::UNSTRUCTURED_NAME.to_vec()),
+            other => bail!("subject attribute `{other}` is not supported (use CN, O, OU, L, ST, C, unstructuredName)"),
         };
         if kind == DnType::CommonName {
             cn = Some(value.trim().to_owned());
@@ -111,24 +84,10 @@ pub fn csr(config: &Config, name: &KeyId, subject: &str, out: Option<&Path>) -> 
     let Some(cn) = cn else { bail!("the subject needs a CN (NVFlare takes the site name from it)") };
     let mut store = super::keys::open_store(config)?;
     let public = store.public_key(name)?;
-    let (algorithm, profile) = match public.algorithm {
-        KeyAlgorithm::EcP256 => (&rcgen::PKCS_ECDSA_P256_SHA256, SignProfile::Tls(TlsScheme::EcdsaP256Sha256)),
-        _ => (&rcgen::PKCS_RSA_SHA256, SignProfile::Tls(TlsScheme::RsaPkcs1Sha256)),
-    };
-    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&public.spki_der)
-        .map_err(|_| anyhow::anyhow!("the token returned a malformed public key"))?;
-    let signer = TokenSigner {
-        store: RefCell::new(store.as_mut()),
-        key: name.clone(),
-        profile,
-        algorithm,
-        subject_public_key: spki.subject_public_key.data.to_vec(),
-    };
     // NVFlare's provisioned site certificates carry the site name as a DNS SAN too.
     let mut params = CertificateParams::new(vec![cn]).context("building the request")?;
     params.distinguished_name = dn;
-    let request = params.serialize_request(&signer).context("building the request")?;
-    let pem_text = request.pem().context("encoding the request")?;
+    let pem_text = crate::provision::csr::sign_request(store.as_mut(), name, &public, &params)?;
     match out {
         Some(path) => {
             crate::output::write_output(path, pem_text.as_bytes(), crate::output::Contents::Public)

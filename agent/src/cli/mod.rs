@@ -9,11 +9,13 @@
 mod agent_ops;
 mod audit;
 mod cert;
+mod check;
 mod init;
 mod keys;
 mod nvflare;
 mod nvflare_kit;
 mod nvflare_plugin;
+mod nvflare_request;
 mod ready;
 mod serve;
 mod tunnel;
@@ -24,8 +26,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use keyward_core::{KeyAlgorithm, KeyId, StoreError};
 
-use crate::client::ClientError;
 use crate::config::Config;
+use keyward_client::ClientError;
 
 /// Exit codes.
 pub mod exit {
@@ -86,6 +88,9 @@ enum Command {
     /// Check the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Check the site: config, token and PIN (without burning a try), keys, certificates,
+    /// expiry and key age, agent, audit log, plug-in. Exit 0 unless a check failed.
+    Check(check::CheckArgs),
     /// Run the agent.
     Serve,
     /// Ask the running agent for its health and counters.
@@ -134,6 +139,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cert(cmd) => cert::run(&load()?, cmd),
         Command::Nvflare(cmd) => nvflare::run(&config_path, &load()?, cmd),
         Command::Audit(cmd) => audit::run(&config_path, cmd),
+        Command::Check(args) => check::run(&config_path, args),
         Command::Serve => serve::run(load()?, &config_path),
         Command::Status { json, socket } => agent_ops::status(socket_or_config(socket, &config_path)?, json),
         Command::Sign(args) => {

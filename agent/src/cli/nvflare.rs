@@ -51,6 +51,9 @@ pub enum NvflareCommand {
         #[arg(long)]
         key: KeyId,
     },
+    /// NVFlare's `nvflare cert request` with the key generated in the token: the request
+    /// folder and zip for `nvflare cert approve`, `<name>.key` a key reference.
+    Request(super::nvflare_request::RequestArgs),
 }
 
 /// Runs a `nvflare` subcommand.
@@ -64,6 +67,7 @@ pub fn run(config_path: &Path, config: &Config, cmd: NvflareCommand) -> Result<(
             migrate(config_path, config, &startup, key, python.as_deref())
         }
         NvflareCommand::Enroll { startup, key } => enroll(config_path, config, &startup, &key),
+        NvflareCommand::Request(args) => super::nvflare_request::run(config, args),
     }
 }
 

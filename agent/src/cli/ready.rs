@@ -15,10 +15,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use keyward_core::protocol::{ErrorCode, Operation, Reply};
+use keyward_protocol::{ErrorCode, Operation, Reply};
 
-use crate::client::{AgentClient, ClientError};
 use crate::daemon::back::{Back, BackendJob};
+use keyward_client::{AgentClient, ClientError};
 
 /// How long the self-check may take: a token's first `C_FindObjects` or a TPM's first
 /// context load can take a second or two.

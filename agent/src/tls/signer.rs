@@ -22,14 +22,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use keyward_core::protocol::{ErrorCode, Operation, Reply};
 use keyward_core::{KeyAlgorithm, KeyId, SignProfile, TlsScheme};
+use keyward_protocol::{ErrorCode, Operation, Reply};
 use rustls::pki_types::{CertificateDer, SubjectPublicKeyInfoDer};
 use rustls::sign::{CertifiedKey, Signer, SigningKey};
 use rustls::{SignatureAlgorithm, SignatureScheme};
 
-use crate::blocking_client::BlockingAgentClient;
-use crate::client::ClientError;
+use keyward_client::BlockingAgentClient;
+use keyward_client::ClientError;
 
 /// Idle connections older than this are dropped rather than reused: below the agent's
 /// default `read_timeout_ms` (30 s), after which it closes them.

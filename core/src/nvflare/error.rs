@@ -1,7 +1,6 @@
-//! [`ChallengeError`]: every way the NVFlare authenticator flow can be refused, each with its
-//! own wire code, so a site admin can tell a forged reply from an expired certificate.
-
-use crate::protocol::ErrorCode;
+//! [`ChallengeError`]: every way the NVFlare authenticator flow can be refused, one variant
+//! per cause, so a site admin can tell a forged reply from an expired certificate. The agent
+//! gives each its own wire code (`agent/src/wire_error.rs`).
 
 /// Why the agent refused a step of the NVFlare flow.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,23 +55,4 @@ pub enum ChallengeError {
     /// Malformed input (not PEM, not base64, empty).
     #[error("malformed {0}")]
     Malformed(&'static str),
-}
-
-impl ChallengeError {
-    /// The wire code.
-    pub fn code(&self) -> ErrorCode {
-        match self {
-            Self::UnknownNonce(_) => ErrorCode::NonceUnknown,
-            Self::ExpiredNonce(_) => ErrorCode::NonceExpired,
-            Self::ReplayedNonce => ErrorCode::NonceReplayed,
-            Self::NonceNotYours => ErrorCode::NonceNotYours,
-            Self::IdentityMismatch { .. } | Self::CertificateNameMismatch { .. } => ErrorCode::ServerIdentityMismatch,
-            Self::Untrusted(_) => ErrorCode::ServerUntrusted,
-            Self::Expired => ErrorCode::ServerCertExpired,
-            Self::Usage(_) => ErrorCode::ServerCertUsage,
-            Self::BadServerSignature => ErrorCode::ServerSignatureInvalid,
-            Self::BadTokenSignature => ErrorCode::TokenSignatureInvalid,
-            Self::Malformed(_) => ErrorCode::InvalidRequest,
-        }
-    }
 }

@@ -1,9 +1,14 @@
 """Errors of the keyward client: one class per wire error code, plus local failures.
 
-The wire codes and their meanings are in docs/protocol.md §4 ("Error codes"). Branch on the
+The wire codes and their meanings are in docs/protocol.md §4 ("Error codes"); ``ERROR_CLASSES``
+holds exactly the codes of protocol/vectors/error_codes.json (tests/unit/test_errors.py). Branch on the
 class (or on ``code``), never on the message text. Every message starts with ``keyward:`` and,
 where a socket is involved, names it, so that a line in someone else's log (NVFlare's) says
 which component failed, where, and why.
+
+The class definitions below are the only list: defining an ``AgentError`` subclass registers
+its ``code`` in ``ERROR_CLASSES`` (a code defined twice fails at import), and ``__all__`` is
+every ``KeywardError`` class defined here plus ``ERROR_CLASSES`` and ``error_from_reply``.
 """
 
 from __future__ import annotations
@@ -127,7 +132,21 @@ class RegistrationNotVerified(KeywardError):
     contextual = False
 
 
+class IncompatibleNvflare(KeywardError):
+    """The installed NVFlare (or cryptography) lacks a name, attribute or call path the NVFlare
+    plug-in relies on, or is a version it was not tested with (nvflare_compat.py). The plug-in
+    then refuses to install, and a client refuses to start."""
+
+    code = "incompatible_nvflare"
+    contextual = False
+
+
 # --- errors the agent reported (docs/protocol.md §4) -----------------------------------------
+
+
+#: Wire code → class, for every code docs/protocol.md §4 lists: filled by ``AgentError``'s
+#: subclasses as they are defined.
+ERROR_CLASSES: dict[str, type[AgentError]] = {}
 
 
 class AgentError(KeywardError):
@@ -136,6 +155,12 @@ class AgentError(KeywardError):
     the agent's ``code``."""
 
     code = "agent_error"
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.code in ERROR_CLASSES:
+            raise TypeError(f"wire code `{cls.code}` has two classes: {ERROR_CLASSES[cls.code].__name__}, {cls.__name__}")
+        ERROR_CLASSES[cls.code] = cls
 
     def __init__(self, reason: str, *, code: str | None = None, **context) -> None:
         if code is not None and code != type(self).code:
@@ -361,47 +386,6 @@ class InternalError(AgentError):
     code = "internal"
 
 
-#: Wire code → class, for every code docs/protocol.md §4 lists.
-ERROR_CLASSES: dict[str, type[AgentError]] = {
-    cls.code: cls
-    for cls in (
-        MalformedRequest,
-        FrameTooLarge,
-        TruncatedFrame,
-        ReadTimeout,
-        PermissionDenied,
-        UnsupportedVersion,
-        UnknownOperation,
-        InvalidRequest,
-        UnknownKey,
-        PolicyDenied,
-        RateLimited,
-        AuditFailed,
-        NonceUnknown,
-        NonceExpired,
-        NonceReplayed,
-        NonceNotYours,
-        ServerIdentityMismatch,
-        ServerUntrusted,
-        ServerCertExpired,
-        ServerCertUsage,
-        ServerSignatureInvalid,
-        TokenSignatureInvalid,
-        Unsupported,
-        DecryptionFailed,
-        Busy,
-        RequestTimeout,
-        BackendUnavailable,
-        BackendError,
-        KeyExists,
-        PinIncorrect,
-        PinLocked,
-        ShuttingDown,
-        InternalError,
-    )
-}
-
-
 def error_from_reply(code: str, message: str, **context) -> AgentError:
     """The exception for an error reply ``{"code": code, "message": message}``.
 
@@ -411,49 +395,7 @@ def error_from_reply(code: str, message: str, **context) -> AgentError:
     return cls(message, code=code, **context)
 
 
-__all__ = [
-    "ERROR_CLASSES",
-    "AgentError",
-    "AgentUnreachable",
-    "AuditFailed",
-    "BackendError",
-    "BackendUnavailable",
-    "Busy",
-    "DecryptionFailed",
-    "FrameTooLarge",
-    "InternalError",
-    "InvalidKeyReference",
-    "InvalidRequest",
-    "KeyExists",
-    "KeyNotExportable",
-    "KeywardError",
-    "MalformedRequest",
-    "NonceExpired",
-    "NonceNotYours",
-    "NonceReplayed",
-    "NonceUnknown",
-    "PermissionDenied",
-    "PinIncorrect",
-    "PinLocked",
-    "PolicyDenied",
-    "ProtocolError",
-    "RateLimited",
-    "ReadTimeout",
-    "RegistrationNotVerified",
-    "ReplyTimeout",
-    "RequestTimeout",
-    "ServerCertExpired",
-    "ServerCertUsage",
-    "ServerIdentityMismatch",
-    "ServerSignatureInvalid",
-    "ServerUntrusted",
-    "ShuttingDown",
-    "TokenSignatureInvalid",
-    "TruncatedFrame",
-    "UnknownKey",
-    "UnknownOperation",
-    "Unsupported",
-    "UnsupportedPadding",
-    "UnsupportedVersion",
-    "error_from_reply",
-]
+__all__ = sorted(
+    [name for name, obj in list(globals().items()) if isinstance(obj, type) and issubclass(obj, KeywardError)]
+    + ["ERROR_CLASSES", "error_from_reply"]
+)

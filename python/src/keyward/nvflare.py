@@ -25,10 +25,11 @@ from cryptography.hazmat.primitives.asymmetric import padding as apadding
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from . import keyref
+from . import keyref, nvflare_compat
 from .client import KeywardClient
 from .errors import (
     AgentUnreachable,
+    IncompatibleNvflare,
     KeyNotExportable,
     KeywardError,
     PermissionDenied,
@@ -36,6 +37,7 @@ from .errors import (
     Unsupported,
     UnsupportedPadding,
 )
+from .padding_params import mgf1_hash, oaep_label, pss_salt_length
 from .protocol import Signature
 
 #: Logger of the plug-in. NVFlare's logging config sends the root logger's records to its log
@@ -83,17 +85,16 @@ def _describe(obj: object) -> str:
     if isinstance(obj, apadding.PSS):
         return f"PSS(mgf={_describe(obj.mgf)}, salt_length={_salt_text(obj)})"
     if isinstance(obj, apadding.OAEP):
-        label = getattr(obj, "_label", None)
-        return f"OAEP(mgf={_describe(obj.mgf)}, algorithm={_describe(obj.algorithm)}, label={label!r})"
+        return f"OAEP(mgf={_describe(obj.mgf)}, algorithm={_describe(obj.algorithm)}, label={oaep_label(obj)!r})"
     if isinstance(obj, apadding.MGF1):
-        return f"MGF1({_describe(getattr(obj, '_algorithm', None))})"
+        return f"MGF1({_describe(mgf1_hash(obj))})"
     if isinstance(obj, hashes.HashAlgorithm):
         return obj.name.upper()
     return name
 
 
 def _salt_text(pad: apadding.PSS) -> str:
-    salt = getattr(pad, "_salt_length", None)
+    salt = pss_salt_length(pad)
     if isinstance(salt, int):
         return str(salt)
     for name in ("MAX_LENGTH", "DIGEST_LENGTH", "AUTO"):
@@ -103,7 +104,7 @@ def _salt_text(pad: apadding.PSS) -> str:
 
 
 def _is_mgf1_sha256(mgf: object) -> bool:
-    return isinstance(mgf, apadding.MGF1) and isinstance(getattr(mgf, "_algorithm", None), hashes.SHA256)
+    return isinstance(mgf1_hash(mgf), hashes.SHA256)
 
 
 class RemoteRSAPrivateKey(rsa.RSAPrivateKey):
@@ -164,7 +165,7 @@ class RemoteRSAPrivateKey(rsa.RSAPrivateKey):
             self._refuse(f"unsupported padding {_describe(padding)} for sign")
         if not _is_mgf1_sha256(padding.mgf):
             self._refuse(f"unsupported PSS mask function {_describe(padding.mgf)}")
-        salt = getattr(padding, "_salt_length", None)
+        salt = pss_salt_length(padding)
         max_salt = max_pss_salt(self.key_size)
         is_max = isinstance(salt, type(apadding.PSS.MAX_LENGTH)) or (type(salt) is int and salt == max_salt)
         if not is_max:
@@ -186,7 +187,7 @@ class RemoteRSAPrivateKey(rsa.RSAPrivateKey):
             self._refuse(f"unsupported padding {_describe(padding)} for decrypt")
         if not isinstance(padding.algorithm, hashes.SHA256) or not _is_mgf1_sha256(padding.mgf):
             self._refuse(f"unsupported OAEP parameters {_describe(padding)}")
-        if getattr(padding, "_label", None) not in (None, b""):
+        if oaep_label(padding) not in (None, b""):
             self._refuse("an OAEP label is not supported (the agent decrypts with an empty label)")
         try:
             return self._client.decrypt(self._key, bytes(ciphertext))
@@ -353,9 +354,27 @@ def _target_dir(args: argparse.Namespace) -> str:
     return default_site_packages()
 
 
+def _compatible(command: str) -> str | None:
+    """Runs the plug-in's compatibility check (nvflare_compat.py) in this interpreter. Returns
+    the line to print when it passes; prints why ``command`` is refused and returns None."""
+    try:
+        nvflare_compat.require()
+    except IncompatibleNvflare as exc:
+        print(f"keyward-nvflare: {command} refused: {exc}", file=sys.stderr)
+        return None
+    import nvflare
+
+    return f"nvflare     {nvflare.__version__}: every name, attribute and call path the plug-in uses is present"
+
+
 def _cmd_install(args: argparse.Namespace) -> int:
-    path, changed = install_pth(_target_dir(args))
+    target = _target_dir(args)
+    compatible = _compatible("install")
+    if compatible is None:
+        return 1
+    path, changed = install_pth(target)
     print(f"{'installed' if changed else 'already installed'}: {path}")
+    print(compatible)
     print("every new Python process of this environment now answers keyward key references; "
           "undo with `keyward-nvflare uninstall`")
     return 0
@@ -379,9 +398,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"keyward-nvflare: cannot read `{args.reference}`: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    compatible = _compatible("check")
+    if compatible is None:
+        return 1
     print(f"reference   {os.path.abspath(args.reference)}")
     print(f"socket      {ref.socket}")
     print(f"key         {ref.key}")
+    print(compatible)
     client = KeywardClient(ref.socket, timeout=args.timeout)
     hello = client.hello()
     print(f"agent       {hello.agent} (protocol {hello.protocol}, backend {hello.backend})")
@@ -493,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, helptext in (
-        ("install", "write keyward_nvflare.pth into this venv's site-packages (idempotent)"),
+        ("install", "check this venv's nvflare, then write keyward_nvflare.pth into its site-packages (idempotent)"),
         ("uninstall", "remove keyward_nvflare.pth from this venv's site-packages"),
     ):
         p = sub.add_parser(name, help=helptext)

@@ -22,9 +22,11 @@ instance on NVFlare's own code:
 The admin API (``nvflare.fuel.hci.client.api.AdminAPI.connect``) logs the admin in with the same
 ``Authenticator``, so an admin key held by keyward is routed the same way (docs/nvflare-plugin.md
 §4b). The start-up hook (``_hook.py``) activates this the first time a process parses a key
-reference (``activate``). Every refusal is logged under the ``keyward`` logger (so it lands
-in NVFlare's log) and raised, which ends the client's start instead of a retry loop. The
-design, its limits and the NVFlare call paths it depends on: docs/nvflare-plugin.md §4a.
+reference (``activate``), after ``nvflare_compat`` found every NVFlare name, attribute and call
+path used here; if one is missing, or the NVFlare version is untested, the process logs why and
+exits instead of patching anything. Every refusal is logged under the ``keyward`` logger (so it
+lands in NVFlare's log) and raised, which ends the client's start instead of a retry loop. The
+design, its limits and the NVFlare call paths it depends on: docs/nvflare-plugin.md §4a, §6.
 """
 
 from __future__ import annotations
@@ -35,15 +37,14 @@ import threading
 from collections import OrderedDict
 from typing import Any, NoReturn
 
-from . import _hook, keyref
+from . import _hook, keyref, nvflare_compat
 from .client import KeywardClient
-from .errors import AgentError, KeywardError, RegistrationNotVerified
+from .errors import AgentError, IncompatibleNvflare, KeywardError, RegistrationNotVerified
 from .nvflare import _timeout, logger
 from .protocol import Registration
 
-#: The module patched, and the nvflare version the patch was written and tested against.
-AUTHENTICATOR_MODULE = "nvflare.private.fed.authenticator"
-TESTED_NVFLARE = "2.9.0"
+#: The module patched (the versions it was tested with: ``nvflare_compat.TESTED_NVFLARE``).
+AUTHENTICATOR_MODULE = nvflare_compat.AUTHENTICATOR_MODULE
 _FLAG = "__keyward_flow__"
 #: Registrations waiting for ``sign_common_name``, keyed by (socket, key, server nonce). A
 #: registration is taken once; the map is bounded in case an authentication dies half-way.
@@ -54,7 +55,14 @@ _pending_lock = threading.Lock()
 
 def activate() -> None:
     """Patches NVFlare's authenticator now if it is imported, else as soon as it is. Called by
-    the hook when this process parses a key reference. Idempotent."""
+    the hook when this process parses a key reference. Idempotent. Where NVFlare is installed,
+    first checks it (``nvflare_compat.require``, once per process) and ends the process on a
+    mismatch, so a client stops at start rather than at registration."""
+    if nvflare_compat.nvflare_installed():
+        try:
+            nvflare_compat.require()
+        except IncompatibleNvflare as exc:
+            nvflare_compat.refuse_start(exc)
     _hook.when_imported(AUTHENTICATOR_MODULE, patch_authenticator)
 
 
@@ -118,27 +126,18 @@ def take_registration(ref: keyref.KeyReference, server_nonce: str) -> Registrati
 
 def patch_authenticator(module: Any) -> None:
     """Installs the three patches in ``nvflare.private.fed.authenticator``. Idempotent. If the
-    module lacks a name the patch needs (another nvflare version), it logs why and patches
-    nothing: registration then fails at the agent (``policy_denied``) rather than skip its checks."""
+    module lacks a name, attribute or call path the patch needs (``nvflare_compat.require``), it
+    patches nothing and ends the process (``nvflare_compat.refuse_start``): registration on
+    NVFlare's own code would only be refused by the agent, in a retry loop."""
     cls = getattr(module, "Authenticator", None)
     original_challenge = getattr(cls, "_challenge_server", None)
-    base_asserter = getattr(module, "IdentityAsserter", None)
-    if original_challenge is None or base_asserter is None or getattr(module, "TokenVerifier", None) is None:
-        logger.error("keyward: cannot route NVFlare registration through the agent: %s lacks "
-                     "Authenticator._challenge_server, IdentityAsserter or TokenVerifier (tested with nvflare %s)",
-                     AUTHENTICATOR_MODULE, TESTED_NVFLARE)
-        return
     if getattr(original_challenge, _FLAG, False):
         return
     try:
-        import nvflare
-
-        version = getattr(nvflare, "__version__", "?")
-    except Exception:  # pragma: no cover - the authenticator module imports nvflare itself
-        version = "?"
-    if version != TESTED_NVFLARE:
-        logger.warning("keyward: routing registration of nvflare %s through the agent; the plug-in is tested "
-                       "with nvflare %s only", version, TESTED_NVFLARE)
+        nvflare_compat.require(module)
+    except IncompatibleNvflare as exc:
+        nvflare_compat.refuse_start(exc)
+    base_asserter = module.IdentityAsserter
 
     @functools.wraps(original_challenge)
     def _challenge_server(self: Any) -> Any:
@@ -276,6 +275,7 @@ def _asserter_class(base: type) -> type:
             return registration.signature
 
     KeywardIdentityAsserter.__qualname__ = KeywardIdentityAsserter.__name__
+    setattr(KeywardIdentityAsserter, _FLAG, True)  # nvflare_compat checks NVFlare's class, its base
     return KeywardIdentityAsserter
 
 

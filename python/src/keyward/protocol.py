@@ -28,6 +28,8 @@ MAX_REQUEST_ID = 2**64 - 1
 #: Key names the agent accepts: 1-64 of ``A-Z a-z 0-9 . _ -``, starting with a letter or digit.
 KEY_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 
+#: Every operation; tests/unit check this and ``REPLY_KINDS`` against the golden vectors
+#: (protocol/vectors/ops/<op>.json), and that each has its ``KeywardClient`` method.
 OPERATIONS = (
     "hello",
     "list_keys",

@@ -1,5 +1,5 @@
 """The real agent for the e2e tests, once per session: a SoftHSM2 token made by
-softhsm-setup/init-softhsm-token.sh in a short folder under /tmp, a config written by
+scripts/init-softhsm-token.sh in a short folder under /tmp, a config written by
 `keyward init`, the RSA-2048 key `site-1` (plus a P-256 key `ec-1` for refusals), a throwaway CA
 shaped like NVFlare's provisioning root, a certificate for `site-1` issued from the CSR the token
 signed (`keyward csr`, `keyward cert install`), a startup kit with `client.key` as a keyward
@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 from cryptography import x509
+
 from cryptography.hazmat.primitives import serialization
 
 from keyward import keyref
 from kwharness import Agent, Ca, make_linked_venv, prepare_agent, start_agent, stop_agent
+
+# scripts/federation.py, the federation driver the demo uses too, is imported by the live tests.
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 from keyward import KeywardClient, errors
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
-INIT_SCRIPT = REPO_ROOT / "softhsm-setup" / "init-softhsm-token.sh"
+INIT_SCRIPT = REPO_ROOT / "scripts" / "init-softhsm-token.sh"
 PROJECT = "example_project"
 READY_LIMIT_S = 20.0
 
@@ -201,7 +201,7 @@ def start_agent(agent: Agent) -> None:
 
 def softhsm_token(dir: Path) -> dict[str, str]:
     if shutil.which("softhsm2-util") is None:
-        pytest.fail("softhsm2-util not found: run softhsm-setup/install-packages.sh", pytrace=False)
+        pytest.fail("softhsm2-util not found: run scripts/install-packages.sh", pytrace=False)
     proc = subprocess.run(["bash", str(INIT_SCRIPT), str(dir / "hsm"), "fl-site"], capture_output=True, text=True,
                           timeout=60)
     if proc.returncode != 0:
@@ -254,16 +254,8 @@ def run_python(code: str, *, python: str = sys.executable, env: dict[str, str] |
 
 
 def make_linked_venv(base: Path) -> str:
-    """A venv in ``base`` (no pip) whose site-packages holds one .pth that calls
-    ``site.addsitedir`` on this interpreter's site-packages, so that the repo venv's packages
-    and their own .pth files (keyward's editable install among them) are seen. Returns its python."""
-    import sysconfig
+    """A venv in ``base`` that sees this interpreter's packages (scripts/federation.py
+    ``linked_venv``). Returns its python."""
+    from federation import linked_venv
 
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(base)], check=True, timeout=120)
-    py = str(base / "bin" / "python")
-    purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
-    outer = sysconfig.get_paths()["purelib"]
-    # "00-" sorts before keyward_nvflare.pth: site processes .pth files in name order.
-    Path(purelib, "00-keyward-test-base.pth").write_text(f"import site; site.addsitedir({outer!r})\n")
-    return py
+    return linked_venv(base)

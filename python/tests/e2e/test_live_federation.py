@@ -16,7 +16,9 @@ with keyward against the plain key file, in the same federation.
 
 Run alone with `pytest -m federation python/tests`. Each server has its own job store (spec §7),
 listens on 127.0.0.1 only (its `service.target` is set to loopback), on a free port. Every
-process is started in its own session and stopped by its process group in teardown.
+process is started in its own session and stopped by its process group in teardown. The
+federation itself (provision, server and client processes, the job, the stop) is
+scripts/federation.py, the driver scripts/demo.sh runs too.
 """
 
 from __future__ import annotations
@@ -27,15 +29,13 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -44,51 +44,22 @@ import pytest
 from keyward import keyref
 from keyward.nvflare import PTH_NAME
 
-from kwharness import Agent, make_linked_venv, prepare_agent, start_agent, stop_agent
+from federation import (ADMIN, REGISTERED, SITE, Kit, Processes, configure_server, free_port, kit_command,
+                        linked_venv, nvflare_env, private_key_files, provision, submit_job, wait_for_line,
+                        write_job)
+from kwharness import Agent, prepare_agent, start_agent, stop_agent
 
 pytestmark = pytest.mark.federation
 
-PROJECT = "kwproject"
-SITE = "site-1"
-ADMIN = "admin@nvidia.com"
 #: The admin key's name in the token: a key name cannot hold the `@` of the admin's CN.
 ADMIN_KEY = "admin"
-REGISTERED = f"Successfully registered client:{SITE}"
 REGISTER_LIMIT_S = 60.0
 JOB_LIMIT_S = 120.0
 #: How long a misdirected client may take to give up (it must not retry forever).
 FAIL_FAST_LIMIT_S = 30.0
 #: Client starts per mode for the measurement (KEYWARD_FED_STARTS overrides).
 STARTS = int(os.environ.get("KEYWARD_FED_STARTS", "3"))
-NVFLARE_BIN = Path(sys.executable).with_name("nvflare")
 
-PROJECT_YML = """\
-api_version: 3
-name: {project}
-description: keyward live federation test
-participants:
-  - name: server1
-    type: server
-    org: nvidia
-    fed_learn_port: {port}
-    default_host: localhost
-    connection_security: tls
-  - name: {site}
-    type: client
-    org: nvidia
-    connection_security: tls
-  - name: {admin}
-    type: admin
-    org: nvidia
-    role: project_admin
-builders:
-  - path: nvflare.lighter.impl.workspace.WorkspaceBuilder
-  - path: nvflare.lighter.impl.static_file.StaticFileBuilder
-    args:
-      config_folder: config
-  - path: nvflare.lighter.impl.cert.CertBuilder
-  - path: nvflare.lighter.impl.signature.SignatureBuilder
-"""
 
 #: Test-only instrument for the measurement, installed next to keyward_nvflare.pth in the client
 #: venv: logs how long nvflare's `Authenticator.authenticate` took (challenge, register, token),
@@ -114,196 +85,11 @@ keyward._hook.when_imported("nvflare.private.fed.utils.identity_utils", _identit
 keyward._hook.when_imported("nvflare.private.fed.authenticator", _authenticator)
 '''
 
-JOB_SERVER = {
-    "format_version": 2,
-    "workflows": [{
-        "id": "sag", "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
-        "args": {"min_clients": 1, "num_rounds": 1, "start_round": 0, "wait_time_after_min_received": 0,
-                 "aggregator_id": "aggregator", "persistor_id": "persistor",
-                 "shareable_generator_id": "shareable_generator", "train_task_name": "train", "train_timeout": 0},
-    }],
-    "components": [
-        {"id": "persistor", "path": "nvflare.app_common.np.np_model_persistor.NPModelPersistor", "args": {}},
-        {"id": "shareable_generator",
-         "path": "nvflare.app_common.shareablegenerators.full_model_shareable_generator.FullModelShareableGenerator",
-         "args": {}},
-        {"id": "aggregator",
-         "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator",
-         "args": {"expected_data_kind": "WEIGHTS"}},
-    ],
-}
-JOB_CLIENT = {
-    "format_version": 2,
-    "executors": [{"tasks": ["train"], "executor": {"path": "nvflare.app_common.np.np_trainer.NPTrainer", "args": {}}}],
-    "task_result_filters": [], "task_data_filters": [], "components": [],
-}
-
-SUBMIT = """
-import json, sys
-from nvflare.fuel.flare_api.flare_api import new_secure_session
-session = new_secure_session(sys.argv[1], sys.argv[2], timeout=60)
-try:
-    job_id = session.submit_job(sys.argv[3])
-    meta = session.wait_for_job(job_id, timeout=float(sys.argv[4]), poll_interval=1.0)
-    print(json.dumps({"job_id": job_id, "status": meta.get("status")}))
-finally:
-    session.close()
-"""
-
-
 ADMIN_LOGIN = """
 import sys
 from nvflare.fuel.flare_api.flare_api import new_secure_session
 new_secure_session(sys.argv[1], sys.argv[2], timeout=20).close()
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def nvflare_env(python_bin_dir: Path | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYWARD_", "NVFL_"))}
-    env.pop("PYTHONPATH", None)
-    if python_bin_dir is not None:  # sub_start.sh runs `python3` from PATH
-        env["PATH"] = f"{python_bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-@dataclass
-class Processes:
-    """Everything this module starts, each in its own session; stopped by process group."""
-
-    started: list[subprocess.Popen] = field(default_factory=list)
-
-    def start(self, argv: list[str], *, cwd: Path, env: dict[str, str], out: Path) -> subprocess.Popen:
-        with open(out, "ab") as f:
-            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=f,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        self.started.append(proc)
-        return proc
-
-    @staticmethod
-    def stop(proc: subprocess.Popen, timeout: float = 20.0) -> None:
-        """SIGTERM to the process group of ``proc`` (it and any child that stayed in its group),
-        then SIGKILL to whatever is left of that group (job processes: ``stop_job_processes``).
-        A process already reaped is left alone: its PID may belong to someone else by now."""
-        if proc.returncode is not None:
-            return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-            try:
-                os.killpg(proc.pid, 0)  # the group may outlive its leader (job processes)
-            except ProcessLookupError:
-                return
-            if sig == signal.SIGTERM:
-                time.sleep(1.0)
-                try:
-                    os.killpg(proc.pid, 0)
-                except ProcessLookupError:
-                    return
-
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            self.stop(proc)
-
-    @staticmethod
-    def stop_job_processes(base: Path) -> None:
-        """NVFlare starts job processes in sessions of their own (`spawn_process`, setsid), out of
-        reach of the groups above; it logs their PIDs. Kill those still running from ``base``."""
-        for log in base.rglob("log.txt"):
-            for pid in map(int, re.findall(r"Launch the job in process ID: (\d+)", log.read_text(errors="replace"))):
-                try:
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except OSError:
-                    continue
-                if str(base).encode() in cmdline:
-                    try:
-                        os.killpg(pid, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
-
-
-@dataclass
-class Kit:
-    """One provision's output (`<workspace>/<project>/prod_00`)."""
-
-    root: Path
-    port: int
-
-    @property
-    def server(self) -> Path:
-        return self.root / "server1"
-
-    @property
-    def site(self) -> Path:
-        return self.root / SITE
-
-    @property
-    def admin(self) -> Path:
-        return self.root / ADMIN
-
-
-def provision(base: Path, port: int) -> Kit:
-    base.mkdir(parents=True)
-    (base / "project.yml").write_text(PROJECT_YML.format(project=PROJECT, port=port, site=SITE, admin=ADMIN))
-    proc = subprocess.run([str(NVFLARE_BIN), "provision", "-p", "project.yml", "-w", "ws", "--force"], cwd=base,
-                          capture_output=True, text=True, timeout=120, env=nvflare_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    kit = Kit(base / "ws" / PROJECT / "prod_00", port)
-    for participant, name in ((kit.server, "fed_server.json"), (kit.site, "fed_client.json")):
-        config = json.loads((participant / "startup" / name).read_text())
-        security = config["servers"][0].get("connection_security") or config["client"]["connection_security"]
-        assert security == "tls", (name, config)
-    assert not list(kit.root.rglob("signature.json")), "a signed kit would refuse the edits below"
-    return kit
-
-
-def configure_server(kit: Kit, store: Path) -> None:
-    """Loopback only, and a job store of its own (two servers on one machine share
-    /tmp/nvflare/jobs-storage by default: spec §7)."""
-    startup = kit.server / "startup"
-    config = json.loads((startup / "fed_server.json").read_text())
-    config["servers"][0]["service"]["target"] = f"127.0.0.1:{kit.port}"
-    (startup / "fed_server.json").write_text(json.dumps(config, indent=2))
-    local = kit.server / "local"
-    resources = json.loads((local / "resources.json.default").read_text())
-    resources["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] = str(store / "snapshot-storage")
-    for component in resources["components"]:
-        if component["id"] == "job_manager":
-            component["args"]["uri_root"] = str(store / "jobs-storage")
-    (local / "resources.json").write_text(json.dumps(resources, indent=2))
-    check = json.loads((local / "resources.json").read_text())
-    assert str(store) in json.dumps(check) and "/tmp/nvflare" not in json.dumps(check)
-
-
-def kit_command(participant: Path) -> list[str]:
-    """The kit's own start command, run in the foreground: `startup/sub_start.sh --once`
-    (it `exec`s `python3 -u -m nvflare.private.fed.app...` with the kit's arguments)."""
-    return ["bash", str(participant / "startup" / "sub_start.sh"), "--once"]
-
-
-def wait_for_line(log: Path, needle: str, proc: subprocess.Popen, limit: float, offset: int = 0) -> str:
-    deadline = time.monotonic() + limit
-    while True:
-        text = log.read_text(errors="replace")[offset:] if log.exists() else ""
-        for line in text.splitlines():
-            if needle in line:
-                return line
-        if proc.poll() is not None:
-            pytest.fail(f"process exited ({proc.returncode}) before `{needle}`; {log}:\n{text[-4000:]}", pytrace=False)
-        if time.monotonic() > deadline:
-            pytest.fail(f"no `{needle}` within {limit:g} s; {log}:\n{text[-4000:]}", pytrace=False)
-        time.sleep(0.05)
 
 
 def log_time(line: str) -> float:
@@ -327,18 +113,10 @@ class Federation:
                                 env=nvflare_env(Path(self.client_python).parent), out=participant / "console.txt")
 
     def submit_job(self) -> dict:
-        job = Path(tempfile.mkdtemp(prefix="job", dir=self.dir))  # a fresh folder per submit (spec §7)
-        (job / "app" / "config").mkdir(parents=True)
-        (job / "meta.json").write_text(json.dumps({"name": "kw-sag", "resource_spec": {},
-                                                   "deploy_map": {"app": ["@ALL"]}, "min_clients": 1}))
-        (job / "app" / "config" / "config_fed_server.json").write_text(json.dumps(JOB_SERVER))
-        (job / "app" / "config" / "config_fed_client.json").write_text(json.dumps(JOB_CLIENT))
-        # The admin's key is in the token: the FLARE API runs in the venv with the plug-in.
-        proc = subprocess.run([self.client_python, "-c", SUBMIT, ADMIN, str(self.kit.admin), str(job),
-                               str(JOB_LIMIT_S)],
-                              capture_output=True, text=True, timeout=JOB_LIMIT_S + 60, env=nvflare_env())
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        # A fresh folder per submission (spec §7). The admin's key is in the token: the FLARE API
+        # runs in the venv with the plug-in.
+        job = write_job(Path(tempfile.mkdtemp(prefix="job", dir=self.dir)) / "job")
+        result = submit_job(self.client_python, self.kit.admin, job, JOB_LIMIT_S)
         result["job_dir"] = str(job)
         return result
 
@@ -389,7 +167,7 @@ def federation() -> Iterator[Federation]:
         start_agent(agent)
 
         venv = base / "venv"
-        client_python = make_linked_venv(venv)
+        client_python = linked_venv(venv)
         installed = subprocess.run([client_python, "-m", "keyward.nvflare", "install"], capture_output=True, text=True,
                                    timeout=60)
         assert installed.returncode == 0 and PTH_NAME in installed.stdout, installed.stderr
@@ -407,14 +185,6 @@ def federation() -> Iterator[Federation]:
         if agent is not None:
             stop_agent(agent)
         shutil.rmtree(base, ignore_errors=True)
-
-
-def private_key_files(folder: Path) -> list[Path]:
-    found = []
-    for path in folder.rglob("*"):
-        if path.is_file() and re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", path.read_bytes()):
-            found.append(path)
-    return found
 
 
 def test_the_site_registers_through_the_agent_and_the_admins_signed_job_runs_to_completion(federation):

@@ -33,42 +33,12 @@ from typing import Iterator
 import pytest
 
 from keyward.nvflare import PTH_NAME
-from kwharness import Agent, make_linked_venv, prepare_agent, start_agent, stop_agent
-from test_live_federation import (
-    ADMIN, JOB_CLIENT, JOB_LIMIT_S, JOB_SERVER, NVFLARE_BIN, PROJECT, REGISTERED, SITE, SUBMIT,
-    Kit, Processes, configure_server, free_port, kit_command, migrate_site, nvflare_env, wait_for_line,
-)
+from federation import (REGISTERED, SITE, Kit, Processes, configure_server, free_port, kit_command,
+                        linked_venv, nvflare_env, provision, submit_job, wait_for_line, write_job)
+from kwharness import Agent, prepare_agent, start_agent, stop_agent
+from test_live_federation import JOB_LIMIT_S, migrate_site
 
 pytestmark = pytest.mark.federation
-
-PROJECT_YML = """\
-api_version: 3
-name: {project}
-description: keyward mtls-through-tunnel test
-participants:
-  - name: server1
-    type: server
-    org: nvidia
-    fed_learn_port: {port}
-    default_host: localhost
-    connection_security: mtls
-  - name: {site}
-    type: client
-    org: nvidia
-    connection_security: mtls
-  - name: {admin}
-    type: admin
-    org: nvidia
-    role: project_admin
-builders:
-  - path: nvflare.lighter.impl.workspace.WorkspaceBuilder
-  - path: nvflare.lighter.impl.static_file.StaticFileBuilder
-    args:
-      config_folder: config
-      scheme: {scheme}
-  - path: nvflare.lighter.impl.cert.CertBuilder
-  - path: nvflare.lighter.impl.signature.SignatureBuilder
-"""
 
 #: A clear client pointed straight at the mtls server must still not be registered after this.
 NO_REGISTRATION_S = 15.0
@@ -77,17 +47,9 @@ REGISTER_LIMIT_S = 30.0
 
 
 def provision_mtls(base: Path, port: int, scheme: str) -> Kit:
-    base.mkdir(parents=True)
-    (base / "project.yml").write_text(PROJECT_YML.format(project=PROJECT, port=port, site=SITE, admin=ADMIN,
-                                                         scheme=scheme))
-    proc = subprocess.run([str(NVFLARE_BIN), "provision", "-p", "project.yml", "-w", "ws", "--force"], cwd=base,
-                          capture_output=True, text=True, timeout=120, env=nvflare_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    kit = Kit(base / "ws" / PROJECT / "prod_00", port)
+    kit = provision(base, port, security="mtls", scheme=scheme)
     config = json.loads((kit.server / "startup" / "fed_server.json").read_text())
-    assert config["servers"][0].get("connection_security", "mtls") == "mtls", config
     assert config["servers"][0]["service"]["scheme"] == scheme, config
-    assert not list(kit.root.rglob("signature.json")), "a signed kit would refuse the edits below"
     return kit
 
 
@@ -112,17 +74,9 @@ class Federation:
                                 env=nvflare_env(Path(self.client_python).parent), out=participant / "console.txt")
 
     def submit_job(self) -> dict:
-        job = Path(tempfile.mkdtemp(prefix="job", dir=self.dir))
-        (job / "app" / "config").mkdir(parents=True)
-        (job / "meta.json").write_text(json.dumps({"name": "kw-sag", "resource_spec": {},
-                                                   "deploy_map": {"app": ["@ALL"]}, "min_clients": 1}))
-        (job / "app" / "config" / "config_fed_server.json").write_text(json.dumps(JOB_SERVER))
-        (job / "app" / "config" / "config_fed_client.json").write_text(json.dumps(JOB_CLIENT))
         # The admin kit keeps its key file (mtls admin), so the plain interpreter submits.
-        proc = subprocess.run([sys.executable, "-c", SUBMIT, ADMIN, str(self.kit.admin), str(job), str(JOB_LIMIT_S)],
-                              capture_output=True, text=True, timeout=JOB_LIMIT_S + 60, env=nvflare_env())
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return submit_job(sys.executable, self.kit.admin, write_job(Path(tempfile.mkdtemp(prefix="job", dir=self.dir))
+                                                                    / "job"), JOB_LIMIT_S)
 
 
 @pytest.fixture(scope="module", params=["http", "grpc"])
@@ -138,7 +92,7 @@ def federation(request) -> Iterator[Federation]:
         migrate_site(kit.site, agent)
         start_agent(agent)
 
-        client_python = make_linked_venv(base / "venv")
+        client_python = linked_venv(base / "venv")
         installed = subprocess.run([client_python, "-m", "keyward.nvflare", "install"], capture_output=True, text=True,
                                    timeout=60)
         assert installed.returncode == 0 and PTH_NAME in installed.stdout, installed.stderr

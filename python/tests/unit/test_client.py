@@ -3,6 +3,8 @@ ids, pipelining, timeouts, the reply size limit, closed connections and unreacha
 
 from __future__ import annotations
 
+import base64
+import inspect
 import json
 import socket
 import struct
@@ -13,6 +15,7 @@ from typing import Callable
 
 import pytest
 
+import wire_vectors
 from keyward import KeywardClient, errors
 
 
@@ -123,6 +126,28 @@ def test_sign_and_decrypt_send_the_documented_fields(fake):
     assert dec_req["data"] == "AAAAAA==" and set(dec_req) == {"v", "id", "op", "key", "data"}
     with pytest.raises(TypeError, match="keyward"):
         client.sign("site-1", "nvflare", "text")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("op", wire_vectors.operations())
+def test_each_operation_has_a_method_that_sends_its_vector_request_and_parses_its_vector_reply(fake, op):
+    vector = wire_vectors.load(op)
+    wire = vector["request_wire"]
+
+    def handler(conn, seen):
+        req = recv_frame(conn)
+        seen.append(req)
+        send_json(conn, {**vector["reply_wire"], "id": req["id"]})
+
+    agent = fake(handler)
+    method = getattr(KeywardClient(agent.path), op)
+    params = inspect.signature(method).parameters
+    fields = [name for name in wire if name not in ("v", "id", "op")]
+    assert sorted(params) == sorted(fields), f"`{op}` method parameters against the vector's fields"
+    args = {name: base64.b64decode(wire[name]) if params[name].annotation == "bytes" else wire[name] for name in params}
+    assert method(**args) is not None
+    (sent,) = agent.seen
+    assert list(sent) == list(wire), "the same fields in the same order"
+    assert {**sent, "id": wire["id"]} == wire
 
 
 def test_error_replies_raise_typed_errors_and_the_connection_stays_usable(fake):

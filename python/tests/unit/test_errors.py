@@ -1,38 +1,25 @@
-"""One exception class per wire error code, checked against the table in docs/protocol.md."""
+"""One exception class per wire error code, checked against the error-code table of the golden
+vectors (protocol/vectors/error_codes.json, which the Rust ErrorCode and docs/protocol.md are
+checked against too)."""
 
 from __future__ import annotations
 
 import pickle
-import re
 
 import pytest
 
-from pathlib import Path
-
+import wire_vectors
 from keyward import errors
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
 
-
-def documented_codes() -> list[str]:
-    text = (REPO_ROOT / "docs/protocol.md").read_text()
-    section = text.split("### Error codes", 1)[1].split("\n## ", 1)[0]
-    codes: list[str] = []
-    for line in section.splitlines():
-        if line.startswith("| `"):
-            first_cell = line.split("|")[1]
-            codes += [c for c in re.findall(r"`([a-z_]+)`", first_cell) if c != "code"]
-    return codes
-
-
-def test_the_doc_table_is_what_we_think_it_is():
-    codes = documented_codes()
+def test_the_vector_table_is_what_we_think_it_is():
+    codes = wire_vectors.error_codes()
     assert "unknown_key" in codes and "decryption_failed" in codes and "internal" in codes
     assert len(codes) == len(set(codes)) >= 20
 
 
-@pytest.mark.parametrize("code", documented_codes())
-def test_every_documented_code_has_its_own_class(code):
+@pytest.mark.parametrize("code", wire_vectors.error_codes())
+def test_every_wire_code_has_its_own_class(code):
     cls = errors.ERROR_CLASSES[code]
     assert cls.code == code
     assert issubclass(cls, errors.AgentError) and issubclass(cls, errors.KeywardError)
@@ -41,8 +28,8 @@ def test_every_documented_code_has_its_own_class(code):
     assert exc.code == code and exc.reason == "why" and exc.request_id == 3
 
 
-def test_classes_are_distinct_and_cover_the_documented_codes():
-    assert set(documented_codes()) <= set(errors.ERROR_CLASSES)
+def test_the_classes_cover_exactly_the_wire_codes_and_are_distinct():
+    assert set(errors.ERROR_CLASSES) == set(wire_vectors.error_codes())
     assert len(set(errors.ERROR_CLASSES.values())) == len(errors.ERROR_CLASSES)
     assert set(errors.__all__) >= {cls.__name__ for cls in errors.ERROR_CLASSES.values()}
 
@@ -86,3 +73,15 @@ def test_errors_survive_pickling_with_their_fields():
     assert odd.code == "new_code"
     local = pickle.loads(pickle.dumps(errors.ReplyTimeout("no reply", socket_path="/s")))
     assert type(local) is errors.ReplyTimeout and str(local).startswith("keyward:")
+
+
+def test_the_class_definitions_are_the_only_list():
+    """A subclass registers its code; a second class for a code fails at definition; __all__
+    names every error class of the module."""
+    assert all(errors.ERROR_CLASSES[cls.code] is cls for cls in errors.ERROR_CLASSES.values())
+    with pytest.raises(TypeError, match="wire code `busy` has two classes"):
+        type("Busy2", (errors.AgentError,), {"code": "busy"})
+    assert errors.ERROR_CLASSES["busy"] is errors.Busy
+    defined = {n for n, o in vars(errors).items() if isinstance(o, type) and issubclass(o, errors.KeywardError)}
+    assert set(errors.__all__) == defined | {"ERROR_CLASSES", "error_from_reply"}
+    assert "IncompatibleNvflare" in errors.__all__ and "incompatible_nvflare" not in errors.ERROR_CLASSES

@@ -1,6 +1,6 @@
 """The pieces of nvflare_flow.py that need no agent: which key files it takes over, the
 registration hand-over from `nvflare_register` to `sign_common_name` (once, never a plain sign),
-log-safe refusals, and patching (idempotent, refused for an nvflare that lacks the names).
+log-safe refusals, and patching (idempotent; an nvflare that lacks the names stops the process).
 tests/e2e/test_nvflare_flow_e2e.py runs it with the real agent and the real nvflare."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keyward import errors, keyref, nvflare_flow
+from keyward import errors, keyref, nvflare_compat, nvflare_flow
 from keyward.protocol import Registration
 
 REF = keyref.KeyReference(socket="/run/keyward/agent.sock", key="site-1")
@@ -114,12 +114,21 @@ def test_a_refusal_quoting_server_text_cannot_forge_log_lines(caplog):
     assert len(caplog.records) == 1 and "\n" not in caplog.records[0].getMessage()
 
 
-def test_an_nvflare_without_the_patched_names_is_left_alone_and_the_reason_logged(caplog):
+def test_an_nvflare_without_the_patched_names_is_left_alone_and_the_process_stopped(monkeypatch):
     module = types.ModuleType("nvflare.private.fed.authenticator")
     module.Authenticator = type("Authenticator", (), {})
-    with caplog.at_level(logging.ERROR, logger="keyward"):
+    stopped: list[errors.IncompatibleNvflare] = []
+
+    def refuse_start(exc):
+        stopped.append(exc)
+        raise SystemExit(78)
+
+    monkeypatch.setattr(nvflare_compat, "refuse_start", refuse_start)
+    with pytest.raises(SystemExit):
         nvflare_flow.patch_authenticator(module)
-    assert "cannot route NVFlare registration through the agent" in caplog.text
+    assert len(stopped) == 1
+    assert "`nvflare.private.fed.authenticator.Authenticator._challenge_server` is missing" in str(stopped[0])
+    assert "`nvflare.private.fed.authenticator.IdentityAsserter` is missing" in str(stopped[0])
     assert not hasattr(module, "IdentityAsserter")
 
 

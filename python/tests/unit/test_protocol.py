@@ -1,4 +1,5 @@
-"""Framing and reply parsing against the exact bytes docs/protocol.md shows ("Worked examples")."""
+"""Framing and reply parsing against the golden vectors (protocol/vectors/, which the Rust types
+and docs/protocol.md are checked against too), plus the client-side checks of odd replies."""
 
 from __future__ import annotations
 
@@ -6,42 +7,45 @@ import json
 
 import pytest
 
-from keyward import protocol
-from keyward.errors import InvalidRequest, ProtocolError, UnknownKey, PermissionDenied
+import wire_vectors
+from keyward import errors, protocol
+from keyward.errors import InvalidRequest, ProtocolError, PermissionDenied
 
 
-def test_hello_request_is_the_documented_27_byte_frame():
-    frame = protocol.encode_request(1, "hello")
-    assert frame == bytes.fromhex("0000001b") + b'{"v":1,"id":1,"op":"hello"}'
+def test_the_client_knows_exactly_the_operations_of_the_vectors():
+    assert sorted(protocol.OPERATIONS) == wire_vectors.operations()
+    assert sorted(protocol.REPLY_KINDS) == wire_vectors.operations()
 
 
-def test_sign_request_is_the_documented_75_byte_frame():
-    frame = protocol.encode_request(7, "sign", {"key": "site-1", "profile": "nvflare", "data": b"hi"})
-    assert frame[:4] == bytes.fromhex("0000004b")
-    assert frame[4:] == b'{"v":1,"id":7,"op":"sign","key":"site-1","profile":"nvflare","data":"aGk="}'
+@pytest.mark.parametrize("op", wire_vectors.operations())
+def test_each_request_vector_is_the_frame_the_client_encodes(op):
+    vector = wire_vectors.load(op)
+    wire = vector["request_wire"]
+    fields = {name: value for name, value in wire.items() if name not in ("v", "id", "op")}
+    assert protocol.encode_request(wire["id"], op, fields) == vector["request_frame"]
 
 
-def test_documented_replies_have_the_documented_lengths_and_parse():
-    hello = b'{"v":1,"id":1,"status":"ok","body":{"kind":"hello","agent":"keyward 0.1.0","protocol":1,"backend":"pkcs11"}}'
-    assert len(hello) == 0x6C
-    reply = protocol.decode_reply(hello)
-    body = protocol.check_reply(reply, request_id=1, op="hello")
-    assert protocol.Hello.from_body(body) == protocol.Hello("keyward 0.1.0", 1, "pkcs11")
-
-    sig = b'{"v":1,"id":7,"status":"ok","body":{"kind":"signature","profile":"nvflare","signature":"AQI="}}'
-    assert len(sig) == 0x5F
-    body = protocol.check_reply(protocol.decode_reply(sig), request_id=7, op="sign")
-    assert protocol.Signature.from_body(body) == protocol.Signature("nvflare", b"\x01\x02")
-
-    err = b'{"v":1,"id":7,"status":"error","body":{"code":"unknown_key","message":"no key named `x`"}}'
-    assert len(err) == 0x5A
-    with pytest.raises(UnknownKey) as info:
-        protocol.check_reply(protocol.decode_reply(err), request_id=7, op="sign", key="x")
-    assert info.value.reason == "no key named `x`"
-    assert info.value.request_id == 7
+@pytest.mark.parametrize("op", wire_vectors.operations())
+def test_each_reply_vector_parses_as_its_operations_reply(op):
+    vector = wire_vectors.load(op)
+    frame = vector["reply_frame"]
+    assert protocol.decode_length(frame[:4]) == len(frame) - 4
+    body = protocol.check_reply(protocol.decode_reply(frame[4:]), request_id=vector["request_wire"]["id"], op=op)
+    assert body == vector["reply"]["body"]
+    assert body["kind"] == protocol.REPLY_KINDS[op]
 
 
-def test_other_documented_replies_parse():
+def test_the_error_vector_raises_its_class_with_the_agents_message():
+    example = wire_vectors.error_example()
+    frame, wire = example["reply_frame"], example["reply"]
+    assert protocol.decode_length(frame[:4]) == len(frame) - 4
+    with pytest.raises(errors.ERROR_CLASSES[wire["body"]["code"]]) as info:
+        protocol.check_reply(protocol.decode_reply(frame[4:]), request_id=wire["id"], op="sign", key="x")
+    assert info.value.reason == wire["body"]["message"]
+    assert info.value.request_id == wire["id"]
+
+
+def test_replies_with_fields_this_version_does_not_know_still_parse():
     keys = protocol.decode_reply(
         b'{"v":1,"id":2,"status":"ok","body":{"kind":"keys","keys":[{"key":"site-1","algorithm":"rsa-2048",'
         b'"generated_on_device":true,"has_certificate":true}]}}'

@@ -14,7 +14,7 @@
 //! a shared machine does not land on one path only.
 //!
 //! Usage: `cargo run --release -p keyward-tests --bin keyward-bench -- [--quick] [--seconds N]`
-//! (or `softhsm-setup/bench.sh`). It prints a Markdown table for `docs/benchmarks.md` and
+//! (or `scripts/bench.sh`). It prints a Markdown table for `docs/benchmarks.md` and
 //! never asserts a speed; CI runs `--quick` only so the bench keeps working.
 //!
 //! The in-process paths need `SOFTHSM2_CONF` in the environment of the process that loads
@@ -34,11 +34,11 @@ use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use keyward_agent::blocking_client::BlockingAgentClient;
 use keyward_agent::daemon::back::{Back, BackendJob, JobOutput, ProfileChoice};
-use keyward_core::protocol::{Operation, Reply};
+use keyward_client::BlockingAgentClient;
 use keyward_core::{KeyId, KeyStore, Pin, SignProfile, TlsScheme};
 use keyward_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
+use keyward_protocol::{Operation, Reply};
 use keyward_tests::procstat::{context_switches, cpu_time, switches_between};
 use keyward_tests::report::{command_output, cpu_model, percentile};
 use keyward_tests::syscalls::SyscallCount;

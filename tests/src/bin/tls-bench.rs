@@ -23,7 +23,7 @@
 //! not the reference), `stunnel4` and `keyward tunnel` — interleaved rounds, median shown.
 //!
 //! Usage: `cargo run --release -p keyward-tests --bin tls-bench -- [--quick] [--seconds N] [--bulk-mib N]`
-//! (stunnel4 from `softhsm-setup/install-packages.sh`; without it that path is skipped and
+//! (stunnel4 from `scripts/install-packages.sh`; without it that path is skipped and
 //! the report says so). Prints Markdown for `docs/benchmarks.md`; never asserts a speed.
 
 use std::io::{Read, Write};

@@ -15,16 +15,16 @@
 //! agent's context switches per request (all its threads) are shown next to the ratios.
 //!
 //! Usage: `cargo run --release -p keyward-tests --bin tpm-bench -- [--quick] [--seconds N]`
-//! (or `softhsm-setup/bench.sh`). Prints a Markdown table for `docs/benchmarks.md`; never
+//! (or `scripts/bench.sh`). Prints a Markdown table for `docs/benchmarks.md`; never
 //! asserts a speed.
 
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _, Result};
-use keyward_agent::blocking_client::BlockingAgentClient;
-use keyward_core::protocol::{Operation, Reply};
+use keyward_client::BlockingAgentClient;
 use keyward_core::KeyId;
+use keyward_protocol::{Operation, Reply};
 use keyward_tests::procstat::{context_switches, switches_between};
 use keyward_tests::report::{command_output, cpu_model, percentile};
 use keyward_tests::{AgentProcess, AgentSite, TpmSite};

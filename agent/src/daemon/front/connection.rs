@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyward_core::protocol::{ErrorCode, Response};
+use keyward_protocol::{ErrorCode, Response};
 
 use super::conn::Conn;
 use super::frame_io::{encode, write_frame, ReadError};

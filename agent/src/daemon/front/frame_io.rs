@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use keyward_core::protocol::{Response, LENGTH_PREFIX_BYTES, MAX_REPLY_BYTES};
+use keyward_protocol::{Response, LENGTH_PREFIX_BYTES, MAX_REPLY_BYTES};
 
 /// Bytes read ahead; a frame larger than this gets a buffer of its own size.
 const READ_AHEAD: usize = 16 << 10;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
-use keyward_core::protocol::{self, ErrorCode, Response};
+use keyward_protocol::{self as protocol, ErrorCode, Response};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 use tokio_util::codec::Framed;

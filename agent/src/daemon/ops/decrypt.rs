@@ -2,8 +2,8 @@
 //! backend job: the ciphertext's range check against the key's modulus, then RSA-OAEP
 //! (SHA-256) on the device.
 
-use keyward_core::protocol::Reply;
 use keyward_core::KeyId;
+use keyward_protocol::Reply;
 
 use super::{settle, unexpected, AuditExtra, Ctx, Done};
 use crate::daemon::back::{BackendJob, JobOutput};

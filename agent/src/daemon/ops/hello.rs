@@ -1,7 +1,7 @@
 //! `hello`: the agent's name and version, the protocol version and the backend kind.
 //! Answered from memory: no session, no device.
 
-use keyward_core::protocol::{Reply, PROTOCOL_VERSION};
+use keyward_protocol::{Reply, PROTOCOL_VERSION};
 
 use super::{AuditExtra, Ctx, Done};
 

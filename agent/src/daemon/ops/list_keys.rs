@@ -1,6 +1,6 @@
 //! `list_keys`: the keys in the store, each with whether a certificate is installed for it.
 
-use keyward_core::protocol::{KeyEntry, Reply};
+use keyward_protocol::{KeyEntry, Reply};
 
 use super::{unexpected, AuditExtra, Ctx, Done};
 use crate::daemon::back::{BackendJob, JobOutput};

@@ -20,11 +20,12 @@ mod public_key;
 mod sign;
 mod status;
 
+use crate::wire_error::WireCode;
 use std::time::{Duration, Instant};
 
 use keyward_core::error::chain;
-use keyward_core::protocol::{decode_request, ErrorCode, Operation, Reply, Response};
 use keyward_core::{KeyId, SignProfile, StoreError};
+use keyward_protocol::{decode_request, ErrorCode, Operation, Reply, Response};
 
 use super::metrics::{Shard, Stats};
 use super::policy::{Grant, Policies, Refusal};

@@ -4,8 +4,8 @@
 
 use std::time::Instant;
 
-use keyward_core::protocol::Reply;
 use keyward_core::KeyId;
+use keyward_protocol::Reply;
 
 use super::nvflare_state::{lock, not_configured};
 use super::{AuditExtra, Ctx, Done};

@@ -7,8 +7,8 @@
 use std::time::{Instant, SystemTime};
 
 use keyward_core::nvflare::{check_server_nonce, registration_message, ServerReply};
-use keyward_core::protocol::{ErrorCode, Reply};
 use keyward_core::{KeyId, SignProfile};
+use keyward_protocol::{ErrorCode, Reply};
 
 use super::nvflare_state::{lock, not_configured, site_cn, Session, MAX_SESSIONS, SESSION_LIFETIME};
 use super::{settle, unexpected, AuditExtra, Ctx, Done, Failure};

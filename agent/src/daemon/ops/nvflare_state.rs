@@ -3,13 +3,14 @@
 //! the token check to the server verified at registration), the site CN of an installed
 //! certificate, and the rule that keeps plain `sign` from making a registration signature.
 
+use crate::wire_error::WireCode;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use keyward_core::nvflare::{ChallengeError, NonceBook, VerifiedServer};
-use keyward_core::protocol::ErrorCode;
 use keyward_core::KeyId;
+use keyward_protocol::ErrorCode;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use super::Failure;

@@ -2,7 +2,7 @@
 //! returned at registration, with the server identity verified then (the session of
 //! `nvflare_register`, usable only by the same uid and only for its lifetime).
 
-use keyward_core::protocol::{ErrorCode, Reply};
+use keyward_protocol::{ErrorCode, Reply};
 
 use super::nvflare_state::{lock, SESSION_LIFETIME};
 use super::{AuditExtra, Ctx, Done, Failure};

@@ -1,7 +1,7 @@
 //! `public_key`: a key's SubjectPublicKeyInfo and its installed certificate, if any.
 
-use keyward_core::protocol::Reply;
 use keyward_core::KeyId;
+use keyward_protocol::Reply;
 
 use super::{unexpected, AuditExtra, Ctx, Done};
 use crate::daemon::back::{BackendJob, JobOutput};

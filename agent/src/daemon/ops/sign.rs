@@ -4,8 +4,8 @@
 //! shaped like an NVFlare registration is refused for a key with NVFlare settings
 //! (`nvflare_state.rs`).
 
-use keyward_core::protocol::{ErrorCode, Reply};
 use keyward_core::{KeyId, SignProfile};
+use keyward_protocol::{ErrorCode, Reply};
 
 use super::{nvflare_state, settle, unexpected, AuditExtra, Ctx, Done, Failure};
 use crate::daemon::back::{BackendJob, JobOutput, ProfileChoice};

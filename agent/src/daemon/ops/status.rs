@@ -7,8 +7,8 @@
 use std::time::Duration;
 
 use keyward_core::error::chain;
-use keyward_core::protocol::{KeyStatus, OpLatency, Reply, StatusReport};
 use keyward_core::StoreError;
+use keyward_protocol::{KeyStatus, OpLatency, Reply, StatusReport};
 
 use super::{AuditExtra, Ctx, Done};
 use crate::daemon::back::{BackendJob, JobOutput};

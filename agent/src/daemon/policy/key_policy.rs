@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use keyward_core::nvflare::ServerTrust;
-use keyward_core::protocol::ErrorCode;
 use keyward_core::{KeyId, SignProfile};
+use keyward_protocol::ErrorCode;
 
 use super::rate_limit::{take_all, Bucket};
 use crate::audit::Peer;

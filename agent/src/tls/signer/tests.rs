@@ -8,7 +8,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex as StdMutex;
 
-use keyward_core::protocol::{decode_request, Response};
+use keyward_protocol::{decode_request, Response};
 
 use super::*;
 

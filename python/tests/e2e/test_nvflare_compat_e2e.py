@@ -1,0 +1,113 @@
+"""The plug-in refuses an NVFlare it was not tested with, at install and at client start: a copy of
+the real nvflare 2.9.0 with `Authenticator._challenge_server` renamed (as a new release might),
+put first on PYTHONPATH. `keyward-nvflare install` and `check` refuse naming what is missing (and
+write no hook); a client process that parses its key reference, as NVFlare's CredentialManager
+does when the client's cell starts, logs it in NVFlare's own log and exits with status 78 before
+the agent is asked anything. The unchanged nvflare installs, as the control."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import nvflare
+import pytest
+
+from keyward import nvflare_compat
+from keyward.nvflare import PTH_NAME
+
+from kwharness import make_linked_venv, run_python
+
+MISSING = "`nvflare.private.fed.authenticator.Authenticator._challenge_server` is missing"
+
+
+@pytest.fixture(scope="module")
+def renamed_nvflare() -> Iterator[str]:
+    """A folder for PYTHONPATH holding a copy of nvflare whose authenticator renamed
+    `_challenge_server` to `_challenge_server_v2` everywhere in that module."""
+    base = Path(tempfile.mkdtemp(prefix="kwnvcopy", dir="/tmp"))
+    try:
+        shutil.copytree(Path(nvflare.__file__).parent, base / "nvflare",
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        module = base / "nvflare/private/fed/authenticator.py"
+        text = module.read_text()
+        assert text.count("_challenge_server") >= 2
+        module.write_text(text.replace("_challenge_server", "_challenge_server_v2"))
+        yield str(base)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def plugin(python: str, *args: str, pythonpath: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYWARD_") and k != "PYTHONPATH"}
+    if pythonpath:
+        env["PYTHONPATH"] = pythonpath
+    return subprocess.run([python, "-m", "keyward.nvflare", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def site_packages(python: str) -> Path:
+    out = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def test_install_refuses_a_renamed_attribute_and_writes_no_hook(renamed_nvflare, short_tmp):
+    py = make_linked_venv(short_tmp / "venv")
+    refused = plugin(py, "install", pythonpath=renamed_nvflare)
+    assert refused.returncode == 1, refused
+    assert "keyward-nvflare: install refused" in refused.stderr and MISSING in refused.stderr
+    assert "no longer calls `self._challenge_server`" in refused.stderr
+    assert "tested with nvflare 2.9.0" in refused.stderr
+    assert not (site_packages(py) / PTH_NAME).exists()
+
+    control = plugin(py, "install")
+    assert control.returncode == 0, control
+    assert "nvflare     2.9.0: every name, attribute and call path the plug-in uses is present" in control.stdout
+    assert (site_packages(py) / PTH_NAME).exists()
+
+
+def test_check_refuses_before_asking_the_agent(agent, renamed_nvflare):
+    refused = plugin(sys.executable, "check", str(agent.reference), pythonpath=renamed_nvflare)
+    assert refused.returncode == 1, refused
+    assert "keyward-nvflare: check refused" in refused.stderr and MISSING in refused.stderr
+    assert "agent" not in refused.stdout
+    control = plugin(sys.executable, "check", str(agent.reference))
+    assert control.returncode == 0, control
+
+
+CLIENT_START = """
+    import copy, sys
+    from nvflare.fuel.utils.log_utils import apply_log_config, default_log_dict
+    apply_log_config(copy.deepcopy(default_log_dict), {logs!r})
+    from nvflare.fuel.f3.cellnet.credential_manager import CredentialManager
+    from nvflare.fuel.f3.drivers.driver_params import DriverParams
+    from nvflare.fuel.f3.endpoint import Endpoint
+    CredentialManager(Endpoint("site-1", conn_props={{
+        DriverParams.CA_CERT.value: {root!r}, DriverParams.CLIENT_CERT.value: {crt!r},
+        DriverParams.CLIENT_KEY.value: {ref!r}}}))
+    print("the client went on")
+"""
+
+
+def test_a_client_start_with_a_renamed_attribute_logs_it_and_exits(agent, nvflare_python, renamed_nvflare, short_tmp):
+    logs = short_tmp / "logs"
+    logs.mkdir()
+    code = CLIENT_START.format(logs=str(logs), root=str(agent.root_ca_file), crt=str(agent.cert_file),
+                               ref=str(agent.reference))
+    before = len(agent.audit_records())
+    proc = run_python(code, python=nvflare_python, env={"PYTHONPATH": renamed_nvflare}, timeout=120)
+    assert proc.returncode == nvflare_compat.EXIT_INCOMPATIBLE == 78, proc
+    assert "the client went on" not in proc.stdout
+    assert MISSING in proc.stderr and "this process stops (exit 78)" in proc.stderr
+    log = (logs / "log.txt").read_text()
+    assert MISSING in log and "keyward" in log, log
+    assert len(agent.audit_records()) == before, "the agent was asked nothing"
+
+    control = run_python(code, python=nvflare_python, timeout=120)
+    assert control.returncode == 0 and "the client went on" in control.stdout, control

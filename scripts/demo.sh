@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+#
+# demo.sh - a live NVFlare 2.9.0 federation whose site key is in SoftHSM2 behind the keyward
+#           agent (README command 1).
+#
+# Purpose:  show the main job end to end, on loopback. This script installs and builds
+#           (steps 1-3); scripts/federation.py runs the federation (steps 4-13), the same
+#           driver python/tests/e2e/test_live_federation.py uses: a SoftHSM2 token,
+#           `keyward init`, `nvflare provision` (server1, site-1, an admin; connection_security
+#           tls), `keyward nvflare migrate` of site-1's kit (its client.key into the token, a key
+#           reference in its place), the agent, the server, the client registering through
+#           the agent (which verifies the server before it signs), a job submitted by the admin
+#           that must end FINISHED:COMPLETED, the checks (no private key file in the site kit,
+#           openssl verifies a token signature, the agent's audit of the registration), and
+#           the stop of everything it started, by PID (also on an error or Ctrl-C).
+#
+# Usage:    scripts/demo.sh
+#           Rerunnable: each run starts from an empty state dir; the venv and build are reused.
+#
+# Env vars: KEYWARD_STATE_DIR  where all demo state lives (default <repo>/state). It is deleted
+#                              and recreated at the start of a run: it must be the default, or
+#                              empty, or hold the marker file a previous run left.
+#           CARGO_TARGET_DIR   honoured when locating the built binary
+#           KEYWARD_CONFIG, SOFTHSM2_CONF and the other KEYWARD_* token variables are set by
+#           the driver; NVFL_* and PYTHONPATH are dropped for NVFlare's processes.
+#
+# Changes on the machine:
+#           installs missing apt packages (install-packages.sh, may use sudo); builds
+#           target/release/keyward; creates <repo>/.venv if needed (python-venv.sh) and
+#           pip-installs 'python[nvflare]' (editable, nvflare==2.9.0) unless it has it; recreates
+#           the state dir (0700) with softhsm/ (private SoftHSM2 config, token, PIN files),
+#           keyward.toml, run/ (agent socket), provision/ (project.yml, the kits, and the
+#           provisioning state with the root CA key, UNENCRYPTED: demo only), store/ (the
+#           server's job store), client-venv/ (sees .venv's packages, with the keyward NVFlare
+#           hook), job/, demo.msg, demo.sig, site-1.pub.pem, agent.log, audit.log. Listens on one
+#           free 127.0.0.1 TCP port.
+#
+set -euo pipefail
+umask 077
+
+readonly PROG="demo"
+readonly TOTAL_STEPS=13
+# shellcheck source=scripts/lib.sh
+source "$(dirname -- "${BASH_SOURCE[0]}")/lib.sh"
+help_from_header "$@"
+[[ $# -eq 0 ]] || die "takes no arguments (see --help)"
+
+KEYWARD="$(realpath -m -- "${CARGO_TARGET_DIR:-$REPO_ROOT/target}")/release/keyward"
+STATE="$(realpath -m -- "${KEYWARD_STATE_DIR:-$REPO_ROOT/state}")"
+
+step "installing missing system packages (softhsm2, opensc, openssl, python3-venv, ...)"
+bash "$SCRIPTS/install-packages.sh"
+
+step "building keyward (cargo build --release -p keyward-agent)"
+command -v cargo >/dev/null 2>&1 ||
+    die "cargo not found: install a Rust toolchain >= 1.85 (e.g. https://rustup.rs) and rerun"
+(cd -- "$REPO_ROOT" && cargo build --release -p keyward-agent)
+[[ -x "$KEYWARD" ]] || die "build finished but $KEYWARD does not exist"
+log "binary: $KEYWARD"
+
+step "Python venv $REPO_ROOT/.venv with nvflare==2.9.0 and the keyward package (python/)"
+VPY="$(project_python "$REPO_ROOT/.venv")"
+ensure_keyward_package "$VPY" "nvflare"
+log "python: $VPY"
+
+exec "$VPY" "$SCRIPTS/federation.py" demo --keyward "$KEYWARD" --state "$STATE" \
+    --default-state "$REPO_ROOT/state" --python "$VPY"

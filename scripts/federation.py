@@ -1,0 +1,515 @@
+"""One live NVFlare 2.9.0 federation on loopback, driven from Python: provision, start and stop the
+server, the clients and the admin's job submission, and every process they start.
+
+Used two ways, so the federation is described once:
+- ``python scripts/federation.py demo --keyward BIN --state DIR``: steps 4 to 13 of
+  ``scripts/demo.sh`` (a SoftHSM2 token, ``keyward init``, ``nvflare provision``, ``keyward nvflare
+  migrate`` of the site kit, the agent, the server, the client registering through the agent, a
+  job, the checks, the stop), printing ``==> [n/13]`` steps and a summary.
+- imported by ``python/tests/e2e/test_live_federation.py`` (and its conftest puts this folder on
+  ``sys.path``): the same ``provision``, ``configure_server``, ``Processes``, ``wait_for_line``,
+  ``write_job`` and ``submit_job``.
+
+Every process is started in a session of its own and stopped by its process group; NVFlare's
+job processes (own sessions, PIDs in its logs) are killed by PID when their command line names
+the federation's folder. Nothing else is signalled. Standard library only; ``nvflare`` runs from
+the venv given (``--python``, default this interpreter's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT = "kwproject"
+SERVER = "server1"
+SITE = "site-1"
+ADMIN = "admin@nvidia.com"
+REGISTERED = f"Successfully registered client:{SITE}"
+SCRIPTS = Path(__file__).resolve().parent
+
+PROJECT_YML = """\
+api_version: 3
+name: {project}
+description: keyward live federation (scripts/federation.py)
+participants:
+  - name: {server}
+    type: server
+    org: nvidia
+    fed_learn_port: {port}
+    default_host: localhost
+    connection_security: {security}
+  - name: {site}
+    type: client
+    org: nvidia
+    connection_security: {security}
+  - name: {admin}
+    type: admin
+    org: nvidia
+    role: project_admin
+builders:
+  - path: nvflare.lighter.impl.workspace.WorkspaceBuilder
+  - path: nvflare.lighter.impl.static_file.StaticFileBuilder
+    args:
+      config_folder: config{scheme}
+  - path: nvflare.lighter.impl.cert.CertBuilder
+  - path: nvflare.lighter.impl.signature.SignatureBuilder
+"""
+
+#: A one-round ScatterAndGather job with NVFlare's numpy trainer.
+JOB_SERVER = {
+    "format_version": 2,
+    "workflows": [{
+        "id": "sag", "path": "nvflare.app_common.workflows.scatter_and_gather.ScatterAndGather",
+        "args": {"min_clients": 1, "num_rounds": 1, "start_round": 0, "wait_time_after_min_received": 0,
+                 "aggregator_id": "aggregator", "persistor_id": "persistor",
+                 "shareable_generator_id": "shareable_generator", "train_task_name": "train", "train_timeout": 0},
+    }],
+    "components": [
+        {"id": "persistor", "path": "nvflare.app_common.np.np_model_persistor.NPModelPersistor", "args": {}},
+        {"id": "shareable_generator",
+         "path": "nvflare.app_common.shareablegenerators.full_model_shareable_generator.FullModelShareableGenerator",
+         "args": {}},
+        {"id": "aggregator",
+         "path": "nvflare.app_common.aggregators.intime_accumulate_model_aggregator.InTimeAccumulateWeightedAggregator",
+         "args": {"expected_data_kind": "WEIGHTS"}},
+    ],
+}
+JOB_CLIENT = {
+    "format_version": 2,
+    "executors": [{"tasks": ["train"], "executor": {"path": "nvflare.app_common.np.np_trainer.NPTrainer", "args": {}}}],
+    "task_result_filters": [], "task_data_filters": [], "components": [],
+}
+#: Submits a job with an admin kit through the FLARE API and waits for it; prints one JSON line.
+SUBMIT = """
+import json, sys
+from nvflare.fuel.flare_api.flare_api import new_secure_session
+session = new_secure_session(sys.argv[1], sys.argv[2], timeout=60)
+try:
+    job_id = session.submit_job(sys.argv[3])
+    meta = session.wait_for_job(job_id, timeout=float(sys.argv[4]), poll_interval=1.0)
+    print(json.dumps({"job_id": job_id, "status": meta.get("status")}))
+finally:
+    session.close()
+"""
+
+
+class FederationError(RuntimeError):
+    """A step of the federation failed; the message says which and where to look."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def nvflare_env(python_bin_dir: Path | None = None) -> dict[str, str]:
+    """The environment NVFlare's processes get: no KEYWARD_*, NVFL_* or PYTHONPATH of the caller;
+    ``python_bin_dir`` first on PATH (``sub_start.sh`` runs ``python3`` from PATH)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KEYWARD_", "NVFL_"))}
+    env.pop("PYTHONPATH", None)
+    if python_bin_dir is not None:
+        env["PATH"] = f"{python_bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def linked_venv(base: Path, python: str = sys.executable) -> str:
+    """A venv in ``base`` (no pip) whose site-packages has one .pth adding ``python``'s
+    site-packages, so its packages (and their .pth files) are seen while ``python``'s own venv
+    stays as it is. Returns the new venv's python."""
+    subprocess.run([python, "-m", "venv", "--without-pip", str(base)], check=True, timeout=120)
+    new = str(base / "bin" / "python")
+
+    def purelib(py: str) -> str:
+        return subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    # "00-" sorts before keyward_nvflare.pth: site processes .pth files in name order.
+    pth = Path(purelib(new), "00-keyward-base.pth")
+    pth.write_text(f"import site; site.addsitedir({purelib(python)!r})\n")
+    pth.chmod(0o644)
+    return new
+
+
+@dataclass
+class Processes:
+    """Everything started here, each in its own session; stopped by process group."""
+
+    started: list[subprocess.Popen] = field(default_factory=list)
+
+    def start(self, argv: list[str], *, cwd: Path, env: dict[str, str], out: Path) -> subprocess.Popen:
+        with open(out, "ab") as f:
+            proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=f,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    @staticmethod
+    def stop(proc: subprocess.Popen, timeout: float = 20.0) -> int | None:
+        """SIGTERM to the process group of ``proc``, then SIGKILL to whatever is left of it.
+        A process already reaped is left alone (its PID may be someone else's by now).
+        Returns its exit status."""
+        if proc.returncode is not None:
+            return proc.returncode
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            try:
+                os.killpg(proc.pid, 0)  # the group may outlive its leader
+            except ProcessLookupError:
+                return proc.returncode
+            if sig == signal.SIGTERM:
+                time.sleep(1.0)
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    return proc.returncode
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            self.stop(proc)
+
+    @staticmethod
+    def stop_job_processes(base: Path) -> None:
+        """NVFlare starts job processes in sessions of their own and logs their PIDs: kill those
+        still running whose command line names ``base``."""
+        for log in base.rglob("log.txt"):
+            for pid in map(int, re.findall(r"Launch the job in process ID: (\d+)", log.read_text(errors="replace"))):
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except OSError:
+                    continue
+                if str(base).encode() in cmdline:
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+
+
+@dataclass
+class Kit:
+    """One provision's output (``<workspace>/<project>/prod_00``) and its server's port."""
+
+    root: Path
+    port: int
+
+    @property
+    def server(self) -> Path:
+        return self.root / SERVER
+
+    @property
+    def site(self) -> Path:
+        return self.root / SITE
+
+    @property
+    def admin(self) -> Path:
+        return self.root / ADMIN
+
+
+def provision(base: Path, port: int, nvflare_bin: Path | None = None, security: str = "tls",
+              scheme: str | None = None) -> Kit:
+    """``nvflare provision`` of ``PROJECT_YML`` in ``base`` (created), with ``connection_security``
+    ``security`` for the server and the site, and the communication ``scheme`` (NVFlare's default
+    when None); checks that both got that security and that no kit is signed (the edits would
+    break it)."""
+    nvflare_bin = nvflare_bin or Path(sys.executable).with_name("nvflare")
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "project.yml").write_text(PROJECT_YML.format(
+        project=PROJECT, server=SERVER, port=port, site=SITE, admin=ADMIN, security=security,
+        scheme=f"\n      scheme: {scheme}" if scheme else ""))
+    proc = subprocess.run([str(nvflare_bin), "provision", "-p", "project.yml", "-w", "ws", "--force"], cwd=base,
+                          capture_output=True, text=True, timeout=120, env=nvflare_env())
+    (base / "provision.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise FederationError(f"nvflare provision failed (see {base / 'provision.log'}):\n{proc.stderr[-3000:]}")
+    kit = Kit(base / "ws" / PROJECT / "prod_00", port)
+    for participant, name in ((kit.server, "fed_server.json"), (kit.site, "fed_client.json")):
+        config = json.loads((participant / "startup" / name).read_text())
+        got = config["servers"][0].get("connection_security") or config["client"].get("connection_security", "mtls")
+        if got != security:
+            raise FederationError(f"{participant / 'startup' / name}: connection_security {got}, not {security}")
+    if list(kit.root.rglob("signature.json")):
+        raise FederationError("the kits have a signature.json: migrating client.key would break them")
+    return kit
+
+
+def configure_server(kit: Kit, store: Path) -> None:
+    """Loopback only, and a job store of its own (servers on one machine otherwise share
+    /tmp/nvflare/jobs-storage)."""
+    startup = kit.server / "startup"
+    config = json.loads((startup / "fed_server.json").read_text())
+    config["servers"][0]["service"]["target"] = f"127.0.0.1:{kit.port}"
+    (startup / "fed_server.json").write_text(json.dumps(config, indent=2))
+    local = kit.server / "local"
+    resources = json.loads((local / "resources.json.default").read_text())
+    resources["snapshot_persistor"]["args"]["storage"]["args"]["root_dir"] = str(store / "snapshot-storage")
+    for component in resources["components"]:
+        if component["id"] == "job_manager":
+            component["args"]["uri_root"] = str(store / "jobs-storage")
+    (local / "resources.json").write_text(json.dumps(resources, indent=2))
+
+
+def kit_command(participant: Path) -> list[str]:
+    """The kit's own start command in the foreground: ``startup/sub_start.sh --once``."""
+    return ["bash", str(participant / "startup" / "sub_start.sh"), "--once"]
+
+
+def wait_for_line(log: Path, needle: str, proc: subprocess.Popen, limit: float, offset: int = 0) -> str:
+    """The first line of ``log`` (after ``offset``) holding ``needle``; FederationError if
+    ``proc`` exits first or ``limit`` seconds pass."""
+    deadline = time.monotonic() + limit
+    while True:
+        text = log.read_text(errors="replace")[offset:] if log.exists() else ""
+        for line in text.splitlines():
+            if needle in line:
+                return line
+        if proc.poll() is not None:
+            raise FederationError(f"process exited ({proc.returncode}) before `{needle}`; {log}:\n{text[-4000:]}")
+        if time.monotonic() > deadline:
+            raise FederationError(f"no `{needle}` within {limit:g} s; {log}:\n{text[-4000:]}")
+        time.sleep(0.05)
+
+
+def write_job(folder: Path) -> Path:
+    """The job folder (a fresh one per submission: NVFlare signs it in place)."""
+    (folder / "app" / "config").mkdir(parents=True)
+    (folder / "meta.json").write_text(json.dumps({"name": "kw-sag", "resource_spec": {},
+                                                  "deploy_map": {"app": ["@ALL"]}, "min_clients": 1}))
+    (folder / "app" / "config" / "config_fed_server.json").write_text(json.dumps(JOB_SERVER))
+    (folder / "app" / "config" / "config_fed_client.json").write_text(json.dumps(JOB_CLIENT))
+    return folder
+
+
+def submit_job(python: str, admin_kit: Path, job: Path, limit: float = 180.0) -> dict:
+    """Submits ``job`` as the admin with ``python`` (whose venv has the plug-in if the admin's
+    key is in the token) and waits for it; returns ``{"job_id", "status"}``."""
+    proc = subprocess.run([python, "-c", SUBMIT, ADMIN, str(admin_kit), str(job), str(limit)],
+                          capture_output=True, text=True, timeout=limit + 60, env=nvflare_env())
+    if proc.returncode != 0:
+        raise FederationError(f"submitting the job failed:\n{proc.stdout[-2000:]}{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def private_key_files(folder: Path) -> list[Path]:
+    """Files under ``folder`` holding a PEM private key."""
+    return [p for p in folder.rglob("*")
+            if p.is_file() and re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", p.read_bytes())]
+
+
+# --- the demo: steps 4 to 13 of scripts/demo.sh ------------------------------------------------
+
+TOTAL_STEPS = 13
+MARKER = ".keyward-demo-state"
+
+
+class Demo:
+    def __init__(self, keyward: str, state: Path, python: str) -> None:
+        self.keyward_bin, self.state, self.python = keyward, state, python
+        self.nvflare = Path(python).with_name("nvflare")
+        self.env = dict(os.environ)
+        self.procs = Processes()
+        self.step_no = 3
+
+    def step(self, text: str) -> None:
+        self.step_no += 1
+        print(f"\n==> [{self.step_no}/{TOTAL_STEPS}] {text}", file=sys.stderr, flush=True)
+
+    @staticmethod
+    def log(text: str) -> None:
+        print(f"demo: {text}", file=sys.stderr, flush=True)
+
+    def kw(self, *args: str, quiet: bool = False) -> str:
+        self.log("$ keyward " + " ".join(args))
+        proc = subprocess.run([self.keyward_bin, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        if not quiet:
+            sys.stderr.write(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise FederationError(f"keyward {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+        return proc.stdout
+
+    def fresh_state(self, default: Path) -> None:
+        s = self.state
+        if s.exists():
+            if s != default and not (s / MARKER).exists() and any(s.iterdir()):
+                raise FederationError(f"{s} is not empty and was not made by demo.sh ({MARKER} missing): "
+                                      "choose another KEYWARD_STATE_DIR")
+            config = s / "keyward.toml"
+            if (s / "run/agent.sock").is_socket() and subprocess.run(
+                    [self.keyward_bin, "--config", str(config), "status"], capture_output=True).returncode == 0:
+                raise FederationError(f"an agent still answers on {s / 'run/agent.sock'}: stop it and rerun")
+            self.log(f"removing the previous run's state dir {s}")
+            shutil.rmtree(s)
+        s.mkdir(mode=0o700, parents=True)
+        (s / MARKER).touch()
+
+    def run(self, default_state: Path) -> None:
+        started, st = time.monotonic(), self.state
+        self.step(f"SoftHSM2 token 'fl-site' in a fresh state dir {st}/softhsm")
+        self.fresh_state(default_state)
+        out = subprocess.run(["bash", str(SCRIPTS / "init-softhsm-token.sh"), str(st / "softhsm"), "fl-site"],
+                             capture_output=True, text=True, check=True).stdout
+        for line in out.splitlines():
+            name, _, value = line.removeprefix("export ").partition("=")
+            self.env[name] = shlex.split(value)[0]
+        self.log(f"SOFTHSM2_CONF={self.env['SOFTHSM2_CONF']}; user PIN file {self.env['KEYWARD_PIN_FILE']}")
+
+        config, socket_path = st / "keyward.toml", st / "run" / "agent.sock"
+        self.step(f"writing the keyward config {config} (keyward init)")
+        (st / "run").mkdir()
+        root = ["--allow-root"] if os.geteuid() == 0 else []  # the agent refuses root unless told
+        self.kw("--config", str(config), "init", "--backend", "pkcs11", "--module", self.env["KEYWARD_PKCS11_MODULE"],
+                "--token", self.env["KEYWARD_TOKEN_LABEL"], "--pin-file", self.env["KEYWARD_PIN_FILE"],
+                "--socket", str(socket_path), "--state-dir", str(st), *root)
+        self.env["KEYWARD_CONFIG"] = str(config)
+
+        self.step(f"nvflare provision: {SERVER}, {SITE} and {ADMIN} (connection_security tls) in {st}/provision")
+        kit = provision(st / "provision", free_port(), self.nvflare)
+        configure_server(kit, st / "store")
+        self.log(f"kits: {kit.root}; server on 127.0.0.1:{kit.port}, job store {st}/store")
+        self.log("site kit before the migration: " + " ".join(sorted(p.name for p in (kit.site / "startup").iterdir())))
+
+        self.step(f"keyward nvflare migrate {kit.site}/startup (key into the token, reference in its place, plug-in)")
+        client_python = linked_venv(st / "client-venv", self.python)
+        self.log(f"client venv: {st}/client-venv (sees the packages of {Path(self.python).parent.parent})")
+        self.kw("nvflare", "migrate", str(kit.site / "startup"), "--python", client_python)
+        self.log("startup/client.key is now a key reference:\n" + (kit.site / "startup/client.key").read_text())
+
+        self.step(f"starting the agent (keyward serve) on {socket_path}")
+        agent = self.procs.start([self.keyward_bin, "serve"], cwd=st, env=self.env, out=st / "agent.log")
+        deadline = time.monotonic() + 10
+        while subprocess.run([self.keyward_bin, "status"], env=self.env, capture_output=True).returncode != 0:
+            if agent.poll() is not None or time.monotonic() > deadline:
+                raise FederationError(f"the agent did not answer `keyward status` (see {st}/agent.log)")
+            time.sleep(0.2)
+        self.kw("status")
+        check = subprocess.run([client_python, "-m", "keyward.nvflare", "check", str(kit.site / "startup/client.key"),
+                                "--cert", str(kit.site / "startup/client.crt")], env=nvflare_env(), text=True,
+                               capture_output=True)
+        sys.stderr.write(check.stdout + check.stderr)
+        if check.returncode != 0:
+            raise FederationError("keyward-nvflare check failed")
+
+        self.step(f"starting the NVFlare server {SERVER} from its kit {kit.server}")
+        server = self.procs.start(kit_command(kit.server), cwd=kit.server, env=nvflare_env(self.nvflare.parent),
+                                  out=kit.server / "console.txt")
+        self.log(wait_for_line(kit.server / "log.txt", "Server started", server, 60))
+
+        self.step(f"starting the NVFlare client {SITE} from its kit {kit.site} (registration through the agent)")
+        client = self.procs.start(kit_command(kit.site), cwd=kit.site, env=nvflare_env(Path(client_python).parent),
+                                  out=kit.site / "console.txt")
+        self.log(wait_for_line(kit.site / "log.txt", REGISTERED, client, 60))
+        for line in (kit.site / "log.txt").read_text().splitlines():
+            if " - keyward - " in line:
+                print(line, file=sys.stderr)
+
+        self.step(f"submitting a one-round ScatterAndGather job as {ADMIN} and waiting for it")
+        job = submit_job(self.python, kit.admin, write_job(st / "job"))
+        self.log(f"job: {json.dumps(job)}")
+        if job["status"] != "FINISHED:COMPLETED":
+            raise FederationError(f"job {job['job_id']} ended {job['status']} (see {kit.server}/{job['job_id']})")
+
+        self.step("checks: no private key file in the site kit, the key in the token, the agent's audit")
+        if private_key_files(kit.site):
+            raise FederationError(f"a private key file is in the site kit: {private_key_files(kit.site)}")
+        self.log("no file of the site kit holds a private key")
+        self.kw("key", "list")
+        self.openssl("verify", "-CAfile", kit.site / "startup/rootCA.pem", kit.site / "startup/client.crt")
+        (st / "demo.msg").write_text(f"keyward demo {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
+        self.kw("sign", SITE, "--profile", "nvflare", "--in", str(st / "demo.msg"), "--out", str(st / "demo.sig"))
+        (st / "site-1.pub.pem").write_bytes(subprocess.run(
+            ["openssl", "x509", "-in", str(kit.site / "startup/client.crt"), "-noout", "-pubkey"],
+            capture_output=True, check=True).stdout)
+        self.openssl("dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:222",
+                     "-sigopt", "rsa_mgf1_md:sha256", "-verify", st / "site-1.pub.pem", "-signature",
+                     st / "demo.sig", st / "demo.msg")
+        records = [json.loads(line) for line in (st / "audit.log").read_text().splitlines()]
+        for r in records:
+            if r.get("op", "").startswith("nvflare_"):
+                print(json.dumps(r, separators=(",", ":")), file=sys.stderr)
+        if not any(r.get("op") == "nvflare_register" and r.get("outcome") == "ok" for r in records):
+            raise FederationError(f"no successful nvflare_register in {st}/audit.log")
+
+        self.step("stopping the client, the server, the job processes and the agent")
+        self.stop()
+        if agent.returncode != 0:
+            raise FederationError(f"the agent exited with status {agent.returncode} (see {st}/agent.log)")
+        if socket_path.exists():
+            raise FederationError(f"the agent stopped but left its socket {socket_path} behind")
+        self.log(f"all stopped; socket {socket_path} removed")
+        print(f"""
+==> done in {time.monotonic() - started:.0f} s: {SITE} registered with {SERVER} through the agent, job {job['job_id']}
+    ended {job['status']}, and the site's private key never left the token after the migration.
+    state dir          {st}   (rerun: scripts/demo.sh; remove: rm -rf '{st}')
+    keyward binary     {self.keyward_bin}
+    keyward config     {config}   (export KEYWARD_CONFIG={config})
+    SoftHSM2 config    {self.env['SOFTHSM2_CONF']}   token 'fl-site', user PIN in {self.env['KEYWARD_PIN_FILE']}
+    agent socket       {socket_path}
+    agent log / audit  {st}/agent.log  /  {st}/audit.log
+    provisioning       {st}/provision/project.yml, workspace {st}/provision/ws (root CA key in its state/)
+    server kit         {kit.server}   (log.txt; 127.0.0.1:{kit.port}; job store {st}/store)
+    site kit           {kit.site}   (startup/client.key is a key reference; log.txt)
+    admin kit          {kit.admin}
+    client venv        {st}/client-venv   (keyward_nvflare.pth)
+    job                {st}/job -> {job['job_id']}   ({kit.site}/{job['job_id']}/log.txt)""", file=sys.stderr)
+
+    def openssl(self, *args: object) -> None:
+        argv = ["openssl", *map(str, args)]
+        self.log("$ " + " ".join(argv))
+        proc = subprocess.run(argv, capture_output=True, text=True)
+        sys.stderr.write(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise FederationError(f"openssl {args[0]} failed")
+
+    def stop(self) -> None:
+        """The client, the server, NVFlare's job processes, then the agent: by PID, never by name."""
+        for proc in reversed(self.procs.started[1:]):
+            Processes.stop(proc)
+        Processes.stop_job_processes(self.state)
+        if self.procs.started:
+            Processes.stop(self.procs.started[0])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="steps 4 to 13 of scripts/demo.sh")
+    demo.add_argument("--keyward", required=True, help="the keyward binary")
+    demo.add_argument("--state", required=True, type=Path, help="the state dir (deleted and made anew)")
+    demo.add_argument("--default-state", type=Path, help="the state dir that may be deleted without a marker")
+    demo.add_argument("--python", default=sys.executable, help="the venv's python with nvflare and keyward")
+    args = parser.parse_args(argv)
+    run = Demo(args.keyward, args.state.resolve(), args.python)
+    try:
+        run.run((args.default_state or args.state).resolve())
+    except (FederationError, subprocess.CalledProcessError) as exc:
+        print(f"demo: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        run.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    sys.exit(main())
