@@ -38,7 +38,7 @@ from keyward import keyref
 from keyward.nvflare import PTH_NAME
 
 from kwharness import Agent, keyward_bin, make_linked_venv, prepare_agent, start_agent, stop_agent
-from test_live_federation import (
+from federation import (
     JOB_CLIENT,
     JOB_SERVER,
     Processes,
