@@ -7,6 +7,9 @@
 #           raw cryptoki loop (the limit), keyward's KeyStore and StoreHandle
 #           in-process, and the real agent through its Unix socket.
 #           tpm-bench: the same on swtpm, raw tss-esapi against the agent.
+#           keyward-bench also runs 32 clients and shows, per case, the agent
+#           against in-process SoftHSM: ratio, added p50 and CPU, the agent's
+#           context switches and system calls (strace -c) per request.
 #           tls-bench: TLS handshakes/s and bulk MB/s through `keyward tunnel`
 #           against stunnel4 and a direct client.
 #           Each prints a Markdown table with the machine and the date; copy
@@ -18,6 +21,10 @@
 #           Arguments are passed to each bench binary unchanged.
 #
 # Env vars: CI               when "true", cargo output is uncoloured
+#           KEYWARD_BENCH_BEFORE  path of another `keyward` binary (e.g. built
+#                            from main): keyward-bench and tpm-bench run
+#                            against it first, then against this tree's, so
+#                            one run shows before and after
 #           CARGO_TARGET_DIR, CARGO_*, RUST* are honoured by cargo as usual.
 #
 # Changes on the machine:
@@ -51,6 +58,15 @@ command -v cargo >/dev/null 2>&1 ||
 # The bench starts target/release/keyward (next to its own binary): build both.
 log "building (cargo build --release -p keyward-agent -p keyward-tests)"
 cargo build --release -p keyward-agent -p keyward-tests
+
+if [[ -n "${KEYWARD_BENCH_BEFORE:-}" ]]; then
+    [[ -x "$KEYWARD_BENCH_BEFORE" ]] || die "KEYWARD_BENCH_BEFORE=$KEYWARD_BENCH_BEFORE is not an executable"
+    for bench in keyward-bench tpm-bench; do
+        log "running $bench $* against the agent $KEYWARD_BENCH_BEFORE (before)"
+        KEYWARD_BIN="$KEYWARD_BENCH_BEFORE" cargo run --release -q -p keyward-tests --bin "$bench" -- "$@"
+        echo
+    done
+fi
 
 for bench in keyward-bench tpm-bench tls-bench; do
     log "running $bench $*"

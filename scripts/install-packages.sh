@@ -5,7 +5,8 @@
 # Purpose:  make a fresh Debian 12 (or similar apt-based) machine able to build,
 #           test and demo keyward: SoftHSM2, OpenSC, OpenSSL, swtpm, tpm2-tools,
 #           TSS2 headers, pkg-config, python3-venv, util-linux (setpriv),
-#           ca-certificates, hyperfine, shellcheck, stunnel4 (tls-bench) and
+#           ca-certificates, hyperfine, shellcheck, stunnel4 (tls-bench), strace
+#           (bench.sh: system calls per request) and
 #           systemd (systemd-analyze checks the service unit in the tests),
 #           systemd-container and debootstrap (the real-unit test boots the unit
 #           under systemd in a container over a Debian 12 tree, service-tree.sh),
@@ -45,6 +46,7 @@ readonly PACKAGES=(
     hyperfine
     shellcheck
     stunnel4 # tls-bench: the key-file baseline for keyward tunnel
+    strace   # keyward-bench: the agent's system calls per request (strace -c)
     systemd  # systemd-analyze verify/security on deploy/systemd/keyward.service
     systemd-container # systemd-nspawn: the real-unit test boots systemd in a container
     debootstrap       # the Debian 12 tree for that container (service-tree.sh)

@@ -216,7 +216,7 @@ pub struct LimitsConfig {
     pub write_timeout_ms: u64,
     /// How long a backend operation may take.
     pub request_timeout_ms: u64,
-    /// Requests waiting for a worker before `busy` is answered.
+    /// Requests waiting for a key store session (all in use) before `busy` is answered.
     pub queue_depth: usize,
     /// How long shutdown waits for in-flight requests.
     pub shutdown_grace_ms: u64,

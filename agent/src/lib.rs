@@ -1,8 +1,9 @@
 //! keyward-agent: the `keyward` agent daemon and command line, as a library so that tests
 //! and the benchmark can use the same client and the same pieces.
 //!
-//! - `daemon/`: socket, connections, request execution (knows nothing of PKCS#11 or TPM).
-//! - [`store_handle`]: the bounded queue to the worker threads that own the key stores.
+//! - `daemon/`: the agent as rooms — `front/` (socket, connections, watchdog), `ops/` (one
+//!   file per operation), `back/` (the pool of key store sessions), `policy/`, `metrics/`
+//!   (knows nothing of PKCS#11 or TPM).
 //! - [`backends`]: the one place that names backend crates.
 //! - [`wire_error`]: which wire code each `keyward-core` error becomes.
 //! - The socket clients are the `keyward-client` crate; the protocol is `keyward-protocol`.
@@ -23,7 +24,5 @@ pub mod notify;
 pub mod output;
 pub mod provision;
 pub mod renewal;
-pub mod store_handle;
-pub mod store_health;
 pub mod tls;
 pub mod wire_error;

@@ -19,6 +19,7 @@ pub mod report;
 pub mod soak;
 pub mod softhsm;
 pub mod swtpm;
+pub mod syscalls;
 pub mod tls;
 pub mod tls_sink;
 pub mod tools;

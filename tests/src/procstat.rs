@@ -1,5 +1,6 @@
-//! What a process holds, read from `/proc/<pid>`: open file descriptors and resident memory,
-//! for the leak checks of the abuse and soak tests.
+//! What a process holds and spends, read from `/proc/<pid>`: open file descriptors and
+//! resident memory (the leak checks of the abuse and soak tests), CPU time and context
+//! switches (the request-path test and the benchmarks).
 
 use std::time::{Duration, Instant};
 
@@ -40,4 +41,62 @@ pub fn wait_fds_at_most(pid: u32, max_fds: usize, limit: Duration) -> Option<Dur
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// utime + stime of a process (all its threads), from `/proc/<pid>/stat`.
+///
+/// # Errors
+/// When `/proc/<pid>/stat` cannot be read or parsed.
+pub fn cpu_time(pid: u32) -> std::io::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("malformed /proc/{pid}/stat"));
+    // Fields after the `(comm)`, which may contain spaces: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).ok_or_else(bad)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).ok_or_else(bad);
+    let total = ticks(14)? + ticks(15)?;
+    Ok(Duration::from_secs_f64(total as f64 / clock_ticks_per_sec() as f64))
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| crate::report::command_output(&["getconf", "CLK_TCK"]).parse().unwrap_or(100))
+}
+
+/// Context switches per thread of a process, `tid → (voluntary, nonvoluntary)`, from
+/// `/proc/<pid>/task/*/status` (the process's own `status` counts its main thread only).
+///
+/// # Errors
+/// When `/proc/<pid>/task` cannot be read.
+pub fn context_switches(pid: u32) -> std::io::Result<std::collections::HashMap<u32, (u64, u64)>> {
+    let mut by_thread = std::collections::HashMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        // A thread may end while the folder is read.
+        let Ok(task) = task else { continue };
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else { continue };
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else { continue };
+        let mut counts = (0, 0);
+        for line in status.lines() {
+            let value = |prefix: &str| line.strip_prefix(prefix).and_then(|v| v.trim().parse::<u64>().ok());
+            if let Some(n) = value("voluntary_ctxt_switches:") {
+                counts.0 = n;
+            } else if let Some(n) = value("nonvoluntary_ctxt_switches:") {
+                counts.1 = n;
+            }
+        }
+        by_thread.insert(tid, counts);
+    }
+    Ok(by_thread)
+}
+
+/// The context switches between two readings of [`context_switches`]: threads that ended
+/// in between are left out, threads that started count from zero.
+pub fn switches_between(
+    before: &std::collections::HashMap<u32, (u64, u64)>,
+    after: &std::collections::HashMap<u32, (u64, u64)>,
+) -> (u64, u64) {
+    after.iter().fold((0, 0), |(v, n), (tid, (av, an))| {
+        let (bv, bn) = before.get(tid).copied().unwrap_or_default();
+        (v + av.saturating_sub(bv), n + an.saturating_sub(bn))
+    })
 }

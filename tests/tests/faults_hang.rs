@@ -1,8 +1,8 @@
 //! A backend call that hangs, for real: SoftHSM2 takes POSIX (fcntl) locks on its token
 //! files, so another process holding them makes the agent's `C_Sign` block. The request
 //! gets `timeout` after `limits.request_timeout_ms`, `status` and `hello` keep answering at
-//! once (they need no worker), `status` reports the stuck backend, and once the locks are
-//! released the same agent signs again.
+//! once (they need no worker), the connection that got `timeout` keeps answering, `status`
+//! reports the stuck backend, and once the locks are released the same agent signs again.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -77,6 +77,19 @@ fn a_hung_token_call_times_out_while_status_keeps_answering_and_signing_resumes_
     assert_eq!(agent.try_sign("site-1"), Err(ErrorCode::Timeout));
     let took = started.elapsed();
     assert!(took >= Duration::from_millis(1000) && took < Duration::from_secs(3), "timeout after {took:?}");
+
+    // The connection that got `timeout` stays usable while its device call still hangs: the
+    // watchdog answered for it and another thread serves the connection's next request.
+    let mut same = BlockingAgentClient::connect(agent.socket(), Duration::from_secs(20)).unwrap();
+    let key = keyward_core::KeyId::new("site-1").unwrap();
+    let sign = Operation::Sign { key, profile: "nvflare".into(), data: b"m".to_vec() };
+    match same.call(sign) {
+        Err(keyward_client::ClientError::Agent { code: ErrorCode::Timeout, .. }) => {}
+        other => panic!("expected timeout, got {other:?}"),
+    }
+    let t = Instant::now();
+    assert!(matches!(same.call(Operation::Hello).unwrap(), Reply::Hello { .. }));
+    assert!(t.elapsed() < Duration::from_millis(500), "hello on the timed-out connection took {:?}", t.elapsed());
 
     // The workers are stuck in C_Sign; status and hello need none and answer at once.
     let mut slowest = Duration::ZERO;

@@ -1,6 +1,6 @@
 //! Why an audit record was not written, or the log could not be opened. A request whose
 //! record fails is answered `audit_failed` when it would have returned a private-key result
-//! (`daemon/ops.rs`).
+//! (`daemon/ops/mod.rs`).
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! written before the reply is sent. It records who (peer uid/gid/pid), what (operation,
 //! key, profile), on what (SHA-256 of the payload and its length), the outcome and the
 //! latency — never a PIN, a plaintext or a signature. A private-key result whose record
-//! cannot be written is withheld (`audit_failed`, `daemon/ops.rs`).
+//! cannot be written is withheld (`audit_failed`, `daemon/ops/mod.rs`).
 //!
 //! The lines form a hash chain: each carries `seq` (one more than the line before, across
 //! agent restarts and rotated files) and `prev`, the SHA-256 of the previous line's bytes;

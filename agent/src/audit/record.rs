@@ -20,7 +20,7 @@ pub struct Peer {
     /// Peer pid, when the kernel reports one.
     pub pid: Option<i32>,
     /// When the connection was accepted, as time since boot: a process with that pid that
-    /// started later is not the peer (`daemon/peer_exe.rs`). Not recorded.
+    /// started later is not the peer (`daemon/front/peer_exe.rs`). Not recorded.
     #[serde(skip)]
     pub connected: Duration,
 }

@@ -1,6 +1,6 @@
 //! The self-check behind `READY=1`: before telling systemd it is up, the agent calls itself
 //! through its own socket, exactly as a client would (accept, peer credentials, the
-//! connection time, framing, the key store's workers and the token), with `list_keys`. Only
+//! connection time, framing, the key store's sessions and the token), with `list_keys`. Only
 //! an answer counts; a connection closed without a reply, an error from the store or no
 //! answer within the deadline fails the start, so a unit that cannot serve is never reported
 //! healthy (sd_notify(3), `Type=notify`).
@@ -17,7 +17,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use keyward_protocol::{ErrorCode, Operation, Reply};
 
-use crate::store_handle::StoreHandle;
+use crate::daemon::back::{Back, BackendJob};
 use keyward_client::{AgentClient, ClientError};
 
 /// How long the self-check may take: a token's first `C_FindObjects` or a TPM's first
@@ -29,7 +29,7 @@ pub const SELF_CHECK_DEADLINE: Duration = Duration::from_secs(20);
 /// # Errors
 /// The reply is an error other than `permission_denied`, the connection closed without a
 /// reply, the store failed, or nothing came back within [`SELF_CHECK_DEADLINE`].
-pub async fn self_check(socket: &Path, store: &StoreHandle) -> Result<usize> {
+pub async fn self_check(socket: &Path, store: &Back) -> Result<usize> {
     tokio::time::timeout(SELF_CHECK_DEADLINE, check(socket, store))
         .await
         .with_context(|| format!("no answer within {} s", SELF_CHECK_DEADLINE.as_secs()))?
@@ -38,7 +38,7 @@ pub async fn self_check(socket: &Path, store: &StoreHandle) -> Result<usize> {
 /// Pause between two tries after a `busy` reply.
 const BUSY_RETRY: Duration = Duration::from_millis(50);
 
-async fn check(socket: &Path, store: &StoreHandle) -> Result<usize> {
+async fn check(socket: &Path, store: &Back) -> Result<usize> {
     loop {
         match check_once(socket, store).await {
             Err(e) if is_busy(&e) => tokio::time::sleep(BUSY_RETRY).await,
@@ -51,15 +51,19 @@ fn is_busy(e: &anyhow::Error) -> bool {
     e.downcast_ref::<ClientError>().is_some_and(|c| matches!(c, ClientError::Agent { code: ErrorCode::Busy, .. }))
 }
 
-async fn check_once(socket: &Path, store: &StoreHandle) -> Result<usize> {
+async fn check_once(socket: &Path, store: &Back) -> Result<usize> {
     let mut client = AgentClient::connect(socket).await.context("connecting to its own socket")?;
     match client.call(Operation::ListKeys).await {
         Ok(Reply::Keys { keys }) => Ok(keys.len()),
         Ok(other) => bail!("`list_keys` through the socket answered {other:?}"),
         Err(ClientError::Agent { code: ErrorCode::PermissionDenied, .. }) => {
             tracing::info!("[access] does not admit the agent's own uid; checking the key store directly");
-            let keys = store.call(|s| s.list()).await.context("listing keys in the store")?;
-            Ok(keys.len())
+            let deadline = std::time::Instant::now() + store.timeout();
+            let listed = tokio::task::block_in_place(|| store.run(BackendJob::ListKeys, deadline));
+            match listed.context("listing keys in the store")? {
+                crate::daemon::back::JobOutput::Keys(keys) => Ok(keys.len()),
+                other => bail!("listing keys in the store answered `{}`", other.kind()),
+            }
         }
         Err(e) => Err(e).context("`list_keys` through its own socket"),
     }

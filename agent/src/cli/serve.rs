@@ -1,7 +1,7 @@
-//! `keyward serve`: log in to the token once, start the store workers, bind the socket,
+//! `keyward serve`: log in to the token once, open the key store sessions, bind the socket,
 //! serve until SIGTERM or SIGINT (SIGHUP reloads key policies and access rules, see
-//! `daemon/reload.rs`), then drain: stop accepting, let in-flight requests finish
-//! (bounded by `limits.shutdown_grace_ms`), stop the workers, remove the socket. Under
+//! `daemon/policy/reload.rs`), then drain: stop accepting, let in-flight requests finish
+//! (bounded by `limits.shutdown_grace_ms`), close the sessions, remove the socket. Under
 //! systemd it reports `READY=1` once a `list_keys` through its own socket and key store has
 //! been answered (`ready.rs`), and `STOPPING=1` at the first termination signal
 //! (`notify.rs`).
@@ -19,10 +19,10 @@ use crate::audit::{AuditLog, AuditSettings};
 use crate::certs::CertStore;
 use crate::config::Config;
 use crate::daemon::{
-    bind_metrics, bind_socket, serve, serve_metrics, Agent, Live, NvflareState, Reloader, Rules, Stats,
+    bind_metrics, bind_socket, serve, serve_metrics, Agent, Back, Connections, Live, NvflareState, Reloader, Rules,
+    Stats,
 };
 use crate::notify::notify;
-use crate::store_handle::StoreHandle;
 
 /// Logs to stderr, filtered by `KEYWARD_LOG` (default `info`).
 pub(super) fn init_logging() {
@@ -87,19 +87,20 @@ pub fn run(config: Config, config_path: &Path) -> Result<()> {
         anyhow::Ok((bound, metrics))
     })?;
     let backend = crate::backends::open(&config)?;
-    let (store, workers) =
-        StoreHandle::start(Arc::clone(&backend), config.limits.queue_depth, config.limits.request_timeout())
-            .context("starting key store workers")?;
+    let (back, back_threads) =
+        Back::start(Arc::clone(&backend), config.limits.queue_depth, config.limits.request_timeout())
+            .context("opening key store sessions")?;
     let audit_path = config.audit_log();
     let audit = AuditLog::open(AuditSettings::from_config(&config)).context("opening the audit log")?;
     let agent = Arc::new(Agent {
-        store,
+        back,
         certs: CertStore::new(config.cert_dir()),
         audit,
         limits: config.limits.clone(),
         rules: Live::new(rules),
         stats: Stats::default(),
         nvflare: NvflareState::default(),
+        connections: Connections::default(),
         started: Instant::now(),
     });
 
@@ -120,14 +121,14 @@ pub fn run(config: Config, config_path: &Path) -> Result<()> {
         // READY=1 only after a request went through the socket and the store (`ready.rs`);
         // a failed self-check stops the agent and fails the start instead.
         let ready = async {
-            match self_check(&config.socket, &agent.store).await {
+            match self_check(&config.socket, &agent.back).await {
                 Ok(keys) => {
                     notify("READY=1");
                     tracing::info!(
                         socket = %config.socket.display(),
                         audit = %audit_path.display(),
-                        device = %agent.store.info().device,
-                        workers = agent.store.workers(),
+                        device = %agent.back.info().device,
+                        sessions = agent.back.sessions(),
                         keys,
                         "keyward agent ready"
                     );
@@ -148,7 +149,7 @@ pub fn run(config: Config, config_path: &Path) -> Result<()> {
     drop(bound);
     runtime.shutdown_timeout(Duration::from_secs(1));
     drop(agent);
-    workers.join();
+    back_threads.stop();
     drop(backend);
     tracing::info!("keyward agent stopped");
     result

@@ -1,62 +1,57 @@
-//! The agent daemon: a Unix socket listener (peer credentials checked before the first
-//! read), one task per connection, requests executed through the [`StoreHandle`], and a
-//! graceful shutdown (stop accepting, finish in-flight requests, remove the socket).
+//! The agent daemon, as rooms by job, so the front/back split shows in the folder names:
 //!
-//! Files: `socket.rs` (binding safely), `listener.rs` (accept loop, connection limit),
-//! `handler.rs` (frames of one connection), `ops.rs` (what each request does),
-//! `stats.rs` (counters for `status`), `policy.rs` (per-key rules, with `rate_limit.rs` and
-//! `peer_exe.rs`), `nvflare.rs` (the NVFlare authenticator operations), `reload.rs` (SIGHUP:
-//! swapping policies and access), `histogram.rs` (latency buckets), `exposition.rs` (the
-//! Prometheus text format), `status.rs` (keys and latency in `status`), `metrics.rs` (the
-//! Prometheus endpoint).
+//! - `front/`: the socket, the accept loop, one thread per connection (peer checks before
+//!   the first read, frames, replies), the watchdog for hung backend calls.
+//! - `ops/`: one file per wire operation, named by its wire name, and `execute`, which
+//!   decodes, runs, audits and counts each request.
+//! - `back/`: the key stores — a pool of sessions lent to the thread that has a request, a
+//!   [`back::BackendJob`] enum of everything asked of a store, the side thread and health.
+//! - `policy/`: per-key rules, rate limits, SIGHUP reload.
+//! - `metrics/`: counters and histograms (sharded per connection), `status`'s latency, the
+//!   Prometheus endpoint.
+//! - The audit log is `crate::audit`.
+//!
+//! The request path: the connection's thread reads a frame, decodes it, takes a session from
+//! the pool, calls the token, writes the audit record, and replies — client → agent →
+//! client, with no thread hand-off in between (docs/architecture.md, "Request path").
 
-mod exposition;
-mod handler;
-mod histogram;
-mod listener;
-mod metrics;
-mod nvflare;
-mod ops;
-mod peer_exe;
-mod peer_limit;
-mod policy;
-mod rate_limit;
-mod reload;
-mod socket;
-mod stats;
-mod status;
+pub mod back;
+pub mod front;
+pub mod metrics;
+pub mod ops;
+pub mod policy;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::audit::AuditLog;
 use crate::certs::CertStore;
 use crate::config::{AccessConfig, LimitsConfig};
-use crate::store_handle::StoreHandle;
 
-pub use listener::serve;
-pub use metrics::{bind_metrics, serve_metrics};
-pub use nvflare::NvflareState;
-pub use policy::Policies;
-pub use reload::{Live, Reloader, Rules};
-pub use socket::{bind_socket, BoundSocket};
-pub use stats::Stats;
+pub use back::{Back, BackThreads};
+pub use front::{bind_socket, serve, BoundSocket, Connections};
+pub use metrics::{bind_metrics, serve_metrics, Stats};
+pub use ops::NvflareState;
+pub use policy::{Live, Policies, Reloader, Rules};
 
 /// Everything a connection needs, shared by all of them.
 pub struct Agent {
-    /// The key store.
-    pub store: StoreHandle,
+    /// The key stores.
+    pub back: Arc<Back>,
     /// Installed certificates.
     pub certs: CertStore,
     /// The audit log.
     pub audit: AuditLog,
     /// Limits.
     pub limits: LimitsConfig,
-    /// Per-key rules and who may connect; replaced as a whole on SIGHUP (`reload.rs`).
+    /// Per-key rules and who may connect; replaced as a whole on SIGHUP (`policy/reload.rs`).
     pub rules: Live<Rules>,
     /// Counters.
     pub stats: Stats,
     /// NVFlare nonces and sessions.
     pub nvflare: NvflareState,
+    /// The open connections.
+    pub connections: Connections,
     /// When the agent started.
     pub started: Instant,
 }

@@ -9,8 +9,10 @@
 //!   keyward does now, so the auth value never crosses the bus: the difference is its cost);
 //! - `agent`: the real `keyward serve` on the same swtpm, one blocking client connection.
 //!
-//! The two routes take turns in [`ROUNDS`] rounds; the agent is started for its turn and
+//! The routes take turns in [`ROUNDS`] rounds; the agent is started for its turn and
 //! stopped after it, so the raw loop has the TPM to itself (swtpm has no resource manager).
+//! The issue 12 targets compare the agent with the HMAC-session loop: like with like. The
+//! agent's context switches per request (all its threads) are shown next to the ratios.
 //!
 //! Usage: `cargo run --release -p keyward-tests --bin tpm-bench -- [--quick] [--seconds N]`
 //! (or `scripts/bench.sh`). Prints a Markdown table for `docs/benchmarks.md`; never
@@ -23,6 +25,7 @@ use anyhow::{bail, Context as _, Result};
 use keyward_client::BlockingAgentClient;
 use keyward_core::KeyId;
 use keyward_protocol::{Operation, Reply};
+use keyward_tests::procstat::{context_switches, switches_between};
 use keyward_tests::report::{command_output, cpu_model, percentile};
 use keyward_tests::{AgentProcess, AgentSite, TpmSite};
 use sha2::Digest as _;
@@ -59,6 +62,8 @@ struct Sample {
     ops: u64,
     wall: Duration,
     latencies: Vec<u64>,
+    /// The agent's context switches during the measurement (agent route only).
+    switches: Option<(u64, u64)>,
 }
 
 impl Sample {
@@ -78,7 +83,7 @@ fn measure(duration: Duration, mut op: impl FnMut() -> Result<()>) -> Result<Sam
     }
     let wall = start.elapsed();
     latencies.sort_unstable();
-    Ok(Sample { ops: latencies.len() as u64, wall, latencies })
+    Ok(Sample { ops: latencies.len() as u64, wall, latencies, switches: None })
 }
 
 fn main() -> Result<()> {
@@ -108,8 +113,11 @@ fn main() -> Result<()> {
         command_output(&["swtpm", "--version"]),
     );
     println!();
-    println!("| case | route | ops/s | p50 | p99 | vs raw |");
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("agent binary: `{}`", keyward_tests::tools::keyward_bin().display());
+    println!();
+    println!("| case | route | ops/s | p50 | p99 | vs raw (password) | vs raw (HMAC, like with like) | agent ctx switches/req |");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut targets = Vec::new();
     for case in CASES {
         let (mut raw_samples, mut hmac_samples, mut agent_samples) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
@@ -119,6 +127,7 @@ fn main() -> Result<()> {
             agent_samples.push(through_agent(&site, case, duration)?);
         }
         let raw_rate = median(raw_samples.iter().map(Sample::rate));
+        let hmac_rate = median(hmac_samples.iter().map(Sample::rate));
         for (route, samples) in [
             ("raw tss-esapi, password session", &raw_samples),
             ("raw tss-esapi, salted HMAC session", &hmac_samples),
@@ -127,14 +136,36 @@ fn main() -> Result<()> {
             let mut all: Vec<u64> = samples.iter().flat_map(|s| s.latencies.iter().copied()).collect();
             all.sort_unstable();
             let rate = median(samples.iter().map(Sample::rate));
+            let switches = samples
+                .iter()
+                .map(|s| s.switches)
+                .try_fold((0, 0), |(v, n), s| s.map(|(sv, sn)| (v + sv, n + sn)))
+                .map_or_else(
+                    || "–".to_owned(),
+                    |(v, n)| {
+                        let ops = samples.iter().map(|s| s.ops).sum::<u64>().max(1) as f64;
+                        format!("{:.2} ({:.2} + {:.2})", (v + n) as f64 / ops, v as f64 / ops, n as f64 / ops)
+                    },
+                );
             println!(
-                "| {} | {route} | {rate:.0} | {:.0} µs | {:.0} µs | {:.1} % |",
+                "| {} | {route} | {rate:.0} | {:.0} µs | {:.0} µs | {:.1} % | {:.1} % | {switches} |",
                 case.title,
                 percentile(&all, 0.50).as_secs_f64() * 1e6,
                 percentile(&all, 0.99).as_secs_f64() * 1e6,
                 100.0 * rate / raw_rate,
+                100.0 * rate / hmac_rate,
             );
         }
+        let agent_rate = median(agent_samples.iter().map(Sample::rate));
+        targets.push((case, agent_rate / hmac_rate));
+    }
+    println!();
+    println!("Targets (issue 12), the agent against raw tss-esapi with the same salted HMAC session:");
+    println!();
+    for (case, ratio) in targets {
+        let target = if case.key == "ec" { 0.90 } else { 0.97 };
+        let verdict = if ratio >= target { "met" } else { "not met" };
+        println!("- {}: {ratio:.3} (target ≥ {target}): {verdict}", case.title);
     }
     Ok(())
 }
@@ -159,9 +190,11 @@ fn through_agent(site: &TpmSite, case: Case, duration: Duration) -> Result<Sampl
         }
     };
     sign()?;
-    let sample = measure(duration, sign);
+    let before = context_switches(agent.pid())?;
+    let mut sample = measure(duration, sign)?;
+    sample.switches = Some(switches_between(&before, &context_switches(agent.pid())?));
     drop(agent);
-    sample
+    Ok(sample)
 }
 
 /// Raw tss-esapi: a context, the storage primary (keyward's template) and both keys created

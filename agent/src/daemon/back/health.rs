@@ -1,11 +1,13 @@
-//! Backend health as `status` reports it, known without asking a worker: so `status`
-//! answers even while every worker is stuck in a device call.
+//! Backend health as `status` reports it, known without using a session: so `status`
+//! answers even while every session is stuck in a device call.
 //!
 //! Two sources are combined: what the backend tracks itself ([`Backend::health`]: the
 //! PKCS#11 backend knows when its token is gone and counts its recovery attempts), and what
 //! the agent saw — results of requests, plus a health check (`KeyStore::check`) that a
-//! monitor thread queues every [`CHECK_INTERVAL`]. The check also gives a backend that is
-//! down the chance to recover when no client is asking.
+//! monitor thread hands to the side thread (`side.rs`) every [`CHECK_INTERVAL`]. The check
+//! also gives a backend that is down the chance to recover when no client is asking.
+//! Recording a success while the backend is up costs one atomic load: no lock on the
+//! request path.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -22,6 +24,8 @@ pub const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Observed {
     down: Mutex<Option<String>>,
+    /// Whether `down` holds a reason: the lock-free fast path of [`Observed::record`].
+    seen_down: AtomicBool,
 }
 
 impl Observed {
@@ -29,22 +33,30 @@ impl Observed {
     /// down, a success marks it up, anything else (a bad request, a busy queue) says
     /// nothing about the device.
     pub fn record<T>(&self, result: &Result<T, StoreError>) {
-        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
         match result {
-            Ok(_) => *down = None,
+            Ok(_) if !self.seen_down.load(Ordering::Acquire) => {}
+            Ok(_) => {
+                let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+                *down = None;
+                self.seen_down.store(false, Ordering::Release);
+            }
             Err(
                 e @ (StoreError::Unavailable { .. } | StoreError::PinIncorrect { .. } | StoreError::PinLocked { .. }),
-            ) => {
-                *down = Some(chain(e));
-            }
+            ) => self.mark_down(chain(e)),
             Err(_) => {}
         }
     }
 
+    fn mark_down(&self, why: String) {
+        let mut down = self.down.lock().unwrap_or_else(PoisonError::into_inner);
+        *down = Some(why);
+        // Under the lock, so that the flag and the reason never disagree.
+        self.seen_down.store(true, Ordering::Release);
+    }
+
     /// Records that a health check got no answer in time.
     pub fn record_no_answer(&self, millis: u64) {
-        let why = format!("no worker answered a health check within {millis} ms (workers stuck or overloaded)");
-        *self.down.lock().unwrap_or_else(PoisonError::into_inner) = Some(why);
+        self.mark_down(format!("no worker answered a health check within {millis} ms (workers stuck or overloaded)"));
     }
 
     /// The combined view: down when either the backend or the agent says so.

@@ -20,10 +20,10 @@ use keyward_core::nvflare::ServerTrust;
 use keyward_core::{KeyId, SignProfile};
 use keyward_protocol::ErrorCode;
 
-use super::peer_exe::{self, AllowedExe};
 use super::rate_limit::{take_all, Bucket};
 use crate::audit::Peer;
 use crate::config::{Config, KeyConfig, RateLimitConfig};
+use crate::daemon::front::peer_exe::{self, AllowedExe};
 
 /// One key's rules.
 pub struct KeyPolicy {

@@ -1,7 +1,7 @@
 //! The Prometheus text exposition format (version 0.0.4) of the agent's metrics, written by
 //! hand: `# HELP`, `# TYPE`, then `name{label="value"} number` lines. Only counters, gauges
 //! and the latency histograms from `stats.rs` are rendered — nothing here can hold a PIN,
-//! a key or a payload. Served by `metrics.rs`; metric names are listed in
+//! a key or a payload. Served by `endpoint.rs`; metric names are listed in
 //! docs/configuration.md.
 
 use std::fmt::Write;

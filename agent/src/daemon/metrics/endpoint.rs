@@ -17,7 +17,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::exposition::{render, Snapshot};
-use super::{Agent, Stats};
+use super::Stats;
+use crate::daemon::back::BackendJob;
+use crate::daemon::Agent;
 
 /// Largest request head read (request line and headers).
 pub const MAX_REQUEST_BYTES: usize = 4096;
@@ -65,7 +67,7 @@ pub async fn serve_metrics(listener: TcpListener, agent: Arc<Agent>, shutdown: C
     let _ = tokio::time::timeout(READ_TIMEOUT, tracker.wait()).await;
 }
 
-async fn answer(mut stream: TcpStream, agent: &Agent) {
+async fn answer(mut stream: TcpStream, agent: &Arc<Agent>) {
     let head = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) => return reply(&mut stream, 431, "Request Header Fields Too Large", "request too large\n").await,
@@ -133,12 +135,17 @@ fn route(head: &[u8]) -> Route {
     }
 }
 
-async fn snapshot(agent: &Agent) -> Snapshot {
-    let backend_up = agent.store.call(|s| s.check()).await.is_ok();
+async fn snapshot(agent: &Arc<Agent>) -> Snapshot {
+    // On the side thread, as the health monitor's checks: a stuck session holds up no scrape
+    // for longer than the request timeout.
+    let checker = Arc::clone(agent);
+    let checked =
+        tokio::task::spawn_blocking(move || checker.back.run_aside(BackendJob::Check, checker.back.timeout())).await;
+    let backend_up = matches!(checked, Ok(Some(Ok(_))));
     let certificates =
         agent.certs.installed().into_iter().filter_map(|key| agent.certs.not_after(&key).map(|t| (key, t)));
     Snapshot {
-        backend: agent.store.info().backend.to_owned(),
+        backend: agent.back.info().backend.to_owned(),
         backend_up,
         uptime_seconds: agent.started.elapsed().as_secs(),
         connections: Stats::get(&agent.stats.connections),

@@ -1,6 +1,6 @@
 //! A fixed-bucket latency histogram: fourteen bucket bounds from 250 µs to 10 s, enough to
 //! tell a SoftHSM signature (about a millisecond) from a TPM one (tens of milliseconds) and
-//! from a hang. It feeds both the Prometheus `_bucket` series (`daemon/metrics.rs`) and the
+//! from a hang. It feeds both the Prometheus `_bucket` series (`endpoint.rs`) and the
 //! p50/p99 that `status` shows; no dependency, no allocation per observation.
 
 use std::time::Duration;

@@ -3,15 +3,17 @@
 //! policies and the access rules in one step for requests that start afterwards. A bad
 //! file is rejected with a log line naming the problem, and the running rules stay.
 //!
-//! Open connections follow a reload too: each subscribes to [`Live::subscribe`] and, when a
-//! reload no longer lets its peer's uid or gid in through `[access]`, is refused and closed
-//! (`handler.rs`), instead of keeping the access it had when it connected.
+//! Open connections follow a reload too: the front end hears of each replacement
+//! ([`Live::subscribe`], [`Live::generation`]) and closes, with `permission_denied`, every
+//! connection whose peer's uid and gid `[access]` no longer lets in (`front/registry.rs`),
+//! instead of leaving it the access it had when it connected.
 //!
 //! What the running process cannot change — socket, state and audit paths, limits, the
 //! backend (module, token, PIN file, workers) — is left as it is, with a log line saying a
 //! restart is needed for it.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use anyhow::{Context, Result};
@@ -19,8 +21,9 @@ use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{Access, Agent, Policies};
+use super::Policies;
 use crate::config::Config;
+use crate::daemon::{Access, Agent};
 
 /// The rules a reload replaces, swapped together.
 pub struct Rules {
@@ -46,12 +49,15 @@ impl Rules {
 pub struct Live<T> {
     value: RwLock<Arc<T>>,
     replaced: watch::Sender<()>,
+    /// Bumped after each replacement: a connection compares it with the one it last checked
+    /// (one atomic load per request instead of a lock).
+    generation: AtomicU64,
 }
 
 impl<T> Live<T> {
     /// Wraps the first value.
     pub fn new(value: T) -> Self {
-        Self { value: RwLock::new(Arc::new(value)), replaced: watch::Sender::new(()) }
+        Self { value: RwLock::new(Arc::new(value)), replaced: watch::Sender::new(()), generation: AtomicU64::new(0) }
     }
 
     /// The current value.
@@ -62,7 +68,14 @@ impl<T> Live<T> {
     /// Replaces the value for every later [`Live::load`], then wakes every subscriber.
     pub fn replace(&self, value: T) {
         *self.value.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(value);
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.replaced.send_replace(());
+    }
+
+    /// How many times the value was replaced (read with `SeqCst`, after the reader's own
+    /// `SeqCst` store: either it sees a replacement, or the replacer sees the reader's store).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// A receiver whose `changed()` completes after each later [`Live::replace`].
