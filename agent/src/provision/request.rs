@@ -155,8 +155,13 @@ impl RequestFiles<'_> {
     }
 }
 
+/// Creates `path` (never an existing file or link) with exactly `mode`, whatever the umask, as
+/// `nvflare cert request` does.
 fn create_new(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
-    std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)
+    use std::os::unix::fs::PermissionsExt;
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(file)
 }
 
 /// Writes `members` deflated, stamped with `created_at` (`YYYY-MM-DDTHH:MM:SSZ`), each with
