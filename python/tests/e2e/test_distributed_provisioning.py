@@ -46,6 +46,7 @@ from federation import (
     kit_command,
     nvflare_env,
     private_key_files,
+    submit_job,
     wait_for_line,
 )
 
@@ -58,19 +59,6 @@ ADMIN_KEY = "admin"
 NVFLARE_BIN = Path(sys.executable).with_name("nvflare")
 REGISTER_LIMIT_S = 90.0
 JOB_LIMIT_S = 180.0
-
-SUBMIT = """
-import json, sys
-from nvflare.fuel.flare_api.flare_api import new_secure_session
-session = new_secure_session(sys.argv[1], sys.argv[2], timeout=60)
-try:
-    job_id = session.submit_job(sys.argv[3])
-    meta = session.wait_for_job(job_id, timeout=float(sys.argv[4]), poll_interval=1.0)
-    print(json.dumps({"job_id": job_id, "status": meta.get("status")}))
-finally:
-    session.close()
-"""
-
 
 def participant_yaml(name: str, kind: str, **extra: str) -> str:
     lines = [f"name: {PROJECT}", "participants:", f"  - name: {name}", f"    type: {kind}", "    org: nvidia"]
@@ -242,10 +230,7 @@ class Project:
         (job / "app" / "config" / "config_fed_server.json").write_text(json.dumps(server_config))
         (job / "app" / "config" / "config_fed_client.json").write_text(json.dumps(JOB_CLIENT))
         # The admin's key is in the token: the FLARE API runs in the venv with the plug-in.
-        proc = subprocess.run([self.python, "-c", SUBMIT, ADMIN, str(admin.kit), str(job), str(JOB_LIMIT_S)],
-                              capture_output=True, text=True, timeout=JOB_LIMIT_S + 60, env=nvflare_env())
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        return submit_job(self.python, admin.kit, job, JOB_LIMIT_S)
 
 
 def configure_server(server: Path, fed_port: int, store: Path) -> None:
