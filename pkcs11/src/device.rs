@@ -3,8 +3,11 @@
 //!
 //! When a call shows the token is gone, the backend is marked down: every request fails
 //! at once with `Unavailable` naming the token, and at most one recovery attempt per
-//! [`RECOVERY_INTERVAL`] runs (whichever worker comes first; the others do not wait). An
-//! attempt is `C_Finalize`, `C_Initialize`, finding the token again by the same selector,
+//! [`RECOVERY_INTERVAL`] runs (whichever worker comes first; the others do not wait). The
+//! request whose failure marked the token down is the exception: it runs up to
+//! [`FIRST_FAILURE_ATTEMPTS`] attempts at once, a few milliseconds apart, and when the token
+//! is back runs once more (`Pkcs11Store::guarded`), so a token that only needed
+//! re-initialising costs that request some milliseconds, not an error. An attempt is `C_Finalize`, `C_Initialize`, finding the token again by the same selector,
 //! and `C_Login` with the PIN kept here in zeroizing memory — only if it is the same token
 //! (manufacturer, model, serial) as at start, so the PIN is never offered to a token swapped
 //! in under the same label. A PIN the token rejects on re-login stops recovery for good: a
@@ -20,6 +23,11 @@
 //! lookup would wrongly say "no such key"); `C_GetTokenInfo` fails with
 //! `CKR_GENERAL_ERROR`. None of this heals when the folder returns: only `C_Finalize` +
 //! `C_Initialize` brings the token back (then a fresh `C_Login` is needed).
+//!
+//! The same state without any outage (SoftHSM 2.6.1, seen in CI): another program logging
+//! in to the token rewrites its `token.object`, and a read in our process that races the
+//! write marks SoftHSM's in-memory token invalid for good (`OSToken::index`); every call
+//! then fails as above until `C_Finalize` + `C_Initialize`.
 
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -41,6 +49,29 @@ pub(crate) const RECOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a recovery waits for workers to leave their current device call.
 const QUIESCE_WAIT: Duration = Duration::from_millis(500);
+
+/// Recovery attempts the request that found the token gone runs at once (see
+/// [`Shared::ready_after_failure`]), and the pause before the second (tripled each time).
+const FIRST_FAILURE_ATTEMPTS: u32 = 3;
+const FIRST_FAILURE_PAUSE: Duration = Duration::from_millis(10);
+
+/// What [`Shared::wait_for_recovery`] waits for.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// The recovery attempt running now.
+    Attempt,
+    /// That, and the attempts of every request in [`Shared::ready_after_failure`].
+    AlsoFirstFailures,
+}
+
+/// When a recovery attempt may run.
+#[derive(Clone, Copy)]
+enum Due {
+    /// Unless one is running: for the request whose failure marked the token down.
+    Now,
+    /// When none ran in the last [`RECOVERY_INTERVAL`]: for every other request.
+    AfterInterval,
+}
 
 /// A logged-in token in the current module instance.
 pub(crate) struct LoggedIn {
@@ -66,6 +97,10 @@ struct Health {
     /// The re-login was refused: never try again.
     refused: Option<Refusal>,
     last_attempt: Option<Instant>,
+    /// A recovery attempt is running now.
+    recovering: bool,
+    /// Requests inside [`Shared::ready_after_failure`] now.
+    first_failures: u32,
     attempts: u64,
 }
 
@@ -125,16 +160,75 @@ impl Shared {
     }
 
     /// The gate of a usable token, for the length of one device call. When the token is
-    /// down this runs a recovery attempt if one is due, and otherwise fails at once.
+    /// down this runs a recovery attempt if one is due, waits for the outcome of one that
+    /// is running, and otherwise fails at once.
     pub(crate) fn ready(&self) -> Result<RwLockReadGuard<'_, Gate>, StoreError> {
         if self.health().down.is_some() {
-            self.recover()?;
+            if let Err(e) = self.recover(Due::AfterInterval) {
+                // Another worker's attempts are running: their outcome is this request's.
+                if !self.wait_for_recovery(Wait::AlsoFirstFailures) || self.health().down.is_some() {
+                    return Err(e);
+                }
+            }
         }
         let gate = self.gate.read().unwrap_or_else(PoisonError::into_inner);
         if gate.token.is_none() {
             return Err(self.unavailable());
         }
         Ok(gate)
+    }
+
+    /// [`Shared::ready`] for the request whose failure just marked the token down: runs up
+    /// to [`FIRST_FAILURE_ATTEMPTS`] recovery attempts at once, [`FIRST_FAILURE_PAUSE`]
+    /// apart and growing (or waits for one another worker is running), before the
+    /// once-per-interval limit takes over. Fails as `ready` does when the token stays away.
+    pub(crate) fn ready_after_failure(&self) -> Result<RwLockReadGuard<'_, Gate>, StoreError> {
+        self.health().first_failures += 1;
+        let result = self.first_failure_attempts();
+        self.health().first_failures -= 1;
+        result
+    }
+
+    fn first_failure_attempts(&self) -> Result<RwLockReadGuard<'_, Gate>, StoreError> {
+        let mut pause = FIRST_FAILURE_PAUSE;
+        let mut error = self.unavailable();
+        for attempt in 0..FIRST_FAILURE_ATTEMPTS {
+            if attempt > 0 {
+                std::thread::sleep(pause);
+                pause *= 3;
+            }
+            self.wait_for_recovery(Wait::Attempt);
+            if self.health().down.is_some() {
+                if let Err(e) = self.recover(Due::Now) {
+                    if self.health().refused.is_some() {
+                        return Err(e);
+                    }
+                    error = e;
+                    continue;
+                }
+            }
+            match self.ready() {
+                Ok(gate) => return Ok(gate),
+                Err(e) => error = e,
+            }
+        }
+        Err(error)
+    }
+
+    /// Waits, [`QUIESCE_WAIT`] at most, while what `what` names is running; says whether
+    /// it was.
+    fn wait_for_recovery(&self, what: Wait) -> bool {
+        let running = || {
+            let health = self.health();
+            health.recovering || (matches!(what, Wait::AlsoFirstFailures) && health.first_failures > 0)
+        };
+        let started = Instant::now();
+        let mut waited = false;
+        while running() && started.elapsed() < QUIESCE_WAIT {
+            waited = true;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        waited
     }
 
     /// Records that the token is gone (`why`: the failed call and its return value, see
@@ -171,22 +265,32 @@ impl Shared {
         BackendHealth { up: health.down.is_none(), last_error: health.down.clone(), recovery_attempts: health.attempts }
     }
 
-    /// One recovery attempt, if none ran in the last [`RECOVERY_INTERVAL`] and the PIN was
-    /// never refused. Fails with the reason the token is still unavailable.
-    fn recover(&self) -> Result<(), StoreError> {
+    /// One recovery attempt, if `due` and the PIN was never refused. Fails with the reason the token is still unavailable.
+    fn recover(&self, due: Due) -> Result<(), StoreError> {
         let mut health = self.health();
         if health.down.is_none() {
             return Ok(());
         }
-        let due = health.last_attempt.is_none_or(|t| t.elapsed() >= RECOVERY_INTERVAL);
+        let due = match due {
+            Due::Now => !health.recovering,
+            Due::AfterInterval => health.last_attempt.is_none_or(|t| t.elapsed() >= RECOVERY_INTERVAL),
+        };
         if health.refused.is_some() || !due {
             drop(health);
             return Err(self.unavailable());
         }
         health.last_attempt = Some(Instant::now());
         health.attempts += 1;
+        health.recovering = true;
         let attempt = health.attempts;
         drop(health);
+        let result = self.attempt_recovery(attempt);
+        self.health().recovering = false;
+        result
+    }
+
+    /// The recovery attempt number `attempt` itself.
+    fn attempt_recovery(&self, attempt: u64) -> Result<(), StoreError> {
 
         let Some(mut gate) = self.quiesce() else {
             tracing::warn!(token = %self.token, "recovery postponed: a worker is still inside a device call");
@@ -205,6 +309,9 @@ impl Shared {
                 let mut health = self.health();
                 let down_for = health.down_since.take().map(|t| t.elapsed()).unwrap_or_default();
                 health.down = None;
+                // The interval bounds attempts on a token that stays away; one that was back
+                // gets its next attempt as soon as it fails again.
+                health.last_attempt = None;
                 tracing::info!(token = %self.token, attempt, down_ms = down_for.as_millis() as u64, "token is back: logged in again");
                 Ok(())
             }

@@ -2,7 +2,7 @@
 //! operation shares (label → private key handle and algorithm, cached per session).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLockReadGuard};
 
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -23,6 +23,22 @@ pub(crate) const P256_OID_DER: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0
 pub(crate) struct FoundKey {
     pub(crate) handle: ObjectHandle,
     pub(crate) algorithm: KeyAlgorithm,
+}
+
+/// Whether an operation may run again after the recovery its own failure made due.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// It changes nothing on the token (sign, decrypt, lookups): running it twice is safe.
+    Once,
+    /// It creates objects: a second run after a failure of unknown effect could duplicate.
+    Never,
+}
+
+/// How one run of an operation ended.
+enum Attempt<T> {
+    Done(Result<T, StoreError>),
+    /// It failed and its failure marked the token down (the error for the caller).
+    MarkedDown(StoreError),
 }
 
 /// A session on the token: the [`KeyStore`] for one worker.
@@ -56,15 +72,36 @@ impl Pkcs11Store {
     /// (or runs the recovery attempt that is due); after a recovery it first replaces the
     /// stale session. A failure that may mean "token gone" — a gone-class return value,
     /// or a key that vanished — is checked with `C_GetTokenInfo`, so a token that went
-    /// away is reported as unavailable and never as "no such key".
-    fn guarded<T>(&mut self, op: impl FnOnce(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    /// away is reported as unavailable and never as "no such key". When this operation's
+    /// failure is what marked the token down and `retry` allows, it waits for the recovery
+    /// that is then due and runs once more on the fresh session (see `device.rs`).
+    fn guarded<T>(&mut self, retry: Retry, mut op: impl FnMut(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let shared = Arc::clone(&self.shared);
-        let gate = shared.ready()?;
+        let outcome = self.attempt(shared.ready()?, &mut op);
+        match outcome {
+            Attempt::MarkedDown(e) if retry == Retry::Once => match shared.ready_after_failure() {
+                Ok(gate) => match self.attempt(gate, &mut op) {
+                    Attempt::Done(result) => result,
+                    Attempt::MarkedDown(e) => Err(e),
+                },
+                Err(_) => Err(e),
+            },
+            Attempt::MarkedDown(e) => Err(e),
+            Attempt::Done(result) => result,
+        }
+    }
+
+    /// One run of `op` under `gate`: see [`Pkcs11Store::guarded`].
+    fn attempt<T>(&mut self, gate: RwLockReadGuard<'_, Gate>, op: &mut impl FnMut(&mut Self) -> Result<T, StoreError>) -> Attempt<T> {
+        let shared = Arc::clone(&self.shared);
         if self.generation != gate.generation {
-            let (fresh, slot) = open_session(&shared, &gate).map_err(|e| match e {
-                StoreError::Unavailable { .. } => shared.mark_down(format!("C_OpenSession after recovery: {e}")),
-                other => other,
-            })?;
+            let (fresh, slot) = match open_session(&shared, &gate) {
+                Ok(opened) => opened,
+                Err(e @ StoreError::Unavailable { .. }) => {
+                    return Attempt::MarkedDown(shared.mark_down(format!("C_OpenSession after recovery: {e}")));
+                }
+                Err(e) => return Attempt::Done(Err(e)),
+            };
             // The stale session's handle belongs to a finalized module instance; the fresh
             // instance reuses handle numbers, so closing it could close another worker's
             // new session. Leak it instead (a few bytes per recovery).
@@ -75,20 +112,21 @@ impl Pkcs11Store {
         }
         self.gone = None;
         let result = op(self);
-        let Err(e) = result else { return result };
+        drop(gate);
+        let Err(e) = result else { return Attempt::Done(result) };
         if let Some(why) = self.gone.take() {
             self.cache.clear();
-            return Err(shared.mark_down(why));
+            return Attempt::MarkedDown(shared.mark_down(why));
         }
         match e {
             StoreError::KeyNotFound { .. } | StoreError::Backend { .. } => match shared.ctx.get_token_info(self.slot) {
-                Ok(_) => Err(e),
+                Ok(_) => Attempt::Done(Err(e)),
                 Err(probe) => {
                     self.cache.clear();
-                    Err(shared.mark_down(Pkcs11Error::call("C_GetTokenInfo")(probe).brief()))
+                    Attempt::MarkedDown(shared.mark_down(Pkcs11Error::call("C_GetTokenInfo")(probe).brief()))
                 }
             },
-            e => Err(e),
+            e => Attempt::Done(Err(e)),
         }
     }
 
@@ -311,31 +349,31 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn list(&mut self) -> Result<Vec<KeyInfo>, StoreError> {
-        self.guarded(Self::list_now)
+        self.guarded(Retry::Once, Self::list_now)
     }
 
     fn generate(&mut self, id: &KeyId, algorithm: KeyAlgorithm) -> Result<KeyInfo, StoreError> {
-        self.guarded(|s| s.generate_now(id, algorithm))
+        self.guarded(Retry::Never, |s| s.generate_now(id, algorithm))
     }
 
     fn import(&mut self, id: &KeyId, key: &PrivateKeyMaterial) -> Result<KeyInfo, StoreError> {
-        self.guarded(|s| s.import_now(id, key))
+        self.guarded(Retry::Never, |s| s.import_now(id, key))
     }
 
     fn public_key(&mut self, id: &KeyId) -> Result<PublicKey, StoreError> {
-        self.guarded(|s| s.public_key_now(id))
+        self.guarded(Retry::Once, |s| s.public_key_now(id))
     }
 
     fn sign(&mut self, id: &KeyId, profile: SignProfile, msg: &[u8]) -> Result<Vec<u8>, StoreError> {
-        self.guarded(|s| s.sign_now(id, profile, msg))
+        self.guarded(Retry::Once, |s| s.sign_now(id, profile, msg))
     }
 
     fn decrypt(&mut self, id: &KeyId, ciphertext: &[u8]) -> Result<Zeroizing<Vec<u8>>, StoreError> {
-        self.guarded(|s| s.decrypt_now(id, ciphertext))
+        self.guarded(Retry::Once, |s| s.decrypt_now(id, ciphertext))
     }
 
     fn check(&mut self) -> Result<(), StoreError> {
-        self.guarded(Self::check_now)
+        self.guarded(Retry::Once, Self::check_now)
     }
 }
 

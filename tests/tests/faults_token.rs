@@ -246,3 +246,45 @@ fn a_different_token_under_the_same_label_is_never_offered_the_pin() {
     }
     assert_eq!(status(&mut c).backend_health, "ok");
 }
+
+/// Another program logging in to the same SoftHSM token rewrites the token's file on every
+/// login. SoftHSM then re-reads the token in the agent's process, and a read that races the
+/// write leaves that process's token invalid for good (`OSToken::index`) — the cause of a
+/// failed CI run. The agent must re-initialise at once and retry: no client sees an error.
+#[test]
+fn another_program_logging_in_to_the_token_never_fails_a_request() {
+    let site = Site::new();
+    site.generate("site-1", "rsa-2048");
+    let agent = AgentProcess::start(&site);
+    let public = {
+        let mut c = BlockingAgentClient::connect(agent.socket(), IO_TIMEOUT).unwrap();
+        public_key(&mut c)
+    };
+    let run_for = Duration::from_secs(8);
+    let signers: Vec<_> = (0..2)
+        .map(|n| {
+            let (socket, public) = (agent.socket().to_path_buf(), public.clone());
+            std::thread::spawn(move || {
+                let mut c = BlockingAgentClient::connect(&socket, IO_TIMEOUT).unwrap();
+                let (started, mut signed) = (Instant::now(), 0u32);
+                while started.elapsed() < run_for {
+                    let msg = format!("client {n} #{signed}");
+                    let sig = sign(&mut c, msg.as_bytes()).map_err(|e| format!("request {signed} of client {n}: {e:?}"))?;
+                    verify(&public, SignProfile::Nvflare, msg.as_bytes(), &sig).unwrap();
+                    signed += 1;
+                }
+                Ok::<_, String>(signed)
+            })
+        })
+        .collect();
+    let (started, mut logins) = (Instant::now(), 0u32);
+    while started.elapsed() < run_for {
+        let out = pkcs11_tool(&site.hsm, &["--list-objects", "--type", "pubkey"]);
+        assert!(out.status.success(), "{out:?}");
+        logins += 1;
+    }
+    let signed: Result<Vec<u32>, String> = signers.into_iter().map(|s| s.join().unwrap()).collect();
+    let signed: u32 = signed.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_text())).iter().sum();
+    eprintln!("{signed} signatures while another program logged in {logins} times; {} recoveries", logged_attempts(&agent));
+    assert!(logins > 20 && signed > 100, "{logins} logins, {signed} signatures");
+}
