@@ -291,7 +291,6 @@ impl Shared {
 
     /// The recovery attempt number `attempt` itself.
     fn attempt_recovery(&self, attempt: u64) -> Result<(), StoreError> {
-
         let Some(mut gate) = self.quiesce() else {
             tracing::warn!(token = %self.token, "recovery postponed: a worker is still inside a device call");
             return Err(self.unavailable());

@@ -75,7 +75,11 @@ impl Pkcs11Store {
     /// away is reported as unavailable and never as "no such key". When this operation's
     /// failure is what marked the token down and `retry` allows, it waits for the recovery
     /// that is then due and runs once more on the fresh session (see `device.rs`).
-    fn guarded<T>(&mut self, retry: Retry, mut op: impl FnMut(&mut Self) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn guarded<T>(
+        &mut self,
+        retry: Retry,
+        mut op: impl FnMut(&mut Self) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let shared = Arc::clone(&self.shared);
         let outcome = self.attempt(shared.ready()?, &mut op);
         match outcome {
@@ -92,7 +96,11 @@ impl Pkcs11Store {
     }
 
     /// One run of `op` under `gate`: see [`Pkcs11Store::guarded`].
-    fn attempt<T>(&mut self, gate: RwLockReadGuard<'_, Gate>, op: &mut impl FnMut(&mut Self) -> Result<T, StoreError>) -> Attempt<T> {
+    fn attempt<T>(
+        &mut self,
+        gate: RwLockReadGuard<'_, Gate>,
+        op: &mut impl FnMut(&mut Self) -> Result<T, StoreError>,
+    ) -> Attempt<T> {
         let shared = Arc::clone(&self.shared);
         if self.generation != gate.generation {
             let (fresh, slot) = match open_session(&shared, &gate) {

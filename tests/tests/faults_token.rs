@@ -269,7 +269,8 @@ fn another_program_logging_in_to_the_token_never_fails_a_request() {
                 let (started, mut signed) = (Instant::now(), 0u32);
                 while started.elapsed() < run_for {
                     let msg = format!("client {n} #{signed}");
-                    let sig = sign(&mut c, msg.as_bytes()).map_err(|e| format!("request {signed} of client {n}: {e:?}"))?;
+                    let sig =
+                        sign(&mut c, msg.as_bytes()).map_err(|e| format!("request {signed} of client {n}: {e:?}"))?;
                     verify(&public, SignProfile::Nvflare, msg.as_bytes(), &sig).unwrap();
                     signed += 1;
                 }
@@ -285,6 +286,9 @@ fn another_program_logging_in_to_the_token_never_fails_a_request() {
     }
     let signed: Result<Vec<u32>, String> = signers.into_iter().map(|s| s.join().unwrap()).collect();
     let signed: u32 = signed.unwrap_or_else(|e| panic!("{e}\nagent log:\n{}", agent.log_text())).iter().sum();
-    eprintln!("{signed} signatures while another program logged in {logins} times; {} recoveries", logged_attempts(&agent));
+    eprintln!(
+        "{signed} signatures while another program logged in {logins} times; {} recoveries",
+        logged_attempts(&agent)
+    );
     assert!(logins > 20 && signed > 100, "{logins} logins, {signed} signatures");
 }
