@@ -1,7 +1,8 @@
 //! Installed certificates: `<state_dir>/certs/<key>.pem`, a leaf certificate (optionally
 //! followed by its chain) that must belong to the key. Installing checks that the leaf's
 //! public key is the key's, that it is in its validity period, and that any KeyUsage /
-//! ExtendedKeyUsage allows what NVFlare requires (digitalSignature, clientAuth); writes are
+//! ExtendedKeyUsage allows what NVFlare requires (digitalSignature, and clientAuth for a
+//! client's certificate or serverAuth for a server's, [`Usage`]); writes are
 //! atomic (`files.rs`: a replaced file keeps its owner, group and mode; a symbolic link at
 //! the path is refused), and a replaced certificate is kept as `<key>.previous.pem`.
 
@@ -10,6 +11,16 @@ use std::path::{Path, PathBuf};
 
 use keyward_core::{KeyId, PublicKey};
 use x509_parser::prelude::*;
+
+/// What the certificate's key authenticates, for the ExtendedKeyUsage check.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Usage {
+    /// A TLS client: an NVFlare site or admin (EKU, when present, allows clientAuth).
+    #[default]
+    Client,
+    /// A TLS server: NVFlare's server behind `keyward server-tunnel` (EKU allows serverAuth).
+    Server,
+}
 
 /// Why a certificate was not installed.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +127,20 @@ impl CertStore {
         pem_text: &[u8],
         source: &Path,
     ) -> Result<Vec<::pem::Pem>, CertError> {
+        Self::check_for(Usage::Client, key, public, pem_text, source)
+    }
+
+    /// [`CertStore::check`] for a certificate of `usage`.
+    ///
+    /// # Errors
+    /// [`CertError`] naming what is wrong.
+    pub fn check_for(
+        usage: Usage,
+        key: &KeyId,
+        public: &PublicKey,
+        pem_text: &[u8],
+        source: &Path,
+    ) -> Result<Vec<::pem::Pem>, CertError> {
         let blocks: Vec<::pem::Pem> = ::pem::parse_many(pem_text)
             .map_err(|_| CertError::NoCertificate(source.display().to_string()))?
             .into_iter()
@@ -126,7 +151,7 @@ impl CertStore {
             X509Certificate::from_der(block.contents()).map_err(|_| CertError::Malformed { index })?;
         }
         let (_, cert) = X509Certificate::from_der(leaf.contents()).map_err(|_| CertError::Malformed { index: 0 })?;
-        check_leaf(key, public, &cert)?;
+        check_leaf(usage, key, public, &cert)?;
         Ok(blocks)
     }
 
@@ -141,7 +166,22 @@ impl CertStore {
         pem_text: &[u8],
         source: &Path,
     ) -> Result<Installed, CertError> {
-        let blocks = Self::check(key, public, pem_text, source)?;
+        self.install_for(Usage::Client, key, public, pem_text, source)
+    }
+
+    /// [`CertStore::install`] for a certificate of `usage`.
+    ///
+    /// # Errors
+    /// [`CertError`] naming what is wrong; nothing is written then.
+    pub fn install_for(
+        &self,
+        usage: Usage,
+        key: &KeyId,
+        public: &PublicKey,
+        pem_text: &[u8],
+        source: &Path,
+    ) -> Result<Installed, CertError> {
+        let blocks = Self::check_for(usage, key, public, pem_text, source)?;
         let lf = ::pem::EncodeConfig::new().set_line_ending(::pem::LineEnding::LF);
         let canonical: String = blocks.iter().map(|b| ::pem::encode_config(b, lf)).collect();
         let path = self.path(key);
@@ -169,7 +209,7 @@ impl CertStore {
     }
 }
 
-fn check_leaf(key: &KeyId, public: &PublicKey, cert: &X509Certificate<'_>) -> Result<(), CertError> {
+fn check_leaf(usage: Usage, key: &KeyId, public: &PublicKey, cert: &X509Certificate<'_>) -> Result<(), CertError> {
     if cert.public_key().raw != public.spki_der.as_slice() {
         return Err(CertError::KeyMismatch { key: key.clone() });
     }
@@ -186,8 +226,14 @@ fn check_leaf(key: &KeyId, public: &PublicKey, cert: &X509Certificate<'_>) -> Re
         }
     }
     if let Ok(Some(eku)) = cert.extended_key_usage() {
-        if !eku.value.client_auth && !eku.value.any {
-            return Err(CertError::Usage("ExtendedKeyUsage lacks clientAuth"));
+        match usage {
+            Usage::Client if !eku.value.client_auth && !eku.value.any => {
+                return Err(CertError::Usage("ExtendedKeyUsage lacks clientAuth"));
+            }
+            Usage::Server if !eku.value.server_auth && !eku.value.any => {
+                return Err(CertError::Usage("ExtendedKeyUsage lacks serverAuth"));
+            }
+            _ => {}
         }
     }
     Ok(())

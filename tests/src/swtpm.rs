@@ -20,12 +20,12 @@ pub struct Swtpm {
     child: Option<Child>,
 }
 
-/// A port P with P and P+1 free right now (the caller retries if it loses a race).
+/// A port P below the ephemeral range with P and P+1 free right now (the caller retries if
+/// it loses a race).
 fn free_port_pair() -> u16 {
     loop {
-        let first = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind port 0");
-        let port = first.local_addr().expect("local addr").port();
-        if port < u16::MAX - 1 && TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
+        let port = crate::tls::free_port();
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
             return port;
         }
     }

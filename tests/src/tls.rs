@@ -9,10 +9,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A loopback port that was free a moment ago (bind port 0, read it, release it).
+/// Ports tests pick from: below Linux's ephemeral range (32768–60999 by default), which the
+/// connections' own source ports and their TIME_WAIT leftovers crowd.
+pub const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A loopback port below the ephemeral range that was free a moment ago (a random port
+/// that binds on every address, released again); the caller retries if it loses a race.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+    loop {
+        let port = rand::Rng::gen_range(&mut rand::thread_rng(), TEST_PORTS);
+        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Polls `check` every 20 ms until it holds; panics with `what` after `limit`.
@@ -99,11 +108,23 @@ impl TunnelProcess {
     /// Starts `keyward tunnel --listen LISTEN ARGS` (`port` is what [`Self::exchange`] uses;
     /// any value for a Unix socket) and waits for its "listening" line.
     pub fn start_listening(site: &impl crate::AgentSite, listen: &str, port: u16, args: &[&str]) -> Self {
+        Self::spawn(site, &["tunnel", "--listen", listen], port, args, "keyward tunnel listening")
+    }
+
+    /// Starts `keyward server-tunnel --listen 127.0.0.1:<free> ARGS` and waits for its
+    /// "listening" line. It needs a running agent.
+    pub fn start_server(site: &impl crate::AgentSite, args: &[&str]) -> Self {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        Self::spawn(site, &["server-tunnel", "--listen", &listen], port, args, "keyward server tunnel listening")
+    }
+
+    fn spawn(site: &impl crate::AgentSite, command: &[&str], port: u16, args: &[&str], ready: &str) -> Self {
         let log = site.path(&format!("tunnel-{}.log", rand_tag()));
         let stderr = std::fs::File::create(&log).expect("log file");
         let child = site
             .command()
-            .args(["tunnel", "--listen", listen])
+            .args(command)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -114,7 +135,7 @@ impl TunnelProcess {
         wait_until(
             Duration::from_secs(10),
             || format!("tunnel not listening; log:\n{}", tunnel.log_text()),
-            || tunnel.log_text().contains("keyward tunnel listening"),
+            || tunnel.log_text().contains(ready),
         );
         assert!(tunnel.child.try_wait().expect("try_wait").is_none(), "tunnel exited:\n{}", tunnel.log_text());
         tunnel

@@ -14,12 +14,9 @@ use std::time::{Duration, Instant};
 use keyward_client::AgentClient;
 use keyward_core::KeyId;
 use keyward_protocol::{Operation, Reply};
+use keyward_tests::tls::free_port;
 use keyward_tests::tools::assert_success;
 use keyward_tests::{openssl, AgentProcess, Site, TestCa};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Sends `request` raw and returns the whole reply (the server closes after one).
 fn http(port: u16, request: &[u8]) -> String {

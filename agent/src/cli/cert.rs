@@ -9,7 +9,7 @@ use clap::Subcommand;
 use keyward_core::KeyId;
 use rcgen::{CertificateParams, DistinguishedName, DnType};
 
-use crate::certs::{CertStore, Installed};
+use crate::certs::{CertStore, Installed, Usage};
 use crate::config::Config;
 
 /// `keyward cert ...`
@@ -21,6 +21,10 @@ pub enum CertCommand {
         name: KeyId,
         /// PEM certificate, leaf first, optionally followed by intermediates.
         cert: PathBuf,
+        /// The key authenticates a TLS server (`keyward server-tunnel`): an ExtendedKeyUsage
+        /// must allow serverAuth instead of clientAuth.
+        #[arg(long)]
+        server: bool,
     },
 }
 
@@ -29,13 +33,14 @@ pub enum CertCommand {
 /// # Errors
 /// When the certificate does not belong to the key, is not valid now, or cannot be written.
 pub fn run(config: &Config, cmd: CertCommand) -> Result<()> {
-    let CertCommand::Install { name, cert } = cmd;
+    let CertCommand::Install { name, cert, server } = cmd;
+    let usage = if server { Usage::Server } else { Usage::Client };
     let pem_text = std::fs::read(&cert).with_context(|| format!("reading `{}`", cert.display()))?;
     let mut store = super::keys::open_store(config)?;
     let public = store.public_key(&name)?;
     let certs = CertStore::new(config.cert_dir());
     let outcome =
-        certs.install(&name, &public, &pem_text, &cert).with_context(|| format!("installing `{}`", cert.display()))?;
+        certs.install_for(usage, &name, &public, &pem_text, &cert).with_context(|| format!("installing `{}`", cert.display()))?;
     let path = certs.path(&name);
     match outcome {
         Installed::Unchanged => eprintln!("certificate for `{name}` already installed at `{}`", path.display()),

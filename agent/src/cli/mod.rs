@@ -18,6 +18,7 @@ mod nvflare_plugin;
 mod nvflare_request;
 mod ready;
 mod serve;
+mod server_tunnel;
 mod tunnel;
 
 use std::path::PathBuf;
@@ -109,6 +110,9 @@ enum Command {
     /// Forward local plain TCP connections to a TLS server, authenticated with a key the
     /// agent holds (mutual TLS).
     Tunnel(tunnel::TunnelArgs),
+    /// Terminate TLS for a server whose key the agent holds: clients' TLS (client
+    /// certificates verified) in, plain text to the server on loopback out.
+    ServerTunnel(server_tunnel::ServerTunnelArgs),
 }
 
 /// Parses arguments, runs the command, prints errors with their causes.
@@ -153,6 +157,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tunnel(args) => {
             let socket = socket_or_config(args.socket.clone(), &config_path)?;
             tunnel::run(socket, args)
+        }
+        Command::ServerTunnel(args) => {
+            let socket = socket_or_config(args.socket.clone(), &config_path)?;
+            server_tunnel::run(socket, args)
         }
     }
 }

@@ -162,7 +162,7 @@ fn allowed_uids(args: &TunnelArgs) -> Option<Vec<u32>> {
     Some(uids)
 }
 
-fn root_store(path: &Path) -> Result<rustls::RootCertStore> {
+pub(crate) fn root_store(path: &Path) -> Result<rustls::RootCertStore> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading --ca `{}`", path.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for cert in certificates(&text).with_context(|| format!("certificates in --ca `{}`", path.display()))? {
@@ -172,7 +172,7 @@ fn root_store(path: &Path) -> Result<rustls::RootCertStore> {
 }
 
 /// The `CERTIFICATE` blocks of a PEM text, in order.
-fn certificates(text: &str) -> Result<Vec<CertificateDer<'static>>> {
+pub(crate) fn certificates(text: &str) -> Result<Vec<CertificateDer<'static>>> {
     let certs: Vec<CertificateDer<'static>> = ::pem::parse_many(text)
         .context("not PEM")?
         .into_iter()
