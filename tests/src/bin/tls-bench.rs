@@ -22,6 +22,12 @@
 //! needs `python3`), `openssl s_client` fed from a pipe (slower than stunnel4, so shown but
 //! not the reference), `stunnel4` and `keyward tunnel` — interleaved rounds, median shown.
 //!
+//! Then the server side (issue 13): handshakes/s a TLS server takes with its key in a file
+//! (`openssl s_server -no_cache -no_ticket`, the server's own TLS) against the same server
+//! key in SoftHSM behind `keyward server-tunnel` (client certificates required, plain text to
+//! a loopback HTTP responder), RSA-2048 and P-256 server keys, one rustls client with a file
+//! client key, interleaved rounds.
+//!
 //! Usage: `cargo run --release -p keyward-tests --bin tls-bench -- [--quick] [--seconds N] [--bulk-mib N]`
 //! (stunnel4 from `scripts/install-packages.sh`; without it that path is skipped and
 //! the report says so). Prints Markdown for `docs/benchmarks.md`; never asserts a speed.
@@ -211,6 +217,8 @@ fn run(duration: Duration, bulk_bytes: u64, args: &[String]) -> Result<()> {
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
+    let server_rows = server_side(&site, &agent, &ca, &clients[0].rustls, round)?;
+
     let bulk_client = clients.iter().find(|c| c.case.key == "ec").context("no P-256 case")?;
     let bulk = BulkRun::start(&site, &agent, &ca.cert, (&server_cert, &server_key), bulk_client, have_stunnel)?;
     let (bulk_rows, bulk_session) = bulk.measure(bulk_bytes)?;
@@ -255,6 +263,23 @@ fn run(duration: Duration, bulk_bytes: u64, args: &[String]) -> Result<()> {
         );
     }
     println!();
+    println!("Server side: handshakes/s a server takes (rustls client with a file client key, client certificate required)");
+    println!();
+    println!("| server key | path | handshakes/s | rounds min–max | p50 ms | p99 ms | vs key file |");
+    println!("|---|---|--:|--:|--:|--:|--:|");
+    for (case, path, median, range, ratio) in server_rows {
+        println!(
+            "| {} | {path} | {:.0} | {:.0}–{:.0} | {:.2} | {:.2} | {:.1}% |",
+            case.title,
+            median.rate(),
+            range.0,
+            range.1,
+            ms(median.p50),
+            ms(median.p99),
+            ratio * 100.0
+        );
+    }
+    println!();
     println!(
         "Bulk, one connection, {} MiB per path and round, {ROUNDS} rounds (load average after: `{}`); \
          sink session: {bulk_session}",
@@ -268,6 +293,112 @@ fn run(duration: Duration, bulk_bytes: u64, args: &[String]) -> Result<()> {
         println!("| {} | {median:.0} | {:.0}–{:.0} | {:.1}% |", path.title(), range.0, range.1, ratio * 100.0);
     }
     Ok(())
+}
+
+/// One row of the server-side table: case, path title, median round, range, ratio.
+type ServerRow = (Case, &'static str, Sample, (f64, f64), f64);
+
+/// The server side: for each case, `openssl s_server` with the server key in a file against
+/// `keyward server-tunnel` with it in SoftHSM (in front of [`plain_responder`]).
+fn server_side(
+    site: &Site,
+    agent: &AgentProcess,
+    ca: &TestCa,
+    client: &Arc<rustls::ClientConfig>,
+    round: Duration,
+) -> Result<Vec<ServerRow>> {
+    let dir = site.path("");
+    let responder = plain_responder()?;
+    let mut rows = Vec::new();
+    for case in CASES {
+        let token_key = format!("srv-{}", case.key);
+        site.generate(&token_key, case.algorithm);
+        let (csr, crt) = (dir.join(format!("{token_key}.csr")), dir.join(format!("{token_key}.crt")));
+        site.keyward_ok(&["csr", &token_key, "--subject", "CN=server1", "--out", s(&csr)]);
+        ca.issue(&csr, &crt, "subjectAltName=DNS:server1\nextendedKeyUsage=serverAuth\n");
+        site.keyward_ok(&["cert", "install", "--server", &token_key, s(&crt)]);
+        let (file_key, file_cert) = server_file_key(ca, &dir, case)?;
+        let file_port = free_port();
+        let _server = OpensslServer::start(&dir, file_port, &file_cert, &file_key, &ca.cert, &["-no_cache", "-no_ticket", "-quiet"]);
+        #[rustfmt::skip]
+        let tunnel = TunnelProcess::start_server(site, &[
+            "--key", &token_key, "--upstream", &format!("127.0.0.1:{responder}"), "--ca", s(&ca.cert),
+            "--socket", s(agent.socket()),
+        ]);
+        let ports = [("openssl s_server, key file", file_port), ("keyward server-tunnel, key in SoftHSM", tunnel.port)];
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); ports.len()];
+        for r in 1..=ROUNDS {
+            eprintln!("tls-bench: server side, {} · round {r}/{ROUNDS}", case.title);
+            for ((_, port), samples) in ports.iter().zip(&mut samples) {
+                samples.push(measure(round, || tls_get(client, *port))?);
+            }
+        }
+        let direct: Vec<f64> = samples[0].iter().map(Sample::rate).collect();
+        for ((title, _), mut samples) in ports.into_iter().zip(samples) {
+            let mut ratios: Vec<f64> = samples.iter().zip(&direct).map(|(s, d)| s.rate() / d).collect();
+            ratios.sort_by(f64::total_cmp);
+            samples.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+            let range = (samples[0].rate(), samples[ROUNDS - 1].rate());
+            rows.push((case, title, samples[ROUNDS / 2], range, ratios[ROUNDS / 2]));
+        }
+    }
+    Ok(rows)
+}
+
+/// A server key of the case's algorithm in a file, with a `CN=server1` certificate from `ca`.
+fn server_file_key(ca: &TestCa, dir: &Path, case: Case) -> Result<(PathBuf, PathBuf)> {
+    let key = dir.join(format!("server-{}-file.key", case.key));
+    let csr = dir.join(format!("server-{}-file.csr", case.key));
+    let crt = dir.join(format!("server-{}-file.crt", case.key));
+    let keygen = if case.key == "rsa" { "rsa_keygen_bits:2048" } else { "ec_paramgen_curve:P-256" };
+    let algorithm = if case.key == "rsa" { "RSA" } else { "EC" };
+    assert_success(&openssl(&["genpkey", "-algorithm", algorithm, "-pkeyopt", keygen, "-out", s(&key)]), "server key");
+    assert_success(&openssl(&["req", "-new", "-key", s(&key), "-subj", "/CN=server1", "-out", s(&csr)]), "server csr");
+    ca.issue(&csr, &crt, "subjectAltName=DNS:server1\nextendedKeyUsage=serverAuth\n");
+    Ok((key, crt))
+}
+
+/// A plain-text responder on a free loopback port (a thread of this process): reads a
+/// request up to its blank line, answers `HTTP/1.0 200 ok`, closes. Returns the port.
+fn plain_responder() -> Result<u16> {
+    let port = free_port();
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_nodelay(true);
+            let mut got = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = stream.write_all(b"HTTP/1.0 200 ok\r\n\r\nhello\n");
+        }
+    });
+    Ok(port)
+}
+
+/// One TLS connection from this process to `port` as `server1`: handshake, `GET /`, the
+/// reply to the end.
+fn tls_get(client: &Arc<rustls::ClientConfig>, port: u16) -> Result<Vec<u8>> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_nodelay(true)?;
+    let conn = rustls::ClientConnection::new(Arc::clone(client), ServerName::try_from("server1")?)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(REQUEST)?;
+    let mut reply = Vec::new();
+    match tls.read_to_end(&mut reply) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !reply.is_empty() => {}
+        Err(e) => return Err(e.into()),
+    }
+    if !reply.starts_with(b"HTTP/1.0 200 ok") {
+        bail!("port {port}: unexpected reply {:?}", String::from_utf8_lossy(&reply[..reply.len().min(200)]));
+    }
+    Ok(reply)
 }
 
 fn s(p: &Path) -> &str {
