@@ -39,8 +39,9 @@ pub fn run(config: &Config, cmd: CertCommand) -> Result<()> {
     let mut store = super::keys::open_store(config)?;
     let public = store.public_key(&name)?;
     let certs = CertStore::new(config.cert_dir());
-    let outcome =
-        certs.install_for(usage, &name, &public, &pem_text, &cert).with_context(|| format!("installing `{}`", cert.display()))?;
+    let outcome = certs
+        .install_for(usage, &name, &public, &pem_text, &cert)
+        .with_context(|| format!("installing `{}`", cert.display()))?;
     let path = certs.path(&name);
     match outcome {
         Installed::Unchanged => eprintln!("certificate for `{name}` already installed at `{}`", path.display()),

@@ -70,7 +70,10 @@ pub struct ServerTunnelArgs {
 pub fn run(socket: PathBuf, args: ServerTunnelArgs) -> Result<()> {
     super::serve::init_logging();
     if !args.upstream.ip().is_loopback() {
-        bail!("--upstream {} is not a loopback address: the tunnel forwards plain text, which must not leave this host", args.upstream);
+        bail!(
+            "--upstream {} is not a loopback address: the tunnel forwards plain text, which must not leave this host",
+            args.upstream
+        );
     }
     if args.max_connections == 0 {
         bail!("--max-connections must be at least 1");

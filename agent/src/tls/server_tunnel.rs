@@ -70,7 +70,12 @@ pub enum ServerTunnelError {
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled.
-pub async fn run(listener: TcpListener, acceptor: TlsAcceptor, settings: Arc<ServerTunnelSettings>, shutdown: CancellationToken) {
+pub async fn run(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    settings: Arc<ServerTunnelSettings>,
+    shutdown: CancellationToken,
+) {
     let limit = Arc::new(Semaphore::new(settings.max_connections));
     loop {
         let permit = tokio::select! {
@@ -150,7 +155,8 @@ async fn accept(
         .await
         .map_err(|_| ServerTunnelError::HandshakeTimeout(settings.handshake_timeout))?
         .map_err(ServerTunnelError::Handshake)?;
-    let client_name = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(|leaf| common_name(leaf));
+    let client_name =
+        tls.get_ref().1.peer_certificates().and_then(|chain| chain.first()).and_then(|leaf| common_name(leaf));
     if let Some(allowed) = &settings.allowed_client_names {
         let name = client_name.clone().unwrap_or_default();
         if !allowed.contains(&name) {

@@ -263,7 +263,9 @@ fn run(duration: Duration, bulk_bytes: u64, args: &[String]) -> Result<()> {
         );
     }
     println!();
-    println!("Server side: handshakes/s a server takes (rustls client with a file client key, client certificate required)");
+    println!(
+        "Server side: handshakes/s a server takes (rustls client with a file client key, client certificate required)"
+    );
     println!();
     println!("| server key | path | handshakes/s | rounds min–max | p50 ms | p99 ms | vs key file |");
     println!("|---|---|--:|--:|--:|--:|--:|");
@@ -319,7 +321,14 @@ fn server_side(
         site.keyward_ok(&["cert", "install", "--server", &token_key, s(&crt)]);
         let (file_key, file_cert) = server_file_key(ca, &dir, case)?;
         let file_port = free_port();
-        let _server = OpensslServer::start(&dir, file_port, &file_cert, &file_key, &ca.cert, &["-no_cache", "-no_ticket", "-quiet"]);
+        let _server = OpensslServer::start(
+            &dir,
+            file_port,
+            &file_cert,
+            &file_key,
+            &ca.cert,
+            &["-no_cache", "-no_ticket", "-quiet"],
+        );
         #[rustfmt::skip]
         let tunnel = TunnelProcess::start_server(site, &[
             "--key", &token_key, "--upstream", &format!("127.0.0.1:{responder}"), "--ca", s(&ca.cert),
