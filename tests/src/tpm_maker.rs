@@ -29,8 +29,11 @@ impl TpmMaker {
         )
         .expect("localca config");
         let options = dir.path().join("swtpm-localca.options");
-        std::fs::write(&options, "--platform-manufacturer keyward-test\n--platform-version 2.1\n--platform-model swtpm\n")
-            .expect("localca options");
+        std::fs::write(
+            &options,
+            "--platform-manufacturer keyward-test\n--platform-version 2.1\n--platform-model swtpm\n",
+        )
+        .expect("localca options");
         std::fs::write(
             dir.path().join("swtpm_setup.conf"),
             format!(

@@ -49,8 +49,14 @@ impl Admin {
     /// `attest challenge` for the site's request; the challenge file.
     fn challenge(&self, request: &Path) -> Result<PathBuf, Output> {
         let out = self.dir.path().join(format!("challenge-{}.json", rand::random::<u32>()));
-        let result =
-            self.keyward(&["attest", "challenge", "--request", request.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let result = self.keyward(&[
+            "attest",
+            "challenge",
+            "--request",
+            request.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
         if result.status.success() {
             Ok(out)
         } else {
@@ -102,6 +108,7 @@ fn ek_fingerprint(request: &Path) -> String {
 /// Asserts a refusal (exit 4) whose message holds `reason`.
 fn assert_refused(out: &Output, reason: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
+    eprintln!("refused as expected: {stderr}");
     assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(stderr.contains(reason), "expected `{reason}` in:\n{stderr}");
 }
@@ -140,7 +147,15 @@ fn an_imported_key_is_refused_as_not_born_in_the_tpm() {
     let maker = TpmMaker::new();
     let site = manufactured_site(&maker);
     let source = site.path("client.key");
-    let out = openssl(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", source.to_str().unwrap()]);
+    let out = openssl(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        source.to_str().unwrap(),
+    ]);
     assert_success(&out, "openssl genpkey");
     site.keyward_ok(&["key", "import", "site-1", "--from", source.to_str().unwrap()]);
     let admin = Admin::new(&[&maker], None, false);
@@ -158,7 +173,7 @@ fn a_key_from_a_tpm_not_in_the_ek_allow_list_is_refused() {
     known.generate("site-1", "p-256");
     other.generate("site-1", "p-256");
     let allowed = ek_fingerprint(&begin(&known, "site-1"));
-    let admin = Admin::new(&[&maker], Some(&[allowed.clone()]), false);
+    let admin = Admin::new(&[&maker], Some(std::slice::from_ref(&allowed)), false);
 
     let request = begin(&other, "site-1");
     let theirs = ek_fingerprint(&request);

@@ -72,7 +72,10 @@ impl TpmStore {
     /// A lost connection is forgotten so the next call reconnects; a stale handle (another
     /// client flushed our primary or key, or the TPM was reset) reconnects at once and
     /// repeats `op` once: signing, decrypting and creating a key are safe to repeat.
-    pub(crate) fn run<T>(&mut self, mut op: impl FnMut(&mut Connection) -> Result<T, Failure>) -> Result<T, StoreError> {
+    pub(crate) fn run<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Connection) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
         let mut repeated = false;
         loop {
             let e = match op(self.connection()?) {

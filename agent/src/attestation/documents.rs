@@ -96,7 +96,8 @@ pub fn read<T: for<'de> Deserialize<'de>>(path: &std::path::Path, format: &str) 
     if text.len() as u64 > MAX_DOCUMENT_BYTES {
         bail!("`{}` is larger than {MAX_DOCUMENT_BYTES} bytes", path.display());
     }
-    let tag: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("`{}` is not JSON", path.display()))?;
+    let tag: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("`{}` is not JSON", path.display()))?;
     let found = tag.get("format").and_then(|f| f.as_str()).unwrap_or("");
     if found != format {
         bail!("`{}` is not a {format} document (format `{found}`)", path.display());

@@ -65,9 +65,10 @@ pub fn make_credential(ek: &RsaPublicKey, object_name: &[u8], credential: &[u8])
     let mut rng = rand::rngs::OsRng;
     let mut seed = zeroize::Zeroizing::new([0u8; DIGEST_BYTES]);
     rand::RngCore::fill_bytes(&mut rng, seed.as_mut());
-    let encrypted_secret = ek
-        .encrypt(&mut rng, Oaep::new_with_label::<Sha256, _>("IDENTITY\0"), seed.as_ref())
-        .map_err(|source| AttestError::Crypto { what: "RSA-OAEP of the credential seed", reason: source.to_string() })?;
+    let encrypted_secret =
+        ek.encrypt(&mut rng, Oaep::new_with_label::<Sha256, _>("IDENTITY\0"), seed.as_ref()).map_err(|source| {
+            AttestError::Crypto { what: "RSA-OAEP of the credential seed", reason: source.to_string() }
+        })?;
     let credential_blob = wrap(seed.as_ref(), object_name, credential);
     Ok(Credential { credential_blob, encrypted_secret })
 }

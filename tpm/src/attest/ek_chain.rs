@@ -35,10 +35,8 @@ pub fn check(ek_der: &[u8], accepted: &[Vec<u8>], now: ASN1Time) -> Result<(), A
             ek.validity().not_after
         )));
     }
-    let cas: Vec<X509Certificate<'_>> = accepted
-        .iter()
-        .filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, cert)| cert))
-        .collect();
+    let cas: Vec<X509Certificate<'_>> =
+        accepted.iter().filter_map(|der| X509Certificate::from_der(der).ok().map(|(_, cert)| cert)).collect();
     let mut current = ek;
     for _ in 0..MAX_DEPTH {
         let mut tried = Vec::new();

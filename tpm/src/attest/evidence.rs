@@ -80,7 +80,8 @@ fn flush(ctx: &mut Context, handle: impl Into<ObjectHandle>) {
 /// Recovers the credential with the EK: the EK's policy is PolicySecret(TPM_RH_ENDORSEMENT)
 /// (TCG EK Credential Profile, template L-1), satisfied with the (empty) endorsement auth.
 fn activate(ctx: &mut Context, ak: KeyHandle, credential: &Credential) -> Result<Vec<u8>, TpmError> {
-    let blob = IdObject::try_from(credential.credential_blob.clone()).map_err(TpmError::call("reading the credential blob"))?;
+    let blob = IdObject::try_from(credential.credential_blob.clone())
+        .map_err(TpmError::call("reading the credential blob"))?;
     let secret = EncryptedSecret::try_from(credential.encrypted_secret.clone())
         .map_err(TpmError::call("reading the encrypted credential seed"))?;
     let ek = ek::create_ek_object_2(ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048), None)
@@ -104,7 +105,14 @@ fn activate_with(
     let result = (|| {
         let policy = PolicySession::try_from(session).map_err(TpmError::call("EK policy session"))?;
         ctx.execute_with_nullauth_session(|c| {
-            c.policy_secret(policy, AuthHandle::Endorsement, Default::default(), Default::default(), Default::default(), None)
+            c.policy_secret(
+                policy,
+                AuthHandle::Endorsement,
+                Default::default(),
+                Default::default(),
+                Default::default(),
+                None,
+            )
         })
         .map_err(TpmError::call("TPM2_PolicySecret (endorsement)"))?;
         ctx.execute_with_sessions((Some(AuthSession::Password), Some(session), None), |c| {
@@ -128,11 +136,9 @@ impl TpmStore {
     /// The TPM has no RSA EK certificate at 0x01c00002, or a TPM call failed.
     pub fn attestation_identity(&mut self) -> Result<AttestationIdentity, StoreError> {
         self.run(|conn| {
-            let ek_certificate = ek::retrieve_ek_pubcert(
-                &mut conn.ctx,
-                AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048),
-            )
-            .map_err(TpmError::call("reading the RSA EK certificate (NV index 0x01c00002)"))?;
+            let ek_certificate =
+                ek::retrieve_ek_pubcert(&mut conn.ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048))
+                    .map_err(TpmError::call("reading the RSA EK certificate (NV index 0x01c00002)"))?;
             let (ak, public) = create_ak(&mut conn.ctx)?;
             flush(&mut conn.ctx, ak);
             let ak_public = public.marshall().map_err(TpmError::call("marshalling the AK public area"))?;
@@ -150,9 +156,10 @@ impl TpmStore {
     pub fn certify_key(&mut self, id: &KeyId, credential: &Credential) -> Result<KeyEvidence, StoreError> {
         let key = self.stored(id)?;
         let auth = self.key_auth(&key)?;
-        let key_public = key.public().marshall().map_err(|e| {
-            TpmError::call("marshalling the key public area")(e).into_store_error(&self.tpm_name())
-        })?;
+        let key_public = key
+            .public()
+            .marshall()
+            .map_err(|e| TpmError::call("marshalling the key public area")(e).into_store_error(&self.tpm_name()))?;
         self.run(|conn| {
             let (ak, _) = create_ak(&mut conn.ctx)?;
             let nonce = match activate(&mut conn.ctx, ak, credential) {

@@ -22,7 +22,9 @@ mod verify;
 
 pub use credential::{make_credential, Credential};
 pub use error::AttestError;
-pub use verify::{ek_fingerprint, make_challenge, verify_evidence, AttestedKey, PendingChallenge, VerifierPolicy, NONCE_BYTES};
+pub use verify::{
+    ek_fingerprint, make_challenge, verify_evidence, AttestedKey, PendingChallenge, VerifierPolicy, NONCE_BYTES,
+};
 
 /// A TPM's identity for attestation.
 #[derive(Clone, Debug, PartialEq, Eq)]

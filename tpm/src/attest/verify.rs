@@ -152,14 +152,13 @@ pub fn verify_evidence(
         out[32 - len..].copy_from_slice(&v[v.len() - len..]);
         out
     };
-    let sig = p256::ecdsa::Signature::from_scalars(
-        scalar(ecc.signature_r().value()),
-        scalar(ecc.signature_s().value()),
-    )
-    .map_err(|_| AttestError::BadSignature)?;
+    let sig =
+        p256::ecdsa::Signature::from_scalars(scalar(ecc.signature_r().value()), scalar(ecc.signature_s().value()))
+            .map_err(|_| AttestError::BadSignature)?;
     ak.verify(&evidence.attest, &sig).map_err(|_| AttestError::BadSignature)?;
-    let attest = Attest::unmarshall(&evidence.attest)
-        .map_err(|_| AttestError::Malformed { what: "TPMS_ATTEST does not parse (or lacks TPM_GENERATED_VALUE)".into() })?;
+    let attest = Attest::unmarshall(&evidence.attest).map_err(|_| AttestError::Malformed {
+        what: "TPMS_ATTEST does not parse (or lacks TPM_GENERATED_VALUE)".into(),
+    })?;
     let AttestInfo::Certify { info } = attest.attested() else { return Err(AttestError::NotCertify) };
     if attest.extra_data().value() != pending.nonce.as_slice() {
         return Err(AttestError::WrongNonce);
