@@ -231,3 +231,39 @@ fn a_request_without_evidence_passes_only_when_unattested_keys_are_accepted() {
     assert_success(&out, "keyward attest verify (unattested accepted)");
     assert!(String::from_utf8_lossy(&out.stdout).contains("accepted WITHOUT attestation"), "{out:?}");
 }
+
+#[test]
+fn an_nvflare_request_zip_with_a_tpm_key_is_verified_before_approval() {
+    let maker = TpmMaker::new();
+    let site = manufactured_site(&maker);
+    let definition = site.path("site-1.yaml");
+    std::fs::write(&definition, "name: kwproject\nparticipants:\n  - name: site-1\n    type: client\n    org: nvidia\n")
+        .unwrap();
+    let folder = site.path("req");
+    site.keyward_ok(&["nvflare", "request", "-p", definition.to_str().unwrap(), "--out", folder.to_str().unwrap()]);
+    let zip = folder.join("site-1.request.zip");
+    let admin = Admin::new(&[&maker], None, false);
+    let evidence = evidence_for(&site, &admin, "site-1");
+    let out = admin.keyward(&[
+        "attest",
+        "verify",
+        "--request-zip",
+        zip.to_str().unwrap(),
+        "--evidence",
+        evidence.to_str().unwrap(),
+    ]);
+    assert_success(&out, "keyward attest verify --request-zip");
+
+    // Evidence for another key of the same TPM does not pass for this request.
+    site.generate("other", "rsa-2048");
+    let evidence = evidence_for(&site, &admin, "other");
+    let out = admin.keyward(&[
+        "attest",
+        "verify",
+        "--request-zip",
+        zip.to_str().unwrap(),
+        "--evidence",
+        evidence.to_str().unwrap(),
+    ]);
+    assert_refused(&out, "the certified TPM key is not the certificate request's key");
+}
