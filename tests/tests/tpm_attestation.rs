@@ -237,8 +237,11 @@ fn an_nvflare_request_zip_with_a_tpm_key_is_verified_before_approval() {
     let maker = TpmMaker::new();
     let site = manufactured_site(&maker);
     let definition = site.path("site-1.yaml");
-    std::fs::write(&definition, "name: kwproject\nparticipants:\n  - name: site-1\n    type: client\n    org: nvidia\n")
-        .unwrap();
+    std::fs::write(
+        &definition,
+        "name: kwproject\nparticipants:\n  - name: site-1\n    type: client\n    org: nvidia\n",
+    )
+    .unwrap();
     let folder = site.path("req");
     site.keyward_ok(&["nvflare", "request", "-p", definition.to_str().unwrap(), "--out", folder.to_str().unwrap()]);
     let zip = folder.join("site-1.request.zip");

@@ -35,6 +35,11 @@ use crate::store::TpmStore;
 
 /// The AK template: restricted ECDSA-P256-SHA256 signing key bound to this TPM.
 pub(crate) fn ak_template() -> tss_esapi::Result<Public> {
+    ak_public_with(EccPoint::default())
+}
+
+/// The AK's public area with the point `unique` (the TPM fills it in; tests make their own).
+pub(crate) fn ak_public_with(unique: EccPoint) -> tss_esapi::Result<Public> {
     let attributes = ObjectAttributesBuilder::new()
         .with_restricted(true)
         .with_sign_encrypt(true)
@@ -58,7 +63,7 @@ pub(crate) fn ak_template() -> tss_esapi::Result<Public> {
                 .with_restricted(true)
                 .build()?,
         )
-        .with_ecc_unique_identifier(EccPoint::default())
+        .with_ecc_unique_identifier(unique)
         .build()
 }
 

@@ -205,3 +205,6 @@ fn same_key(a: &[u8], b: &[u8]) -> Result<bool, AttestError> {
         && params(&a) == params(&b)
         && a.subject_public_key.data == b.subject_public_key.data)
 }
+
+#[cfg(test)]
+mod tests;
