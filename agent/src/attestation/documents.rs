@@ -5,7 +5,7 @@
 //! - `keyward-attest-challenge/1` (admin → site, `attest challenge`): the credential blob and
 //!   encrypted seed (TPM2_MakeCredential output); the nonce is only inside it;
 //! - `keyward-attest-evidence/1` (site → admin, `attest answer`): the recovered nonce,
-//!   TPMS_ATTEST, TPMT_SIGNATURE and the key's TPMT_PUBLIC.
+//!   TPMS_ATTEST, TPMT_SIGNATURE, the key's TPMT_PUBLIC and its parent's.
 //!
 //! None of them holds a secret worth keeping: the nonce is single-use and the rest public.
 
@@ -67,6 +67,8 @@ pub struct AttestEvidence {
     pub signature: String,
     /// The key's TPMT_PUBLIC, base64.
     pub key_public: String,
+    /// Its parent's (the storage primary's) TPMT_PUBLIC, base64.
+    pub parent_public: String,
 }
 
 /// Base64 of `bytes`.

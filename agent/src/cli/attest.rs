@@ -154,6 +154,7 @@ fn answer(config: &Config, challenge: &Path, out: &Path) -> Result<()> {
         attest: encode(&evidence.attest),
         signature: encode(&evidence.signature),
         key_public: encode(&evidence.key_public),
+        parent_public: encode(&evidence.parent_public),
     };
     write(out, &documents::to_json(&doc)?)?;
     eprintln!("wrote evidence for key `{name}` to `{}`", out.display());
@@ -183,6 +184,7 @@ fn verify(config: &VerifierConfig, csr_der: &[u8], evidence: Option<&Path>) -> R
         attest: decode("attest", &doc.attest)?,
         signature: decode("signature", &doc.signature)?,
         key_public: decode("key_public", &doc.key_public)?,
+        parent_public: decode("parent_public", &doc.parent_public)?,
     };
     let pending = pending::take(&config.state_dir, &evidence.nonce, config.challenge_ttl)?;
     let attested = attest::verify_evidence(&pending, &evidence, &spki)?;

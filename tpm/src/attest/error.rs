@@ -51,6 +51,13 @@ pub enum AttestError {
     /// The key's public area is not the one certified.
     #[error("the key public area in the evidence is not the key the TPM certified")]
     KeyNameMismatch,
+    /// The key is not under a storage primary of the owner hierarchy (its qualified name
+    /// does not match): e.g. a public area loaded from outside with TPM2_LoadExternal.
+    #[error("the certified key is not a child of the TPM's storage primary key (a public key loaded from outside?): {reason}")]
+    NotInKeyHierarchy {
+        /// What did not match.
+        reason: &'static str,
+    },
     /// The key was not generated in the TPM or can leave it.
     #[error("key was not born in the TPM (an imported key?): not {missing}")]
     NotBornInTpm {

@@ -174,6 +174,21 @@ impl TpmStore {
                     return Err(e.into());
                 }
             };
+            let primary = conn.primary;
+            let parent_public = conn
+                .ctx
+                .execute_without_session(|c| c.read_public(primary))
+                .map_err(TpmError::call("TPM2_ReadPublic (storage primary)"))
+                .and_then(|(public, _, _)| {
+                    public.marshall().map_err(TpmError::call("marshalling the primary's public area"))
+                });
+            let parent_public = match parent_public {
+                Ok(parent_public) => parent_public,
+                Err(e) => {
+                    flush(&mut conn.ctx, ak);
+                    return Err(e.into());
+                }
+            };
             let session = conn.session;
             let qualifying = Data::try_from(nonce.clone()).map_err(TpmError::call("nonce as qualifying data"));
             let certified = qualifying.map_err(Failure::from).and_then(|qualifying| {
@@ -191,6 +206,7 @@ impl TpmStore {
                 attest: attest.marshall().map_err(TpmError::call("marshalling TPMS_ATTEST"))?,
                 signature: signature.marshall().map_err(TpmError::call("marshalling TPMT_SIGNATURE"))?,
                 key_public: key_public.clone(),
+                parent_public,
             })
         })
     }

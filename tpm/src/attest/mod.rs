@@ -46,4 +46,9 @@ pub struct KeyEvidence {
     pub signature: Vec<u8>,
     /// The certified key's TPMT_PUBLIC.
     pub key_public: Vec<u8>,
+    /// Its parent's (the storage primary's) TPMT_PUBLIC: with it the verifier recomputes the
+    /// key's qualified name, which only a key loaded under a storage key of the owner
+    /// hierarchy has (a public area loaded with TPM2_LoadExternal may claim fixedTPM; its
+    /// qualified name gives it away).
+    pub parent_public: Vec<u8>,
 }

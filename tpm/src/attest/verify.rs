@@ -170,6 +170,7 @@ pub fn verify_evidence(
     {
         return Err(AttestError::KeyNameMismatch);
     }
+    check_qualified_name(info.qualified_name().value(), &evidence.parent_public, &evidence.key_public)?;
     let a = public.object_attributes();
     let missing: Vec<&str> = [
         (a.fixed_tpm(), "fixedTPM"),
@@ -189,6 +190,38 @@ pub fn verify_evidence(
         return Err(AttestError::NotTheRequestKey);
     }
     Ok(AttestedKey { spki_der: key.spki_der, ek_fingerprint: pending.ek_fingerprint.clone() })
+}
+
+/// TPM_RH_OWNER: the hierarchy keyward's storage primary is in.
+const OWNER_HIERARCHY: u32 = 0x4000_0001;
+
+/// The key's qualified name must be that of a child of `parent_public`, a storage primary
+/// of the owner hierarchy born in this TPM (TPM 2.0 Part 1 §16.6: QN(primary) =
+/// H(hierarchy handle ‖ name), QN(child) = H(QN(parent) ‖ name)). TPM2_LoadExternal gives
+/// an object the qualified name H(hierarchy ‖ name), which cannot match.
+fn check_qualified_name(certified: &[u8], parent_public: &[u8], key_public: &[u8]) -> Result<(), AttestError> {
+    let refuse = |reason| AttestError::NotInKeyHierarchy { reason };
+    let parent = Public::unmarshall(parent_public).map_err(|_| refuse("the parent's public area does not parse"))?;
+    let a = parent.object_attributes();
+    if !(a.restricted()
+        && a.decrypt()
+        && !a.sign_encrypt()
+        && a.fixed_tpm()
+        && a.fixed_parent()
+        && a.sensitive_data_origin())
+        || parent.name_hashing_algorithm() != HashingAlgorithm::Sha256
+    {
+        return Err(refuse("the parent is not a restricted storage key born in the TPM"));
+    }
+    let mut parent_qn = vec![0x00, 0x0b];
+    parent_qn
+        .extend_from_slice(&Sha256::digest([&OWNER_HIERARCHY.to_be_bytes()[..], &name_of(parent_public)].concat()));
+    let mut key_qn = vec![0x00, 0x0b];
+    key_qn.extend_from_slice(&Sha256::digest([parent_qn, name_of(key_public)].concat()));
+    if certified != key_qn.as_slice() {
+        return Err(refuse("its qualified name is not that of a child of the storage primary"));
+    }
+    Ok(())
 }
 
 /// Whether two SubjectPublicKeyInfos hold the same key (algorithm, parameters, key bits),

@@ -23,8 +23,8 @@ fn tpm2b(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(bytes);
 }
 
-/// TPMS_ATTEST of type `st` certifying `name` over `nonce`.
-fn attest(st: u16, nonce: &[u8], name: &[u8]) -> Vec<u8> {
+/// TPMS_ATTEST of type `st` certifying `name` (qualified name `qualified`) over `nonce`.
+fn attest_with(st: u16, nonce: &[u8], name: &[u8], qualified: &[u8]) -> Vec<u8> {
     let mut out = 0xff54_4347u32.to_be_bytes().to_vec(); // TPM_GENERATED_VALUE
     out.extend_from_slice(&st.to_be_bytes());
     tpm2b(&mut out, &name_of(b"signer"));
@@ -34,8 +34,37 @@ fn attest(st: u16, nonce: &[u8], name: &[u8]) -> Vec<u8> {
     out.push(1); // safe
     out.extend_from_slice(&[0; 8]); // firmwareVersion
     tpm2b(&mut out, name); // TPMS_CERTIFY_INFO.name
-    tpm2b(&mut out, name); // .qualifiedName
+    tpm2b(&mut out, qualified); // .qualifiedName
     out
+}
+
+/// TPMS_ATTEST of a key under the storage primary `parent`, or the bare `name` when no key
+/// public area is given (for the structures that never get that far).
+fn attest(st: u16, nonce: &[u8], name: &[u8]) -> Vec<u8> {
+    attest_with(st, nonce, name, &qualified_under(&storage_primary(), name))
+}
+
+/// A storage primary's public area, as `connection.rs` derives it.
+fn storage_primary() -> Vec<u8> {
+    tss_esapi::utils::create_restricted_decryption_rsa_public(
+        tss_esapi::structures::SymmetricDefinitionObject::AES_128_CFB,
+        tss_esapi::interface_types::key_bits::RsaKeyBits::Rsa2048,
+        tss_esapi::structures::RsaExponent::default(),
+    )
+    .unwrap()
+    .marshall()
+    .unwrap()
+}
+
+/// H(handle ‖ name) or H(QN(parent) ‖ name), with the SHA-256 algorithm id in front.
+fn qualified(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut qn = vec![0x00, 0x0b];
+    qn.extend_from_slice(&Sha256::digest([prefix, name].concat()));
+    qn
+}
+
+fn qualified_under(parent_public: &[u8], name: &[u8]) -> Vec<u8> {
+    qualified(&qualified(&OWNER_HIERARCHY.to_be_bytes(), &name_of(parent_public)), name)
 }
 
 /// TPMT_SIGNATURE: ECDSA-SHA-256 by `key` over `message`.
@@ -74,6 +103,7 @@ fn evidence(case: &Case, signer: &SigningKey, st: u16, nonce: &[u8], name: &[u8]
         signature: signature(signer, &attest),
         attest,
         key_public: case.key_public.clone(),
+        parent_public: storage_primary(),
     }
 }
 
@@ -103,7 +133,7 @@ fn a_certify_over_another_nonce_is_refused() {
 #[test]
 fn a_quote_is_not_a_certify() {
     let c = case();
-    let mut attest = attest(TPM_ST_ATTEST_QUOTE, &c.pending.nonce, &[]);
+    let mut attest = attest_with(TPM_ST_ATTEST_QUOTE, &c.pending.nonce, &[], &[]);
     attest.truncate(attest.len() - 4); // drop the certify info's two empty names
     attest.extend_from_slice(&[0, 0, 0, 0]); // TPML_PCR_SELECTION count 0 ...
     attest.extend_from_slice(&[0, 0]); // ... and an empty pcrDigest
@@ -112,6 +142,7 @@ fn a_quote_is_not_a_certify() {
         signature: signature(&c.ak, &attest),
         attest,
         key_public: c.key_public.clone(),
+        parent_public: storage_primary(),
     };
     assert!(matches!(verify_evidence(&c.pending, &e, &c.spki), Err(AttestError::NotCertify)));
 }
@@ -128,4 +159,29 @@ fn an_unrestricted_attestation_key_is_refused() {
     let unrestricted = crate::keygen::template(keyward_core::KeyAlgorithm::EcP256).unwrap().marshall().unwrap();
     let err = check_attestation_key(&unrestricted).unwrap_err();
     assert!(matches!(&err, AttestError::BadAttestationKey { reason } if reason.contains("restricted")), "{err}");
+}
+
+#[test]
+fn a_public_key_loaded_from_outside_is_refused_by_its_qualified_name() {
+    // TPM2_LoadExternal of a public area claiming fixedTPM | fixedParent |
+    // sensitiveDataOrigin, in the owner hierarchy: QN = H(TPM_RH_OWNER ‖ name).
+    let c = case();
+    let name = name_of(&c.key_public);
+    let external = qualified(&OWNER_HIERARCHY.to_be_bytes(), &name);
+    let attest = attest_with(TPM_ST_ATTEST_CERTIFY, &c.pending.nonce, &name, &external);
+    let e = KeyEvidence {
+        nonce: c.pending.nonce.clone(),
+        signature: signature(&c.ak, &attest),
+        attest,
+        key_public: c.key_public.clone(),
+        parent_public: storage_primary(),
+    };
+    let err = verify_evidence(&c.pending, &e, &c.spki).unwrap_err();
+    assert!(matches!(err, AttestError::NotInKeyHierarchy { .. }), "{err}");
+
+    // Nor does a made-up parent that is not a storage key help.
+    let mut e = evidence(&c, &c.ak, TPM_ST_ATTEST_CERTIFY, &c.pending.nonce, &name);
+    e.parent_public = c.key_public.clone();
+    let err = verify_evidence(&c.pending, &e, &c.spki).unwrap_err();
+    assert!(matches!(err, AttestError::NotInKeyHierarchy { .. }), "{err}");
 }
