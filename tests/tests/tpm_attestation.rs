@@ -270,3 +270,126 @@ fn an_nvflare_request_zip_with_a_tpm_key_is_verified_before_approval() {
     ]);
     assert_refused(&out, "the certified TPM key is not the certificate request's key");
 }
+
+/// The attack the qualified-name check is there for, on the real swtpm: the site's owner
+/// loads the public area of a software key with TPM2_LoadExternal, claiming fixedTPM |
+/// fixedParent | sensitiveDataOrigin (swtpm accepts that for a public-only object),
+/// activates the genuine challenge with the genuine AK and asks the AK to certify that
+/// object. The TPM already refuses (TPM_RC_AUTH_UNAVAILABLE: a public-only object has no
+/// auth value, and its policy cannot be used either, so Certify's ADMIN role cannot be met);
+/// the verifier's qualified-name check (unit test
+/// `a_public_key_loaded_from_outside_is_refused_by_its_qualified_name`) is the second line.
+#[test]
+fn the_tpm_does_not_certify_a_public_key_loaded_from_outside() {
+    use base64::Engine as _;
+    use tss_esapi::abstraction::{ek, AsymmetricAlgorithmSelection};
+    use tss_esapi::attributes::ObjectAttributesBuilder;
+    use tss_esapi::constants::SessionType;
+    use tss_esapi::handles::AuthHandle;
+    use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+    use tss_esapi::interface_types::ecc::EccCurve;
+    use tss_esapi::interface_types::key_bits::RsaKeyBits;
+    use tss_esapi::interface_types::resource_handles::Hierarchy;
+    use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+    use tss_esapi::structures::{
+        Data, Digest, EccParameter, EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject, PublicBuilder,
+        PublicEccParametersBuilder, SignatureScheme, SymmetricDefinition,
+    };
+
+    let maker = TpmMaker::new();
+    let site = manufactured_site(&maker);
+    site.generate("site-1", "p-256");
+    let admin = Admin::new(&[&maker], None, false);
+    let challenge = admin.challenge(&begin(&site, "site-1")).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&challenge).unwrap()).unwrap();
+    let b64 = |field: &str| base64::engine::general_purpose::STANDARD.decode(doc[field].as_str().unwrap()).unwrap();
+
+    let mut ctx = tss_esapi::Context::new(site.swtpm.tcti().parse().unwrap()).unwrap();
+    let policy_session = |ctx: &mut tss_esapi::Context| {
+        ctx.start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Policy,
+            SymmetricDefinition::Null,
+            HashingAlgorithm::Sha256,
+        )
+        .unwrap()
+        .unwrap()
+    };
+    let ak_template = keyward_tpm::attest::attestation_key_template().unwrap();
+    let ak = ctx
+        .execute_with_nullauth_session(|c| {
+            c.create_primary(Hierarchy::Endorsement, ak_template, None, None, None, None)
+        })
+        .unwrap()
+        .key_handle;
+    let ek = ek::create_ek_object_2(&mut ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048), None).unwrap();
+    let session = policy_session(&mut ctx);
+    ctx.execute_with_nullauth_session(|c| {
+        let policy = PolicySession::try_from(session).unwrap();
+        c.policy_secret(
+            policy,
+            AuthHandle::Endorsement,
+            Default::default(),
+            Default::default(),
+            Default::default(),
+            None,
+        )
+    })
+    .unwrap();
+    let (blob, encrypted) = (
+        IdObject::try_from(b64("credential_blob")).unwrap(),
+        EncryptedSecret::try_from(b64("encrypted_secret")).unwrap(),
+    );
+    let nonce = ctx
+        .execute_with_sessions((Some(AuthSession::Password), Some(session), None), |c| {
+            c.activate_credential(ak, ek, blob, encrypted)
+        })
+        .unwrap();
+    ctx.flush_context(ek.into()).unwrap();
+
+    let software = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&software.public_key(), false);
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_admin_with_policy(true)
+        .with_sign_encrypt(true)
+        .build()
+        .unwrap();
+    let external = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        // The empty policy (all zeros), which a fresh policy session satisfies.
+        .with_auth_policy(Digest::try_from(vec![0u8; 32]).unwrap())
+        .with_ecc_parameters(
+            PublicEccParametersBuilder::new_unrestricted_signing_key(
+                EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)),
+                EccCurve::NistP256,
+            )
+            .build()
+            .unwrap(),
+        )
+        .with_ecc_unique_identifier(EccPoint::new(
+            EccParameter::try_from(point.x().unwrap().to_vec()).unwrap(),
+            EccParameter::try_from(point.y().unwrap().to_vec()).unwrap(),
+        ))
+        .build()
+        .unwrap();
+    let loaded = ctx.execute_without_session(|c| c.load_external_public(external, Hierarchy::Owner)).unwrap();
+    let qualifying = Data::try_from(nonce.value().to_vec()).unwrap();
+    // With a password (TPM_RC_AUTH_TYPE: adminWithPolicy wants a policy) and with the
+    // empty policy (TPM_RC_AUTH_UNAVAILABLE: no policy for a public-only object).
+    for (admin_session, code) in [(AuthSession::Password, 0x124), (policy_session(&mut ctx), 0x12f)] {
+        let refused = ctx
+            .execute_with_sessions((Some(admin_session), Some(AuthSession::Password), None), |c| {
+                c.certify(loaded.into(), ak, qualifying.clone(), SignatureScheme::Null)
+            })
+            .unwrap_err();
+        assert!(format!("{refused:?}").contains(&format!(".0: {code}")), "{code:#x}: {refused:?}");
+    }
+}

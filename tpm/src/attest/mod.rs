@@ -26,6 +26,15 @@ pub use verify::{
     ek_fingerprint, make_challenge, verify_evidence, AttestedKey, PendingChallenge, VerifierPolicy, NONCE_BYTES,
 };
 
+/// The attestation key's template (a restricted ECDSA-P256-SHA256 signing key, fixedTPM,
+/// fixedParent, sensitiveDataOrigin; a primary of the endorsement hierarchy).
+///
+/// # Errors
+/// Only if tss-esapi refuses its own builder's values.
+pub fn attestation_key_template() -> Result<tss_esapi::structures::Public, tss_esapi::Error> {
+    evidence::ak_template()
+}
+
 /// A TPM's identity for attestation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttestationIdentity {
