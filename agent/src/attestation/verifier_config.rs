@@ -35,14 +35,14 @@ struct File {
     accepted_tpm_cas: Vec<PathBuf>,
     ek_allow_list: Option<Vec<String>>,
     state_dir: PathBuf,
-    #[serde(default, with = "humantime_serde_opt")]
+    #[serde(default, with = "ttl_text")]
     challenge_ttl: Option<Duration>,
     #[serde(default)]
     accept_unattested_keys: bool,
 }
 
 /// `challenge_ttl` as a humantime string.
-mod humantime_serde_opt {
+mod ttl_text {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
