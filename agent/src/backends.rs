@@ -34,6 +34,14 @@ pub fn open_store(config: &Config) -> Result<Box<dyn KeyStore>> {
     })
 }
 
+/// Opens the TPM store itself, for `keyward attest` (TPM-only operations).
+///
+/// # Errors
+/// As [`open`], and when the configured backend is not a TPM.
+pub fn open_tpm_store(config: &Config) -> Result<keyward_tpm::TpmStore> {
+    Ok(open_tpm(config)?.store())
+}
+
 /// Opens the PKCS#11 backend.
 ///
 /// # Errors

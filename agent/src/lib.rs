@@ -9,8 +9,10 @@
 //! - The socket clients are the `keyward-client` crate; the protocol is `keyward-protocol`.
 //! - [`tls`]: a rustls signing key backed by the agent, and the `keyward tunnel` relay.
 //! - [`provision`]: NVFlare's distributed-provisioning request with a token key.
+//! - [`attestation`]: TPM key attestation documents, verifier config and open challenges.
 //! - `cli/`: the clap command line; [`kit_file`]: files in folders another user may change.
 
+pub mod attestation;
 pub mod audit;
 pub mod backends;
 pub mod certs;

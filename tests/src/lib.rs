@@ -23,6 +23,7 @@ pub mod syscalls;
 pub mod tls;
 pub mod tls_sink;
 pub mod tools;
+pub mod tpm_maker;
 
 pub use agent::{audited_events, AgentProcess, AgentSite};
 pub use pki::TestCa;
@@ -31,3 +32,4 @@ pub use swtpm::{Swtpm, TpmSite};
 pub use tls::{OpensslServer, PythonTlsServer, TunnelProcess};
 pub use tls_sink::TlsSink;
 pub use tools::{openssl, python, workspace_root};
+pub use tpm_maker::TpmMaker;

@@ -34,12 +34,24 @@ fn free_port_pair() -> u16 {
 impl Swtpm {
     /// Starts a fresh swtpm.
     pub fn start() -> Self {
+        Self::start_on(tempfile::Builder::new().prefix("kwtpm").tempdir_in("/tmp").expect("temp dir"))
+    }
+
+    /// Starts an swtpm manufactured by `maker`: an EK and its certificate (from the maker's
+    /// CA) in NV, as a real TPM leaves the factory.
+    pub fn start_manufactured(maker: &crate::tpm_maker::TpmMaker) -> Self {
+        let state = tempfile::Builder::new().prefix("kwtpm").tempdir_in("/tmp").expect("temp dir");
+        maker.manufacture(state.path());
+        Self::start_on(state)
+    }
+
+    fn start_on(state: tempfile::TempDir) -> Self {
+        let mut tpm = Self { state, port: free_port_pair(), child: None };
         for _ in 0..10 {
-            let state = tempfile::Builder::new().prefix("kwtpm").tempdir_in("/tmp").expect("temp dir");
-            let mut tpm = Self { state, port: free_port_pair(), child: None };
             if tpm.try_start() {
                 return tpm;
             }
+            tpm.port = free_port_pair();
         }
         panic!("swtpm did not start on 10 port pairs");
     }
@@ -143,7 +155,11 @@ pub struct TpmSite {
 impl TpmSite {
     /// A new swtpm and a config written by `keyward init --backend tpm`.
     pub fn new() -> Self {
-        let swtpm = Swtpm::start();
+        Self::on(Swtpm::start())
+    }
+
+    /// A config written by `keyward init --backend tpm` for `swtpm`.
+    pub fn on(swtpm: Swtpm) -> Self {
         let dir = tempfile::Builder::new().prefix("kwt").tempdir_in("/tmp").expect("temp dir");
         let base = dir.path().to_path_buf();
         let site = Self {

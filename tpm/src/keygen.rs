@@ -24,7 +24,7 @@ use crate::error::TpmError;
 /// length: 32 bytes).
 pub(crate) const NAME_ALG: HashingAlgorithm = HashingAlgorithm::Sha256;
 
-fn template(algorithm: KeyAlgorithm) -> Result<Public, tss_esapi::Error> {
+pub(crate) fn template(algorithm: KeyAlgorithm) -> Result<Public, tss_esapi::Error> {
     match algorithm {
         KeyAlgorithm::Rsa2048 | KeyAlgorithm::Rsa3072 => {
             let bits = if algorithm == KeyAlgorithm::Rsa2048 { RsaKeyBits::Rsa2048 } else { RsaKeyBits::Rsa3072 };

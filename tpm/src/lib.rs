@@ -15,7 +15,8 @@
 //! primary, key at hand), `session.rs` (HMAC session), `auth.rs` (per-key auth values),
 //! `store.rs` (KeyStore), `persistent.rs` (persistent handles), `blob.rs` (key files),
 //! `keygen.rs` (templates, public keys), `import.rs` (one-time import), `sign.rs`,
-//! `decrypt.rs`, `error.rs`.
+//! `decrypt.rs`, `error.rs`; `attest/` (key attestation: the site's evidence and the
+//! verifier, docs/attestation.md).
 //!
 //! Device quirks (swtpm 0.7 / libtpms 0.9 / libtss2 3.2.1):
 //! - TPM2_Sign RSAPSS always uses salt = hash length; maximum salt needs the raw path in
@@ -26,6 +27,7 @@
 //!   environment. This crate does not set it: changing the environment of a running,
 //!   multi-threaded process is unsound.
 
+pub mod attest;
 mod auth;
 mod backend;
 mod blob;

@@ -72,7 +72,10 @@ impl TpmStore {
     /// A lost connection is forgotten so the next call reconnects; a stale handle (another
     /// client flushed our primary or key, or the TPM was reset) reconnects at once and
     /// repeats `op` once: signing, decrypting and creating a key are safe to repeat.
-    fn run<T>(&mut self, mut op: impl FnMut(&mut Connection) -> Result<T, Failure>) -> Result<T, StoreError> {
+    pub(crate) fn run<T>(
+        &mut self,
+        mut op: impl FnMut(&mut Connection) -> Result<T, Failure>,
+    ) -> Result<T, StoreError> {
         let mut repeated = false;
         loop {
             let e = match op(self.connection()?) {
@@ -132,7 +135,7 @@ impl TpmStore {
     /// Where `id` is kept: at its configured persistent handle, else in its blob file. The
     /// answer is cached: a blob until its file changes (one `stat` per request), a
     /// persistent key's public area until the connection is renewed.
-    fn stored(&mut self, id: &KeyId) -> Result<StoredKey, StoreError> {
+    pub(crate) fn stored(&mut self, id: &KeyId) -> Result<StoredKey, StoreError> {
         if let Some(&handle) = self.shared.config.persistent.get(id) {
             if let Some((None, key)) = self.cache.get(id) {
                 return Ok(key.clone());
@@ -258,12 +261,17 @@ impl TpmStore {
     }
 
     /// The auth value to use `key` with: its own, else the configured one, else empty.
-    fn key_auth(&self, key: &StoredKey) -> Result<Option<tss_esapi::structures::Auth>, StoreError> {
+    pub(crate) fn key_auth(&self, key: &StoredKey) -> Result<Option<tss_esapi::structures::Auth>, StoreError> {
         let configured = self.auth()?;
         match key.own_auth() {
             Some(own) => own.to_tpm().map(Some).map_err(|e| e.into_store_error(&self.shared.config.tcti.to_string())),
             None => Ok(configured),
         }
+    }
+
+    /// The TPM's name in errors: its TCTI.
+    pub(crate) fn tpm_name(&self) -> String {
+        self.shared.config.tcti.to_string()
     }
 
     /// Whether `key` has the empty auth value: any client of the TPM can use it.

@@ -7,6 +7,7 @@
 //! through it.
 
 mod agent_ops;
+mod attest;
 mod audit;
 mod cert;
 mod check;
@@ -86,6 +87,10 @@ enum Command {
     /// NVFlare startup kits: move a site's key into the token.
     #[command(subcommand)]
     Nvflare(nvflare::NvflareCommand),
+    /// TPM key attestation: evidence at the site, checked by the admin before a certificate
+    /// is issued.
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
     /// Check the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
@@ -142,6 +147,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Csr { name, subject, out } => cert::csr(&load()?, &name, &subject, out.as_deref()),
         Command::Cert(cmd) => cert::run(&load()?, cmd),
         Command::Nvflare(cmd) => nvflare::run(&config_path, &load()?, cmd),
+        Command::Attest(cmd) => attest::run(load, cmd),
         Command::Audit(cmd) => audit::run(&config_path, cmd),
         Command::Check(args) => check::run(&config_path, args),
         Command::Serve => serve::run(load()?, &config_path),
@@ -180,6 +186,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 StoreError::PinIncorrect { .. } | StoreError::PinLocked { .. } => exit::PIN,
                 _ => exit::REFUSED,
             };
+        }
+        if cause.downcast_ref::<keyward_tpm::attest::AttestError>().is_some() {
+            return exit::REFUSED;
         }
         if let Some(c) = cause.downcast_ref::<ClientError>() {
             return match c {
