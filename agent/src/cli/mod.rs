@@ -10,6 +10,7 @@ mod agent_ops;
 mod audit;
 mod cert;
 mod check;
+mod check_unit;
 mod init;
 mod keys;
 mod nvflare;
