@@ -129,6 +129,9 @@ fn no_audit_record_means_no_destroy() {
     std::fs::write(&site.config, format!("audit_log = \"{}\"\n{text}", log.display())).unwrap();
     let agent = AgentProcess::start(&site);
     let filler = fs.fill();
+    // The log's last page may still hold a few records: sign until one is withheld.
+    let withheld = (0..40).find_map(|_| agent.try_sign("site-1").err());
+    assert_eq!(withheld, Some(ErrorCode::AuditFailed));
 
     let (code, _, err) = retire(&site, "site-1", "site-1-2");
     assert_eq!(code, Some(4), "{err}");

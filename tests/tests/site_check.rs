@@ -76,7 +76,7 @@ fn a_healthy_site_passes_every_check() {
     line(&report, "[ OK ] audit log:");
 
     let unit = unit_with(&site, &[]);
-    let (code, report) = check_with(&site, &["--unit", &unit]);
+    let (code, report) = check_with(&site, &["--unit", &unit, "--user", "root"]);
     assert_eq!(code, Some(0), "{report}");
     line(&report, "[ OK ] service user: `root` can write the socket's folder and the audit log");
     line(&report, "[ OK ] unit sandbox:");
@@ -89,11 +89,11 @@ fn allowed_executables_for_other_uids_need_the_drop_in() {
     site.append_config("[keys.site-1]\nallowed_executables = [\"/usr/bin/python3\"]\n");
     let _agent = AgentProcess::start(&site);
     let unit = unit_with(&site, &["softhsm.conf"]);
-    let (code, report) = check_with(&site, &["--unit", &unit]);
+    let (code, report) = check_with(&site, &["--unit", &unit, "--user", "root"]);
     assert_eq!(code, Some(1), "{report}");
     assert!(line(&report, "[FAIL] unit sandbox:").contains("add the allowed-executables.conf drop-in"), "{report}");
     let unit = unit_with(&site, &["softhsm.conf", "allowed-executables.conf"]);
-    let (code, report) = check_with(&site, &["--unit", &unit]);
+    let (code, report) = check_with(&site, &["--unit", &unit, "--user", "root"]);
     assert_eq!(code, Some(0), "{report}");
     line(&report, "[ OK ] unit sandbox:");
 }
