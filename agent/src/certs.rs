@@ -4,7 +4,8 @@
 //! ExtendedKeyUsage allows what NVFlare requires (digitalSignature, and clientAuth for a
 //! client's certificate or serverAuth for a server's, [`Usage`]); writes are
 //! atomic (`files.rs`: a replaced file keeps its owner, group and mode; a symbolic link at
-//! the path is refused), and a replaced certificate is kept as `<key>.previous.pem`.
+//! the path is refused), and a replaced certificate is kept as `<key>.previous.pem`. A
+//! retired key's certificates move to `retired/<key>.<unix time>[.previous].pem`.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -102,6 +103,17 @@ impl CertStore {
         let leaf = ::pem::parse_many(text.as_bytes()).ok()?.into_iter().find(|p| p.tag() == "CERTIFICATE")?;
         let (_, cert) = X509Certificate::from_der(leaf.contents()).ok()?;
         Some(cert.validity().not_after.timestamp())
+    }
+
+    /// The validity (notBefore, notAfter; Unix seconds) of `key`'s installed leaf
+    /// certificate; none without one or when it does not parse. Read at each call: a
+    /// certificate installed while the agent runs counts from the next call on.
+    pub fn validity(&self, key: &KeyId) -> Option<(i64, i64)> {
+        let text = self.get(key)?;
+        let leaf = ::pem::parse_many(text.as_bytes()).ok()?.into_iter().find(|p| p.tag() == "CERTIFICATE")?;
+        let (_, cert) = X509Certificate::from_der(leaf.contents()).ok()?;
+        let v = cert.validity();
+        Some((v.not_before.timestamp(), v.not_after.timestamp()))
     }
 
     /// Keys with an installed certificate (`<key>.pem`; kept `.previous.pem` copies are not).
@@ -206,6 +218,41 @@ impl CertStore {
         }
         crate::files::write_atomic(&path, canonical.as_bytes(), 0o644, true).map_err(io_err)?;
         Ok(outcome)
+    }
+}
+
+impl CertStore {
+    /// Moves the certificates of a retired `key` (`<key>.pem`, `<key>.previous.pem`) to
+    /// `retired/`, under names that carry the time (a link, then an unlink: an existing
+    /// file is never replaced). Returns where the certificate went, if there was one.
+    ///
+    /// # Errors
+    /// [`CertError::Io`] naming the file.
+    pub fn retire(&self, key: &KeyId) -> Result<Option<PathBuf>, CertError> {
+        let retired = self.dir.join("retired");
+        match std::fs::DirBuilder::new().mode(0o755).create(&retired) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(CertError::Io { path: retired, source: e })
+            }
+            _ => {}
+        }
+        let stamp = crate::renewal::now();
+        let mut moved = None;
+        for (from, to) in [
+            (self.path(key), retired.join(format!("{key}.{stamp}.pem"))),
+            (self.dir.join(format!("{key}.previous.pem")), retired.join(format!("{key}.{stamp}.previous.pem"))),
+        ] {
+            match std::fs::hard_link(&from, &to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(CertError::Io { path: to, source }),
+            }
+            std::fs::remove_file(&from).map_err(|source| CertError::Io { path: from.clone(), source })?;
+            if moved.is_none() {
+                moved = Some(to);
+            }
+        }
+        Ok(moved)
     }
 }
 

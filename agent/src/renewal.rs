@@ -7,6 +7,7 @@
 //! by `keyward nvflare request` in `<state_dir>/keys/<key>.generated` (RFC 3339), since
 //! neither a PKCS#11 token nor a TPM keeps when a key was made.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -148,6 +149,81 @@ impl RenewalPolicy {
     }
 }
 
+/// Every configured key's renewal policy and where key births are recorded: what the
+/// running agent reports in `status` and the metrics. Replaced with the other rules on SIGHUP.
+#[derive(Clone, Debug, Default)]
+pub struct RenewalRules {
+    state_dir: PathBuf,
+    policies: HashMap<String, RenewalPolicy>,
+}
+
+/// One key as its renewal policy sees it now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRenewal {
+    /// The certificate judged (none without a certificate).
+    pub certificate: Option<Assessment>,
+    /// Seconds since the key was generated, when recorded.
+    pub key_age_seconds: Option<i64>,
+    /// Older than `max_key_age`.
+    pub key_age_exceeded: bool,
+}
+
+impl RenewalRules {
+    /// From `[keys.<name>.renewal]` (checked by `Config::load`; a bad one gives the default).
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let policies = config
+            .keys
+            .iter()
+            .filter_map(|(name, key)| Some((name.clone(), key.renewal.as_ref()?.policy().ok()?)))
+            .collect();
+        Self { state_dir: config.state_dir.clone(), policies }
+    }
+
+    /// The policy of `key` (the default for keys without one).
+    pub fn policy(&self, key: &KeyId) -> RenewalPolicy {
+        self.policies.get(key.as_str()).copied().unwrap_or_default()
+    }
+
+    /// Judges `key` whose certificate is valid `validity` (notBefore, notAfter), at `now`.
+    pub fn judge(&self, key: &KeyId, validity: Option<(i64, i64)>, now: i64) -> KeyRenewal {
+        let policy = self.policy(key);
+        let born = read_birth(&self.state_dir, key);
+        KeyRenewal {
+            certificate: validity.map(|(from, to)| policy.assess(from, to, now)),
+            key_age_seconds: born.map(|b| (now - b).max(0)),
+            key_age_exceeded: born.is_some_and(|b| policy.key_too_old(b, now)),
+        }
+    }
+}
+
+impl RenewalRules {
+    /// Moves the birth record of a retired `key` aside (`<key>.generated.retired-<unix time>`),
+    /// so a new key of the same name starts a new record.
+    ///
+    /// # Errors
+    /// File system errors; a missing record is not one.
+    pub fn retire_birth(&self, key: &KeyId) -> std::io::Result<()> {
+        let from = birth_record(&self.state_dir, key);
+        let to = from.with_extension(format!("generated.retired-{}", now()));
+        match std::fs::rename(&from, to) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+}
+
+impl CertState {
+    /// Its name in `status` and the metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Valid => "valid",
+            Self::RenewalDue => "renewal_due",
+            Self::Expired => "expired",
+            Self::NotYetValid => "not_yet_valid",
+        }
+    }
+}
+
 /// Now, Unix seconds.
 pub fn now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, secs)
@@ -220,6 +296,25 @@ mod tests {
         ] {
             assert!(c.policy().unwrap_err().contains(field), "{c:?}");
         }
+    }
+
+    #[test]
+    fn rules_judge_a_key_by_its_own_policy_and_birth_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = KeyId::new("site-1").unwrap();
+        let mut rules = RenewalRules { state_dir: dir.path().to_path_buf(), policies: HashMap::new() };
+        let strict =
+            RenewalConfig { threshold: Some("30d".into()), max_key_age: Some("1s".into()), ..Default::default() };
+        rules.policies.insert("site-1".into(), strict.policy().unwrap());
+        let n = now();
+        let none = rules.judge(&key, None, n);
+        assert_eq!((none.certificate, none.key_age_seconds, none.key_age_exceeded), (None, None, false));
+        record_birth(dir.path(), &key).unwrap();
+        let judged = rules.judge(&key, Some((n - DAY, n + 10 * DAY)), n + 5);
+        assert_eq!(judged.certificate.unwrap().state, CertState::RenewalDue);
+        assert!(judged.key_age_seconds.unwrap() >= 4 && judged.key_age_exceeded);
+        let other = rules.judge(&KeyId::new("other").unwrap(), Some((n - DAY, n + 10 * DAY)), n);
+        assert_eq!(other.certificate.unwrap().state, CertState::Valid, "the default: half-life");
     }
 
     #[test]

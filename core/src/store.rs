@@ -68,6 +68,17 @@ pub trait KeyStore: Send + 'static {
     /// # Errors
     /// [`StoreError::Unavailable`] when it is not.
     fn check(&mut self) -> Result<(), StoreError>;
+
+    /// Destroys the key `id` for good: its private and public objects (PKCS#11), its
+    /// persistent handle or wrapped blob and auth file (TPM). Only a key retirement calls
+    /// this, after its audit record is written (`agent/src/daemon/ops/retire_key.rs`).
+    ///
+    /// # Errors
+    /// [`StoreError::KeyNotFound`] when there is no such key; [`StoreError::Unsupported`]
+    /// from a store that cannot destroy keys.
+    fn destroy(&mut self, id: &KeyId) -> Result<(), StoreError> {
+        Err(StoreError::Unsupported { what: format!("destroying key `{id}` in this store") })
+    }
 }
 
 impl<S: KeyStore + ?Sized> KeyStore for Box<S> {
@@ -94,6 +105,9 @@ impl<S: KeyStore + ?Sized> KeyStore for Box<S> {
     }
     fn check(&mut self) -> Result<(), StoreError> {
         (**self).check()
+    }
+    fn destroy(&mut self, id: &KeyId) -> Result<(), StoreError> {
+        (**self).destroy(id)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Creating keys on the token: generation (`C_GenerateKeyPair`) and one-time import
 //! (`C_CreateObject`). Private keys are always private, sensitive, non-extractable token
-//! objects; keyward never overwrites or deletes an existing object (the caller checked).
+//! objects; keyward never overwrites an existing object (the caller checked), and deletes
+//! one only when a key is retired (`Pkcs11Store::destroy`, after its audit record).
 
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, KeyType, ObjectClass};

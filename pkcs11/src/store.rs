@@ -340,6 +340,24 @@ impl Pkcs11Store {
         crate::decrypt::decrypt(self, id, found, ciphertext)
     }
 
+    /// `C_DestroyObject` on every object labelled `id` with keyward's `CKA_ID` for it (the
+    /// private key first, so a failure half-way never leaves a usable private key without
+    /// its public half being findable); objects another tool made under the same label
+    /// with another id are left alone.
+    fn destroy_now(&mut self, id: &KeyId) -> Result<(), StoreError> {
+        let private = self.find_private(id)?;
+        self.cache.remove(id);
+        self.session.destroy_object(private.handle).map_err(self.fail("C_DestroyObject"))?;
+        let rest = self.find_objects(&[
+            Attribute::Label(id.as_str().as_bytes().to_vec()),
+            Attribute::Id(crate::keygen::object_id(id)),
+        ])?;
+        for handle in rest {
+            self.session.destroy_object(handle).map_err(self.fail("C_DestroyObject"))?;
+        }
+        Ok(())
+    }
+
     /// `C_GetTokenInfo`, because SoftHSM keeps answering `C_GetSessionInfo` after its
     /// token folder is gone.
     fn check_now(&mut self) -> Result<(), StoreError> {
@@ -382,6 +400,10 @@ impl KeyStore for Pkcs11Store {
 
     fn check(&mut self) -> Result<(), StoreError> {
         self.guarded(Retry::Once, Self::check_now)
+    }
+
+    fn destroy(&mut self, id: &KeyId) -> Result<(), StoreError> {
+        self.guarded(Retry::Never, |s| s.destroy_now(id))
     }
 }
 

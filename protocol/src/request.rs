@@ -89,6 +89,13 @@ pub enum Operation {
         /// `__token_signature__` (base64 text, as NVFlare sends it).
         token_signature: String,
     },
+    /// Destroy `key` in the token, once `replaced_by` is proven to serve in its place.
+    RetireKey {
+        /// The key to destroy.
+        key: KeyId,
+        /// Its successor, whose installed certificate must be its own and valid now.
+        replaced_by: KeyId,
+    },
 }
 
 impl Operation {
@@ -104,6 +111,7 @@ impl Operation {
             Self::NvflareChallenge { .. } => OpKind::NvflareChallenge,
             Self::NvflareRegister { .. } => OpKind::NvflareRegister,
             Self::NvflareVerifyToken { .. } => OpKind::NvflareVerifyToken,
+            Self::RetireKey { .. } => OpKind::RetireKey,
         }
     }
 
@@ -119,7 +127,8 @@ impl Operation {
             | Self::Sign { key, .. }
             | Self::Decrypt { key, .. }
             | Self::NvflareChallenge { key }
-            | Self::NvflareRegister { key, .. } => Some(key),
+            | Self::NvflareRegister { key, .. }
+            | Self::RetireKey { key, .. } => Some(key),
             Self::Hello | Self::ListKeys | Self::Status | Self::NvflareVerifyToken { .. } => None,
         }
     }

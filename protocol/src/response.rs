@@ -110,6 +110,15 @@ pub enum Reply {
         /// The server CN that signed it.
         server_cn: String,
     },
+    /// For `retire_key`: the key is destroyed; its audit record was written before.
+    KeyRetired {
+        /// The destroyed key.
+        key: KeyId,
+        /// Its successor.
+        replaced_by: KeyId,
+        /// The audit record's `seq` written before the key was destroyed.
+        audit_seq: u64,
+    },
 }
 
 impl Response {

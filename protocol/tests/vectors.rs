@@ -79,6 +79,10 @@ fn example(kind: OpKind) -> (Operation, Reply) {
                     key: key("site-1"),
                     algorithm: KeyAlgorithm::Rsa2048,
                     certificate_not_after: Some(1_893_456_000),
+                    certificate_seconds_to_expiry: Some(86_400_000),
+                    renewal: Some("valid".into()),
+                    key_age_seconds: Some(2_592_000),
+                    key_age_exceeded: false,
                     empty_auth: false,
                 }],
                 latency: vec![OpLatency { op: "sign".into(), count: 3, p50_us: 610, p99_us: 990 }],
@@ -111,6 +115,10 @@ fn example(kind: OpKind) -> (Operation, Reply) {
                 token_signature: "AQI=".into(),
             },
             Reply::TokenVerified { server_cn: "server1".into() },
+        ),
+        OpKind::RetireKey => (
+            Operation::RetireKey { key: key("site-1"), replaced_by: key("site-1-2") },
+            Reply::KeyRetired { key: key("site-1"), replaced_by: key("site-1-2"), audit_seq: 42 },
         ),
     }
 }

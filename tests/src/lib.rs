@@ -22,6 +22,7 @@ pub mod swtpm;
 pub mod syscalls;
 pub mod tls;
 pub mod tls_sink;
+pub mod tmpfs;
 pub mod tools;
 pub mod tpm_maker;
 

@@ -10,7 +10,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use keyward_client::BlockingAgentClient;
@@ -18,41 +17,9 @@ use keyward_client::ClientError;
 use keyward_core::KeyId;
 use keyward_protocol::{ErrorCode, Operation, Reply};
 use keyward_tests::raw::{error_code, RawConn};
+use keyward_tests::tmpfs::Tmpfs;
 use keyward_tests::{AgentProcess, Site};
 use serde_json::Value;
-
-/// A tmpfs of `size` mounted on a new folder; unmounted on drop.
-struct Tmpfs {
-    dir: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(dir: PathBuf, size: &str) -> Self {
-        std::fs::create_dir_all(&dir).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
-            .arg(&dir)
-            .output()
-            .unwrap();
-        keyward_tests::tools::assert_success(&out, "mount a tmpfs for the audit log (needs root)");
-        Self { dir }
-    }
-
-    /// Fills the file system with `filler` until a write fails.
-    fn fill(&self) -> PathBuf {
-        let filler = self.dir.join("filler");
-        let mut file = std::fs::File::create(&filler).unwrap();
-        let block = [0u8; 1024];
-        while file.write_all(&block).is_ok() {}
-        filler
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
-    }
-}
 
 /// Puts the audit log at `path` (a top-level key, so it goes before the tables).
 fn set_audit_log(site: &Site, extra: &str) {

@@ -1,6 +1,7 @@
 //! Observability with a real agent on SoftHSM: the Prometheus endpoint (`[metrics] listen`)
 //! scraped with a plain TCP `GET`, its counts checked against the signatures made, the
-//! certificate expiry checked against openssl's reading of the installed certificate, the
+//! certificate expiry checked against openssl's reading of the installed certificate (with the
+//! seconds left, the renewal policy's verdict and the key's age), the
 //! refusals (other methods, other paths, oversized heads, too many connections), no TCP
 //! socket at all without `[metrics]`; and `keyward status` showing keys, certificate expiry
 //! and latency percentiles.
@@ -119,6 +120,12 @@ fn metrics_endpoint_counts_signatures_and_reports_certificate_expiry() {
     let expected = not_after(&crt) as f64;
     assert_eq!(sample(&body, "keyward_certificate_expiry_seconds{key=\"site-1\"}"), Some(expected), "{body}");
     assert_eq!(body.matches("keyward_certificate_expiry_seconds{").count(), 1, "only site-1's current one:\n{body}");
+    // Seconds to that expiry, the renewal policy's verdict (default: half-life), the key's age.
+    let left = sample(&body, "keyward_certificate_seconds_to_expiry{key=\"site-1\"}").unwrap();
+    assert!(left > 0.0 && (expected - left - keyward_now()).abs() < 30.0, "{body}");
+    assert_eq!(sample(&body, "keyward_certificate_renewal_due{key=\"site-1\"}"), Some(0.0), "{body}");
+    let age = sample(&body, "keyward_key_age_seconds{key=\"site-1\"}").unwrap();
+    assert!((0.0..600.0).contains(&age), "{body}");
     let pin = std::fs::read_to_string(&site.hsm.pin_file).unwrap();
     assert!(!body.contains(pin.trim()), "the PIN must never appear in metrics");
 
@@ -129,6 +136,9 @@ fn metrics_endpoint_counts_signatures_and_reports_certificate_expiry() {
     let site_1 = keys.iter().find(|k| k["key"] == "site-1").unwrap();
     assert_eq!(site_1["certificate_not_after"].as_i64(), Some(expected as i64), "{status}");
     assert!(keys.iter().find(|k| k["key"] == "edge").unwrap()["certificate_not_after"].is_null());
+    assert_eq!(site_1["renewal"], "valid", "{status}");
+    assert!(site_1["certificate_seconds_to_expiry"].as_i64().unwrap() > 0, "{status}");
+    assert!(site_1["key_age_seconds"].as_i64().unwrap() >= 0, "{status}");
     let latency = status["latency"].as_array().unwrap();
     let sign_latency = latency.iter().find(|l| l["op"] == "sign").unwrap();
     assert_eq!(sign_latency["count"].as_u64(), Some(6), "{status}");
@@ -224,4 +234,9 @@ fn metrics_listen_address_must_be_loopback() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("metrics.listen") && stderr.contains("not a loopback address"), "{stderr}");
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn keyward_now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64
 }

@@ -1,8 +1,8 @@
 //! Keys at persistent handles (the owner's range 0x81000000–0x817FFFFF), the alternative to
 //! wrapped key files: the key lives in the TPM's own non-volatile memory, so there is no
 //! file to back up or lose, at the cost of NV space (a TPM holds only a few such keys).
-//! A name is bound to a handle in the config. Nothing here ever evicts a handle: an
-//! occupied handle is reported, not reused.
+//! A name is bound to a handle in the config. An occupied handle is reported, not reused;
+//! only a key retirement evicts one ([`evict`], after its audit record).
 
 use tss_esapi::constants::CapabilityType;
 use tss_esapi::handles::{KeyHandle, ObjectHandle, PersistentTpmHandle, TpmHandle};
@@ -66,4 +66,16 @@ pub(crate) fn persist(ctx: &mut Context, primary: KeyHandle, blob: &KeyBlob, han
     let mut persistent = persisted?;
     flushed?;
     ctx.tr_close(&mut persistent).map_err(TpmError::call("Esys_TR_Close"))
+}
+
+/// Evicts the key at `handle` from the TPM's non-volatile memory (owner authorisation,
+/// empty owner password): the key is gone for good.
+pub(crate) fn evict(ctx: &mut Context, handle: u32) -> Result<(), TpmError> {
+    let target = Persistent::Persistent(PersistentTpmHandle::new(handle).map_err(TpmError::call("persistent handle"))?);
+    let key = open(ctx, handle)?;
+    ctx.execute_with_session(Some(AuthSession::Password), |c| {
+        c.evict_control(Provision::Owner, ObjectHandle::from(key), target)
+    })
+    .map_err(TpmError::call("TPM2_EvictControl (evict)"))?;
+    Ok(())
 }

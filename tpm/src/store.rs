@@ -369,6 +369,28 @@ impl KeyStore for TpmStore {
         })
     }
 
+    /// A persistent key is evicted, then its `.tpmauth` file removed; a wrapped key's blob
+    /// file is removed (the TPM never held it: a copy of the blob from a backup would still
+    /// load under the same primary, which docs/security.md says).
+    fn destroy(&mut self, id: &KeyId) -> Result<(), StoreError> {
+        let key = self.stored(id)?;
+        self.cache.remove(id);
+        let tpm = self.shared.config.tcti.to_string();
+        let key_dir = self.shared.config.key_dir.clone();
+        let remove = |path: std::path::PathBuf| match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(TpmError::Io { path, source }.into_store_error(&tpm)),
+        };
+        match key {
+            StoredKey::Persistent { handle, .. } => {
+                self.run(|conn| Ok(crate::persistent::evict(&mut conn.ctx, handle)?))?;
+                remove(crate::auth::path(&key_dir, id))
+            }
+            StoredKey::Wrapped(_) => remove(blob::path(&key_dir, id)),
+        }
+    }
+
     fn check(&mut self) -> Result<(), StoreError> {
         self.run(|conn| {
             let property = tss_esapi::constants::PropertyTag::Manufacturer;

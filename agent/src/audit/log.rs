@@ -188,6 +188,22 @@ impl AuditLog {
         self.append(&mut inner, record)
     }
 
+    /// Appends `record` and syncs it to disk before returning its `seq`: for a record that
+    /// must exist before an irreversible act (a key's retirement destroys it after this).
+    /// Never folded into a refusal summary.
+    ///
+    /// # Errors
+    /// The record is not in the file, or not on disk.
+    pub fn record_durable(&self, record: &AuditRecord<'_>) -> Result<u64, AuditError> {
+        let mut inner = self.lock();
+        self.append(&mut inner, record)?;
+        let tail = &mut inner.tail;
+        if let Err(source) = tail.file.sync_data() {
+            return Err(self.failed(tail, AuditError::Write { path: self.settings.path.clone(), source }));
+        }
+        Ok(tail.seq)
+    }
+
     /// Writes the summaries of refusal windows that have closed (called every second, so a
     /// flood that stops is still summarised).
     pub fn flush_suppressed(&self) {

@@ -125,6 +125,17 @@ pub enum AuditNote {
         /// The kept log now starts at this `seq`.
         kept_from_seq: u64,
     },
+    /// `retire_key` with outcome `destroying`: written (and synced) before a key is
+    /// destroyed, after its successor was proven; the `retire_key` record with the outcome
+    /// follows.
+    Retiring {
+        /// The successor key.
+        replaced_by: String,
+        /// SHA-256 of the retired key's SubjectPublicKeyInfo, hex.
+        retired_spki_sha256: String,
+        /// SHA-256 of the successor's installed certificate file, hex.
+        successor_certificate_sha256: String,
+    },
     /// `refusals_suppressed`: refusals of one uid past `audit_refusals_per_second`,
     /// counted instead of written one by one.
     Suppressed {

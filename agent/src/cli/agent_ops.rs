@@ -114,7 +114,18 @@ fn print_keys(keys: &[keyward_protocol::KeyStatus]) {
             }
         };
         let open = if k.empty_auth { format!("; {}", crate::cli::keys::OPEN_KEY) } else { String::new() };
-        println!("  {:<20} {:<12} {certificate}{open}", k.key.as_str(), k.algorithm.to_string());
+        let renewal = match k.renewal.as_deref() {
+            Some("renewal_due") => "; RENEWAL DUE (keyward nvflare request --renew, or rotate)",
+            Some("expired") => "; EXPIRED: renew now",
+            Some("not_yet_valid") => "; not valid yet",
+            _ => "",
+        };
+        let age = match (k.key_age_seconds, k.key_age_exceeded) {
+            (Some(age), true) => format!("; key {} days old, past max_key_age: rotate it", age / 86_400),
+            (Some(age), false) => format!("; key {} days old", age / 86_400),
+            (None, _) => String::new(),
+        };
+        println!("  {:<20} {:<12} {certificate}{renewal}{age}{open}", k.key.as_str(), k.algorithm.to_string());
     }
 }
 
@@ -177,6 +188,21 @@ pub fn sign(socket: PathBuf, args: SignArgs) -> Result<()> {
     let reply = call(&socket, Operation::Sign { key: args.name, profile: args.profile, data })?;
     let Reply::Signature { signature, .. } = reply else { bail!("unexpected reply to sign") };
     write_output(args.io.out.as_deref(), &signature, args.io.base64, Contents::Public)
+}
+
+/// `keyward key retire`.
+///
+/// # Errors
+/// When the agent is unreachable or refuses (the successor is not proven, the caller is not
+/// root or the agent's user, the audit record could not be written).
+pub fn retire(socket: &Path, key: KeyId, replaced_by: KeyId) -> Result<()> {
+    let reply = call(socket, Operation::RetireKey { key: key.clone(), replaced_by })
+        .with_context(|| format!("retiring `{key}`"))?;
+    let Reply::KeyRetired { key, replaced_by, audit_seq } = reply else { bail!("unexpected reply to retire_key") };
+    println!(
+        "retired `{key}` (destroyed in the token; audit record seq {audit_seq}); `{replaced_by}` serves in its place"
+    );
+    Ok(())
 }
 
 /// `keyward decrypt`.

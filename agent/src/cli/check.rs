@@ -8,8 +8,10 @@
 //! certified key in the token, its certificate (the key's, valid now, NVFlare's usages, signed
 //! by the kit's root CA pinned in `[keys.<name>.nvflare]`), expiry and key age against the
 //! key's renewal policy (`renewal.rs`), the agent's socket, the audit log, and, with
-//! `--python`, the plug-in's `.pth` in the NVFlare venv. A TPM that a running agent holds is
-//! not opened (swtpm serves one client; the agent's answer stands for it).
+//! `--python`, the plug-in's `.pth` in the NVFlare venv; the systemd unit's sandbox against
+//! what the config needs and the service user's write access to the socket's folder and the
+//! audit log (`check_unit.rs`). A TPM that a running agent holds is not opened (swtpm serves
+//! one client; the agent's answer stands for it).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,7 @@ use clap::Args;
 use keyward_core::{KeyAlgorithm, KeyId, KeyStore, PublicKey, SignProfile, StoreError, TlsScheme};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::check_unit::{audit_log_gap, sandbox_gaps, socket_gap, ServiceUser, Unit};
 use crate::certs::CertStore;
 use crate::config::{BackendConfig, Config};
 use crate::renewal::{self, CertState, RenewalPolicy};
@@ -29,6 +32,13 @@ pub struct CheckArgs {
     /// Python of the NVFlare venv: check that the keyward plug-in is installed there.
     #[arg(long, value_name = "PATH")]
     python: Option<PathBuf>,
+    /// The agent's systemd unit (default: keyward.service in /etc/systemd/system, /lib or
+    /// /usr/lib), read with its drop-ins (`<unit>.d/`, /etc/systemd/system/keyward.service.d/).
+    #[arg(long, value_name = "FILE")]
+    unit: Option<PathBuf>,
+    /// The user the agent runs as (default: the unit's `User=`, else the caller).
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -87,7 +97,19 @@ pub fn run(config_path: &Path, args: CheckArgs) -> Result<()> {
         Some(python) => check_plugin(&mut report, python),
         None => report.line(Verdict::Skip, "plug-in", "not checked (pass --python <NVFlare venv>/bin/python)"),
     }
-    report.line(Verdict::Skip, "unit sandbox", "not checked by this version (see deploy/systemd)");
+    let unit = Unit::find(args.unit.as_deref());
+    check_service_user(&mut report, &config, unit.as_ref(), args.user.as_deref());
+    match &unit {
+        Some(unit) => match sandbox_gaps(unit, &config).as_slice() {
+            [] => report.line(
+                Verdict::Ok,
+                "unit sandbox",
+                format!("`{}` and its drop-ins give what the config needs", unit.path.display()),
+            ),
+            gaps => gaps.iter().for_each(|gap| report.line(Verdict::Fail, "unit sandbox", gap)),
+        },
+        None => report.line(Verdict::Skip, "unit sandbox", "no keyward.service installed (not run by systemd)"),
+    }
     finish(&report)
 }
 
@@ -381,5 +403,34 @@ fn check_plugin(report: &mut Report, python: &Path) {
                 venv.display()
             ),
         );
+    }
+}
+
+/// The socket's folder and the audit log, as the user the agent runs as sees them.
+fn check_service_user(report: &mut Report, config: &Config, unit: Option<&Unit>, user: Option<&str>) {
+    let name = match user.or_else(|| unit.and_then(|u| u.last("User"))) {
+        Some(name) => name.to_owned(),
+        None => match nix::unistd::User::from_uid(nix::unistd::geteuid()) {
+            Ok(Some(me)) => me.name,
+            _ => {
+                report.line(Verdict::Skip, "service user", "unknown (pass --user)");
+                return;
+            }
+        },
+    };
+    let user = match ServiceUser::lookup(&name) {
+        Ok(user) => user,
+        Err(why) => {
+            report.line(Verdict::Fail, "service user", why);
+            return;
+        }
+    };
+    let gaps: Vec<String> =
+        [socket_gap(&user, &config.socket), audit_log_gap(&user, &config.audit_log())].into_iter().flatten().collect();
+    if gaps.is_empty() {
+        report.line(Verdict::Ok, "service user", format!("`{name}` can write the socket's folder and the audit log"));
+    }
+    for gap in gaps {
+        report.line(Verdict::Fail, "service user", gap);
     }
 }

@@ -1,4 +1,6 @@
-//! `keyward key generate | import | list | public`: key management straight on the token.
+//! `keyward key generate | import | list | public`: key management straight on the token;
+//! `keyward key retire`, the end of a rotation, asks the running agent (`retire_key`), which
+//! proves the successor, writes the audit record, and only then destroys the key.
 //! Import proves itself with a sign-and-verify round trip before `--destroy-source` may
 //! overwrite and remove the source file, through the one no-follow handle it was read with
 //! (`kit_file.rs`): a link or a FIFO as the source, or a source swapped meanwhile, is refused.
@@ -38,6 +40,16 @@ pub enum KeyCommand {
     },
     /// List the keys in the token.
     List,
+    /// Destroy a key in the token once its successor serves in its place (the end of a
+    /// rotation). Through the running agent: it proves the successor (its installed
+    /// certificate, a signature verified against it), writes the audit record, then destroys.
+    Retire {
+        /// The key to destroy.
+        name: KeyId,
+        /// The key that replaces it (enrolled, with its certificate installed).
+        #[arg(long, value_name = "KEY")]
+        replaced_by: KeyId,
+    },
     /// Print a key's public key (SubjectPublicKeyInfo, PEM).
     Public {
         /// Key name.
@@ -65,10 +77,17 @@ pub(crate) const OPEN_KEY: &str =
 /// # Errors
 /// Token, PIN and file errors, with context.
 pub fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
+    if let KeyCommand::Retire { name, replaced_by } = cmd {
+        return super::agent_ops::retire(&config.socket, name, replaced_by);
+    }
     let mut store = open_store(config)?;
     match cmd {
+        KeyCommand::Retire { .. } => unreachable!("answered by the agent above"),
         KeyCommand::Generate { name, algorithm } => {
             let info = store.generate(&name, algorithm).with_context(|| format!("generating key `{name}`"))?;
+            if let Err(e) = crate::renewal::record_birth(&config.state_dir, &name) {
+                eprintln!("warning: `{name}` was generated, but when is not recorded (its key age stays unknown): {e}");
+            }
             eprintln!(
                 "generated {} key `{}` inside {} (sensitive, not extractable)",
                 info.algorithm,

@@ -11,6 +11,7 @@ mod attest;
 mod audit;
 mod cert;
 mod check;
+mod check_unit;
 mod init;
 mod keys;
 mod nvflare;

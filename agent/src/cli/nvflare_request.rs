@@ -68,6 +68,9 @@ pub fn run(config: &Config, args: RequestArgs) -> Result<()> {
             ),
             e => anyhow::Error::new(e).context(format!("generating key `{key}`")),
         })?;
+        if let Err(e) = crate::renewal::record_birth(&config.state_dir, &key) {
+            eprintln!("warning: `{key}` was generated, but when is not recorded (its key age stays unknown): {e}");
+        }
         eprintln!(
             "generated {} key `{key}` inside {} (sensitive, not extractable)",
             args.algorithm,

@@ -59,6 +59,7 @@ operations! {
     NvflareChallenge => nvflare_challenge,
     NvflareRegister => nvflare_register,
     NvflareVerifyToken => nvflare_verify_token,
+    RetireKey => retire_key,
 }
 
 impl OpKind {

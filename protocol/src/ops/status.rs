@@ -55,6 +55,19 @@ pub struct KeyStatus {
     pub algorithm: KeyAlgorithm,
     /// When its installed certificate expires (Unix seconds); none without a certificate.
     pub certificate_not_after: Option<i64>,
+    /// Seconds from now to that expiry (negative once expired); sent with a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_seconds_to_expiry: Option<i64>,
+    /// The certificate against the key's renewal policy: `valid`, `renewal_due`, `expired`
+    /// or `not_yet_valid`; sent with a certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<String>,
+    /// Seconds since the key was generated (keyward's record of its birth); sent when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_age_seconds: Option<i64>,
+    /// The key is older than its policy's `max_key_age`: rotate it. Sent only when true.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_age_exceeded: bool,
     /// Any client of the device can use it (a TPM key with the empty auth value); sent only
     /// when true.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]

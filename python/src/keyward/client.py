@@ -213,6 +213,11 @@ class Connection:
         fields = {"session": session, "client_name": client_name, "token": token, "token_signature": token_signature}
         return protocol.parse_token_verified(self.request("nvflare_verify_token", fields))
 
+    def retire_key(self, key: str, replaced_by: str) -> int:
+        _check_str(replaced_by, "replaced_by")
+        fields = {"key": key, "replaced_by": replaced_by}
+        return protocol.parse_key_retired(self.request("retire_key", fields, key=key))
+
 
 class KeywardClient:
     """The agent at ``socket_path``. Each call opens its own connection; thread-safe.
@@ -326,6 +331,18 @@ class KeywardClient:
         """
         with self.connect() as conn:
             return conn.nvflare_verify_token(session, client_name, token, token_signature)
+
+    def retire_key(self, key: str, replaced_by: str) -> int:
+        """Destroys ``key`` in the token once ``replaced_by`` serves in its place (the end of a
+        rotation): the agent proves the successor (its installed certificate, a signature verified
+        against it), writes the audit record, then destroys. Returns that record's ``seq``.
+
+        Raises:
+            PolicyDenied: the caller is not root or the agent's user, or the successor is not proven.
+            AuditFailed: the record could not be written; nothing was destroyed.
+        """
+        with self.connect() as conn:
+            return conn.retire_key(key, replaced_by)
 
 
 def _check_bytes(data: object, name: str) -> None:

@@ -268,7 +268,37 @@ def open_reference(ref: keyref.KeyReference, *, client: AgentOps | None = None) 
     if (ref.socket, ref.key) not in _announced:
         _announced.add((ref.socket, ref.key))
         logger.info("keyward: using key `%s` (%s) held by %s at `%s`", ref.key, info.algorithm, hello.agent, ref.socket)
+        _warn_if_renewal_due(client, ref)
     return RemoteRSAPrivateKey(client, ref.key, public)
+
+
+def _warn_if_renewal_due(client: AgentOps, ref: keyref.KeyReference) -> None:
+    """Logs a warning (once, when the key is first loaded: at the NVFlare client's start) when the
+    agent's ``status`` says the key's certificate is inside its renewal threshold or expired, or
+    the key is past its ``max_key_age``. A ``status`` that fails only costs the warning."""
+    status = getattr(client, "status", None)
+    if status is None:
+        return
+    try:
+        keys = status().raw.get("keys") or []
+    except KeywardError as exc:
+        logger.debug("keyward: no renewal check for `%s`: %s", ref.key, exc)
+        return
+    entry = next((k for k in keys if isinstance(k, dict) and k.get("key") == ref.key), None)
+    if entry is None:
+        return
+    renewal = entry.get("renewal")
+    left = entry.get("certificate_seconds_to_expiry")
+    days = f"{left / 86400:.1f} days" if isinstance(left, (int, float)) else "an unknown time"
+    if renewal == "renewal_due":
+        logger.warning("keyward: the certificate of key `%s` is due for renewal (it expires in %s): "
+                       "`keyward nvflare request --renew` (docs/nvflare-plugin.md)", ref.key, days)
+    elif renewal == "expired":
+        logger.warning("keyward: the certificate of key `%s` has EXPIRED: the server will refuse this site; "
+                       "renew it (`keyward nvflare request --renew`)", ref.key)
+    if entry.get("key_age_exceeded"):
+        logger.warning("keyward: key `%s` is older than its max_key_age: rotate it (a new key in the token, "
+                       "then `keyward key retire`)", ref.key)
 
 
 def load_reference_key(data: Any, password: Any = None, backend: Any = None, **kwargs: Any) -> RemoteRSAPrivateKey:

@@ -40,6 +40,7 @@ OPERATIONS = (
     "nvflare_challenge",
     "nvflare_register",
     "nvflare_verify_token",
+    "retire_key",
 )
 #: The signing profiles of docs/protocol.md §5.
 PROFILES = (
@@ -62,6 +63,7 @@ REPLY_KINDS = {
     "nvflare_challenge": "nvflare_challenge",
     "nvflare_register": "nvflare_registration",
     "nvflare_verify_token": "token_verified",
+    "retire_key": "key_retired",
 }
 
 
@@ -375,3 +377,8 @@ class Registration:
 def parse_token_verified(body: Mapping[str, Any]) -> str:
     """The server CN of a ``token_verified`` reply (the server verified at registration)."""
     return _field(body, "server_cn", str)
+
+
+def parse_key_retired(body: Mapping[str, Any]) -> int:
+    """The ``seq`` of the audit record written before the key was destroyed (``key_retired``)."""
+    return _int(body, "audit_seq")

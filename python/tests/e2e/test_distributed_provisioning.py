@@ -422,3 +422,56 @@ def test_a_renewal_with_the_agent_running_is_used_without_restart_and_the_site_r
     assert int(sent.not_valid_after_utc.timestamp()) == after, "the client registered with the renewed certificate"
     assert_no_private_key(site.dir)
     Processes.stop(client)
+
+
+def test_a_rotation_with_the_agent_running_retires_the_old_key_after_the_new_one_registers(project):
+    """A new key generated in the token while the agent runs and serves with the old one
+    (`keyward nvflare request --key site-1-2`); the admin approves, `nvflare package` makes a kit
+    whose `client.key` references the new key, `keyward nvflare enroll` installs its certificate,
+    and a SIGHUP loads its `[keys.site-1-2.nvflare]` (no restart). The client started from the new
+    kit registers with the new key and certificate. Then `keyward key retire site-1 --replaced-by
+    site-1-2`: the audit record `destroying` is written before the old key is gone from the token,
+    and the record of the outcome follows."""
+    proj = project
+    site = proj.sites["site-1"]
+    assert site.agent.proc is not None
+    agent_pid = site.agent.proc.pid
+    new_key = "site-1-2"
+    rotation = Site(site.name, new_key, site.agent, site.dir / "rotation")
+    rotation.dir.mkdir()
+    site.agent.keyward("nvflare", "request", "-p", str(site.dir / "site-1.yaml"), "--key", new_key, "--out",
+                       str(rotation.request_dir))
+    assert_no_private_key(site.dir)
+    assert keyref.load(rotation.request_dir / "site-1.key").key == new_key
+    signed = proj.approve(rotation.request_dir / "site-1.request.zip", rotation.dir / "site-1.signed.zip")
+    rotation.kit = proj.package(signed, rotation.request_dir, rotation.dir / "ws", site.name, plugin=True)
+    assert keyref.load(rotation.kit / "startup" / "client.key").key == new_key
+    assert_no_private_key(site.dir)
+    site.agent.keyward("nvflare", "enroll", str(rotation.kit / "startup"), "--key", new_key)
+    reloads = site.agent.log_text().count("config reloaded")
+    os.kill(agent_pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while site.agent.log_text().count("config reloaded") == reloads:
+        assert time.monotonic() < deadline, "the agent did not reload its config"
+        time.sleep(0.05)
+    status = json.loads(site.agent.keyward("status", "--json").stdout)
+    keys = {k["key"]: k for k in status["keys"]}
+    assert keys[new_key]["renewal"] == "valid" and keys[new_key]["key_age_seconds"] >= 0, keys[new_key]
+
+    client = proj.start_client(rotation)
+    wait_for_line(rotation.kit / "log.txt", "Successfully registered client:site-1", client, REGISTER_LIMIT_S)
+    regs = [r for r in site.agent.audit_records() if r.get("op") == "nvflare_register"]
+    assert regs[-1]["key"] == new_key and regs[-1]["outcome"] == "ok", regs[-1]
+    Processes.stop(client)
+
+    retired = site.agent.keyward("key", "retire", site.key, "--replaced-by", new_key)
+    assert f"retired `{site.key}`" in retired.stdout, retired.stdout
+    records = [r for r in site.agent.audit_records() if r.get("op") == "retire_key"]
+    assert [r["outcome"] for r in records] == ["destroying", "ok"], records
+    assert records[0]["key"] == site.key and records[0]["replaced_by"] == new_key
+    assert records[1]["seq"] == records[0]["seq"] + 1
+    listed = site.agent.keyward("key", "list").stdout
+    assert not any(line.split()[:1] == [site.key] for line in listed.splitlines()), listed
+    assert any(line.split()[:1] == [new_key] for line in listed.splitlines()), listed
+    assert site.agent.proc.pid == agent_pid and site.agent.proc.poll() is None, "the agent never restarted"
+    assert_no_private_key(site.dir)

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from keyward import errors, keyref
 from keyward.nvflare import RemoteRSAPrivateKey, load_reference_key, max_pss_salt, open_reference
-from keyward.protocol import Hello, PublicKeyInfo, Signature
+from keyward.protocol import Hello, PublicKeyInfo, Signature, Status
 
 PSS_MAX = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH)
 OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
@@ -243,3 +243,38 @@ def test_load_reference_key_refuses_a_password_and_bad_references(caplog):
         with pytest.raises(errors.InvalidKeyReference):
             load_reference_key(bad, None)
     assert "not valid base64" in caplog.text
+
+
+class StatusClient(FakeClient):
+    """A fake agent whose ``status`` reports ``entry`` for its one key."""
+
+    def __init__(self, key: rsa.RSAPrivateKey, entry: dict) -> None:
+        super().__init__(key)
+        self.entry = entry
+
+    def status(self) -> Status:
+        self.calls.append(("status",))
+        body = {"backend_health": "ok", "backend": "memory", "device": "fake", "uptime_seconds": 1,
+                "connections": 1, "requests_ok": 0, "requests_failed": 0, "signatures": 0, "decryptions": 0,
+                "workers": 1, "keys": [self.entry]}
+        return Status.from_body(body)
+
+
+@pytest.mark.parametrize("entry, warning", [
+    ({"key": "site-1", "renewal": "renewal_due", "certificate_seconds_to_expiry": 86400 * 3},
+     "the certificate of key `site-1` is due for renewal (it expires in 3.0 days)"),
+    ({"key": "site-1", "renewal": "expired", "certificate_seconds_to_expiry": -5},
+     "the certificate of key `site-1` has EXPIRED"),
+    ({"key": "site-1", "renewal": "valid", "key_age_exceeded": True},
+     "key `site-1` is older than its max_key_age: rotate it"),
+    ({"key": "site-1", "renewal": "valid", "certificate_seconds_to_expiry": 86400 * 300}, None),
+])
+def test_the_client_warns_at_start_when_its_certificate_is_due(local_key, caplog, entry, warning):
+    ref = keyref.KeyReference(socket=f"/run/fake/{len(caplog.records)}-{id(entry)}.sock", key="site-1")
+    with caplog.at_level(logging.WARNING, logger="keyward"):
+        open_reference(ref, client=StatusClient(local_key, entry))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    if warning is None:
+        assert warnings == []
+    else:
+        assert len(warnings) == 1 and warning in warnings[0], warnings

@@ -53,6 +53,11 @@ pub enum BackendJob<'a> {
     },
     /// The cheap device check of the health monitor.
     Check,
+    /// Destroy a key for good (`retire_key`, after its audit record).
+    Destroy {
+        /// The key.
+        key: &'a KeyId,
+    },
 }
 
 /// What a job gives back; each job has exactly one kind of output. No `Debug`: a
@@ -71,6 +76,8 @@ pub enum JobOutput {
     Plaintext(Zeroizing<Vec<u8>>),
     /// From [`BackendJob::Check`].
     Checked,
+    /// From [`BackendJob::Destroy`].
+    Destroyed,
 }
 
 impl JobOutput {
@@ -83,6 +90,7 @@ impl JobOutput {
             Self::ProfileRefused(_) => "profile_refused",
             Self::Plaintext(_) => "plaintext",
             Self::Checked => "checked",
+            Self::Destroyed => "destroyed",
         }
     }
 }
@@ -96,6 +104,7 @@ impl BackendJob<'_> {
             Self::Sign { .. } => "sign",
             Self::Decrypt { .. } => "decrypt",
             Self::Check => "check",
+            Self::Destroy { .. } => "destroy",
         }
     }
 
@@ -130,6 +139,10 @@ impl BackendJob<'_> {
             Self::Check => {
                 store.check()?;
                 JobOutput::Checked
+            }
+            Self::Destroy { key } => {
+                store.destroy(key)?;
+                JobOutput::Destroyed
             }
         })
     }

@@ -142,15 +142,30 @@ async fn snapshot(agent: &Arc<Agent>) -> Snapshot {
     let checked =
         tokio::task::spawn_blocking(move || checker.back.run_aside(BackendJob::Check, checker.back.timeout())).await;
     let backend_up = matches!(checked, Ok(Some(Ok(_))));
-    let certificates =
-        agent.certs.installed().into_iter().filter_map(|key| agent.certs.not_after(&key).map(|t| (key, t)));
+    let rules = agent.rules.load();
+    let now = crate::renewal::now();
+    let (mut certificates, mut renewal, mut key_ages) = (Vec::new(), Vec::new(), Vec::new());
+    for key in agent.certs.installed() {
+        let validity = agent.certs.validity(&key);
+        let judged = rules.renewal.judge(&key, validity, now);
+        if let (Some((_, not_after)), Some(a)) = (validity, judged.certificate) {
+            certificates.push((key.clone(), not_after));
+            let due = matches!(a.state, crate::renewal::CertState::RenewalDue | crate::renewal::CertState::Expired);
+            renewal.push((key.clone(), a.seconds_to_expiry, due));
+        }
+        if let Some(age) = judged.key_age_seconds {
+            key_ages.push((key, age));
+        }
+    }
     Snapshot {
         backend: agent.back.info().backend.to_owned(),
         backend_up,
         uptime_seconds: agent.started.elapsed().as_secs(),
         connections: Stats::get(&agent.stats.connections),
         series: agent.stats.series(),
-        certificates: certificates.collect(),
+        certificates,
+        renewal,
+        key_ages,
     }
 }
 

@@ -29,6 +29,11 @@ pub struct Snapshot {
     pub series: Vec<(SeriesKey, Series)>,
     /// Installed certificates and their notAfter (Unix seconds).
     pub certificates: Vec<(KeyId, i64)>,
+    /// Per key with a certificate: seconds left to its notAfter, and 1 when its renewal
+    /// policy says renewal is due (or it expired).
+    pub renewal: Vec<(KeyId, i64, bool)>,
+    /// Per key with a recorded birth: its age in seconds.
+    pub key_ages: Vec<(KeyId, i64)>,
 }
 
 /// Renders `snapshot` in the text format.
@@ -73,6 +78,28 @@ pub fn render(snapshot: &Snapshot) -> String {
     );
     for (key, not_after) in &snapshot.certificates {
         let _ = writeln!(out, "keyward_certificate_expiry_seconds{} {not_after}", labels(&[("key", key.as_str())]));
+    }
+    header(
+        &mut out,
+        "keyward_certificate_seconds_to_expiry",
+        "gauge",
+        "seconds from now to the notAfter of the key's certificate (negative once expired)",
+    );
+    for (key, left, _) in &snapshot.renewal {
+        let _ = writeln!(out, "keyward_certificate_seconds_to_expiry{} {left}", labels(&[("key", key.as_str())]));
+    }
+    header(
+        &mut out,
+        "keyward_certificate_renewal_due",
+        "gauge",
+        "1 when the key's renewal policy says its certificate is due for renewal or expired",
+    );
+    for (key, _, due) in &snapshot.renewal {
+        line(&mut out, "keyward_certificate_renewal_due", &[("key", key.as_str())], u64::from(*due));
+    }
+    header(&mut out, "keyward_key_age_seconds", "gauge", "seconds since the key was generated (keyward's record)");
+    for (key, age) in &snapshot.key_ages {
+        let _ = writeln!(out, "keyward_key_age_seconds{} {age}", labels(&[("key", key.as_str())]));
     }
     out
 }
@@ -136,6 +163,8 @@ mod tests {
             connections: 1,
             series: vec![(labels, series)],
             certificates: vec![(KeyId::new("site-1").unwrap(), 1_800_000_000)],
+            renewal: vec![(KeyId::new("site-1").unwrap(), -5, true)],
+            key_ages: vec![(KeyId::new("site-1").unwrap(), 86_400)],
         }
     }
 
@@ -155,6 +184,9 @@ mod tests {
             "keyward_request_duration_seconds_count{op=\"sign\",key=\"site-1\",profile=\"nvflare\"} 3\n",
             "# TYPE keyward_certificate_expiry_seconds gauge\n",
             "keyward_certificate_expiry_seconds{key=\"site-1\"} 1800000000\n",
+            "keyward_certificate_seconds_to_expiry{key=\"site-1\"} -5\n",
+            "keyward_certificate_renewal_due{key=\"site-1\"} 1\n",
+            "keyward_key_age_seconds{key=\"site-1\"} 86400\n",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
         }

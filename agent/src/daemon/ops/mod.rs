@@ -17,6 +17,7 @@ mod nvflare_register;
 mod nvflare_state;
 mod nvflare_verify_token;
 mod public_key;
+mod retire_key;
 mod sign;
 mod status;
 
@@ -217,6 +218,7 @@ fn dispatch(ctx: &Ctx<'_>, op: Operation) -> Done {
         Operation::NvflareVerifyToken { session, client_name, token, token_signature } => {
             nvflare_verify_token::run(ctx, &session, &client_name, &token, &token_signature)
         }
+        Operation::RetireKey { key, replaced_by } => retire_key::run(ctx, &key, &replaced_by),
     }
 }
 

@@ -1,5 +1,6 @@
-//! `status`: backend health, counters, the keys with their certificate's expiry, and
-//! p50/p99 latency per operation. Answered without a session, so that a stuck backend call
+//! `status`: backend health, counters, the keys with their certificate's expiry judged by
+//! the key's renewal policy and the key's age (`renewal.rs`), and p50/p99 latency per
+//! operation. Certificates and birth records are read at each request. Answered without a session, so that a stuck backend call
 //! cannot hold up the one request that reports on it: health comes from `back/health.rs`,
 //! and the key list from the side thread, waited for at most [`LIST_KEYS_WAIT`] and only
 //! while the backend is up.
@@ -52,15 +53,26 @@ fn keys(agent: &Agent, backend_up: bool) -> Vec<KeyStatus> {
     }
     let listed = agent.back.run_aside(BackendJob::ListKeys, LIST_KEYS_WAIT);
     match listed.unwrap_or(Err(StoreError::Timeout { millis: LIST_KEYS_WAIT.as_millis() as u64 })) {
-        Ok(JobOutput::Keys(keys)) => keys
-            .into_iter()
-            .map(|k| KeyStatus {
-                certificate_not_after: agent.certs.not_after(&k.id),
-                empty_auth: k.empty_auth,
-                key: k.id,
-                algorithm: k.algorithm,
-            })
-            .collect(),
+        Ok(JobOutput::Keys(keys)) => {
+            let rules = agent.rules.load();
+            let now = crate::renewal::now();
+            keys.into_iter()
+                .map(|k| {
+                    let validity = agent.certs.validity(&k.id);
+                    let judged = rules.renewal.judge(&k.id, validity, now);
+                    KeyStatus {
+                        certificate_not_after: validity.map(|(_, not_after)| not_after),
+                        certificate_seconds_to_expiry: judged.certificate.map(|a| a.seconds_to_expiry),
+                        renewal: judged.certificate.map(|a| a.state.name().to_owned()),
+                        key_age_seconds: judged.key_age_seconds,
+                        key_age_exceeded: judged.key_age_exceeded,
+                        empty_auth: k.empty_auth,
+                        key: k.id,
+                        algorithm: k.algorithm,
+                    }
+                })
+                .collect()
+        }
         Ok(_) => Vec::new(),
         Err(e) => {
             // The health check in the same request already warns about a down backend.

@@ -31,6 +31,8 @@ pub struct Rules {
     pub policies: Policies,
     /// Who may connect.
     pub access: Access,
+    /// Renewal policies, for `status` and the metrics.
+    pub renewal: crate::renewal::RenewalRules,
 }
 
 impl Rules {
@@ -39,7 +41,11 @@ impl Rules {
     /// # Errors
     /// As [`Policies::from_config`].
     pub fn from_config(config: &Config) -> Result<Self> {
-        Ok(Self { policies: Policies::from_config(config)?, access: Access::from_config(&config.access) })
+        Ok(Self {
+            policies: Policies::from_config(config)?,
+            access: Access::from_config(&config.access),
+            renewal: crate::renewal::RenewalRules::from_config(config),
+        })
     }
 }
 
