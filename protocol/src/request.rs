@@ -89,6 +89,30 @@ pub enum Operation {
         /// `__token_signature__` (base64 text, as NVFlare sends it).
         token_signature: String,
     },
+    /// NVFlare server side, step 1: sign the challenge reply and issue a server nonce.
+    NvflareServerChallenge {
+        /// The server key.
+        key: KeyId,
+        /// The client's nonce (the challenge's `nonce` header, a uuid4 string).
+        client_nonce: String,
+    },
+    /// NVFlare server side, step 2: verify a client's registration, then sign its token.
+    NvflareServerRegister {
+        /// The server key.
+        key: KeyId,
+        /// The server nonce `nvflare_server_challenge` issued (and the client signed).
+        server_nonce: String,
+        /// The `client_name` header: the name the client registers under.
+        client_name: String,
+        /// The register message's `cert`: the client certificate PEM bytes, as received.
+        #[serde(with = "crate::base64_field")]
+        client_cert: Vec<u8>,
+        /// The register message's `signature` (raw bytes).
+        #[serde(with = "crate::base64_field")]
+        client_signature: Vec<u8>,
+        /// The token the server issues to the client (a uuid4 string).
+        token: String,
+    },
 }
 
 impl Operation {
@@ -104,6 +128,8 @@ impl Operation {
             Self::NvflareChallenge { .. } => OpKind::NvflareChallenge,
             Self::NvflareRegister { .. } => OpKind::NvflareRegister,
             Self::NvflareVerifyToken { .. } => OpKind::NvflareVerifyToken,
+            Self::NvflareServerChallenge { .. } => OpKind::NvflareServerChallenge,
+            Self::NvflareServerRegister { .. } => OpKind::NvflareServerRegister,
         }
     }
 
@@ -119,7 +145,9 @@ impl Operation {
             | Self::Sign { key, .. }
             | Self::Decrypt { key, .. }
             | Self::NvflareChallenge { key }
-            | Self::NvflareRegister { key, .. } => Some(key),
+            | Self::NvflareRegister { key, .. }
+            | Self::NvflareServerChallenge { key, .. }
+            | Self::NvflareServerRegister { key, .. } => Some(key),
             Self::Hello | Self::ListKeys | Self::Status | Self::NvflareVerifyToken { .. } => None,
         }
     }

@@ -59,6 +59,8 @@ operations! {
     NvflareChallenge => nvflare_challenge,
     NvflareRegister => nvflare_register,
     NvflareVerifyToken => nvflare_verify_token,
+    NvflareServerChallenge => nvflare_server_challenge,
+    NvflareServerRegister => nvflare_server_register,
 }
 
 impl OpKind {
