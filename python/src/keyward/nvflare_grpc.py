@@ -48,13 +48,28 @@ def activate() -> None:
         _hook.when_imported(name, patch_module)
 
 
+def algorithm_name(algorithm: Any) -> str:
+    """The ``PrivateKeySignatureAlgorithm`` member name of ``algorithm``: grpcio 1.85 passes the
+    signer a plain int (``6`` for ``RSA_PSS_RSAE_SHA256``), not the enum member."""
+    name = getattr(algorithm, "name", None)
+    if isinstance(name, str):
+        return name
+    import grpc.experimental
+
+    members = grpc.experimental.PrivateKeySignatureAlgorithm
+    for candidate in dir(members):
+        if candidate.isupper() and isinstance(algorithm, int) and int(getattr(members, candidate)) == algorithm:
+            return candidate
+    return str(algorithm)
+
+
 def tls_signer(client: KeywardClient, key: str) -> Callable[[bytes, Any, Any], bytes]:
     """The ``private_key_sign_fn`` for gRPC: signs the handshake message with ``key`` and the
     profile for the algorithm gRPC asks for (synchronously). An algorithm without a profile, or
     a refusal by the agent, raises, and gRPC fails the handshake."""
 
     def sign(data: bytes, algorithm: Any, on_complete: Any) -> bytes:
-        name = getattr(algorithm, "name", str(algorithm))
+        name = algorithm_name(algorithm)
         profile = SIGNATURE_PROFILES.get(name)
         if profile is None:
             exc = Unsupported(f"gRPC asked for signature algorithm {name}, which keyward does not sign",
