@@ -105,7 +105,8 @@ fn the_agent_answers_the_challenge_then_signs_the_token_of_a_client_it_verified(
     let (client_nonce, server_nonce, reply_sig, token_sig) = runtime().block_on(async {
         let mut c = AgentClient::connect(&p.site.socket).await.unwrap();
         let (client_nonce, server_nonce, reply_sig) = challenge(&mut c).await;
-        let client_sig = sign_pss_max_salt(p.site.hsm.dir.path(), &p.client_key, format!("site-1{server_nonce}").as_bytes());
+        let client_sig =
+            sign_pss_max_salt(p.site.hsm.dir.path(), &p.client_key, format!("site-1{server_nonce}").as_bytes());
         let reply = c.call(register_op(&server_nonce, "site-1", &p.client_crt, client_sig)).await.unwrap();
         let Reply::NvflareClientRegistered { client_cn, token_signature } = reply else { panic!("registered reply") };
         assert_eq!(client_cn, "site-1");
@@ -179,9 +180,11 @@ fn forged_replayed_and_foreign_registrations_get_no_token_and_are_audited() {
         assert_eq!(refused(r), ErrorCode::NonceReplayed);
 
         // Plain `sign` cannot make a token or a challenge reply; the job cell's token it can.
-        let token_shaped = Operation::Sign { key: key(), profile: "nvflare".into(), data: format!("site-1{TOKEN}").into_bytes() };
+        let token_shaped =
+            Operation::Sign { key: key(), profile: "nvflare".into(), data: format!("site-1{TOKEN}").into_bytes() };
         assert_eq!(refused(c.call(token_shaped).await), ErrorCode::PolicyDenied);
-        let job = Operation::Sign { key: key(), profile: "nvflare".into(), data: format!("server_job{TOKEN}").into_bytes() };
+        let job =
+            Operation::Sign { key: key(), profile: "nvflare".into(), data: format!("server_job{TOKEN}").into_bytes() };
         assert!(c.call(job).await.is_ok());
         let own = Operation::Sign { key: key(), profile: "nvflare".into(), data: b"serverserver".to_vec() };
         assert!(c.call(own).await.is_ok());

@@ -82,8 +82,7 @@ pub(crate) fn verify_chain(
         return Err(ChainFailure::Expired);
     }
     let root = CertificateDer::from(root_der);
-    let anchor =
-        webpki::anchor_from_trusted_cert(&root).map_err(|_| ChainFailure::Malformed("root CA certificate"))?;
+    let anchor = webpki::anchor_from_trusted_cert(&root).map_err(|_| ChainFailure::Malformed("root CA certificate"))?;
     let leaf = webpki::EndEntityCert::try_from(&chain[0]).map_err(|_| ChainFailure::Malformed("leaf certificate"))?;
     let usage = match purpose {
         Purpose::Server => webpki::KeyUsage::server_auth(),
@@ -114,12 +113,7 @@ pub(crate) fn verify_chain(
             return Err(ChainFailure::Usage("KeyUsage lacks digitalSignature"));
         }
     }
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_default();
+    let cn =
+        cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned).unwrap_or_default();
     Ok(VerifiedLeaf { cn, spki_der: cert.public_key().raw.to_vec() })
 }

@@ -69,7 +69,9 @@ impl ClientTrust {
     ) -> Result<VerifiedClient, ChallengeError> {
         let leaf = verify_chain(&self.root_der, reg.cert_pem, Purpose::Client, now).map_err(|e| match e {
             ChainFailure::Malformed(what) => ChallengeError::Malformed(what),
-            ChainFailure::Expired => ChallengeError::ClientUntrusted("a certificate is expired or not yet valid".into()),
+            ChainFailure::Expired => {
+                ChallengeError::ClientUntrusted("a certificate is expired or not yet valid".into())
+            }
             ChainFailure::Usage(what) => ChallengeError::ClientUntrusted(what.into()),
             ChainFailure::Untrusted(why) => ChallengeError::ClientUntrusted(why),
         })?;

@@ -57,7 +57,9 @@ pub enum ChallengeError {
     #[error("client certificate not trusted: {0}")]
     ClientUntrusted(String),
     /// A registering client's certificate is issued to another CN than the name it registers under.
-    #[error("client identity mismatch: registering as `{claimed}`, the client's certificate is issued to `{presented}`")]
+    #[error(
+        "client identity mismatch: registering as `{claimed}`, the client's certificate is issued to `{presented}`"
+    )]
     ClientNameMismatch {
         /// The `client_name` the registration claims.
         claimed: String,

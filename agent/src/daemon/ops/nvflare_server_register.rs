@@ -77,9 +77,7 @@ fn server_nonce_refusal(e: ChallengeError) -> Failure {
             format!("server nonce `{shown}` was not issued by this agent's nvflare_server_challenge")
         }
         ChallengeError::ExpiredNonce(secs) => format!("server nonce expired (older than {secs} s)"),
-        ChallengeError::ReplayedNonce => {
-            "server nonce was already used; a replayed registration is refused".to_owned()
-        }
+        ChallengeError::ReplayedNonce => "server nonce was already used; a replayed registration is refused".to_owned(),
         ChallengeError::NonceNotYours => "server nonce was issued to another caller or key".to_owned(),
         other => other.to_string(),
     };
