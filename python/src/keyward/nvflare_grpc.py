@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import warnings
 from typing import Any, Callable
 
 from . import _hook, keyref
@@ -98,11 +99,13 @@ def credentials(ref: keyref.KeyReference, ca_cert: Any, client_cert: Any) -> Any
 
     client = KeywardClient(ref.socket, timeout=_timeout())
     logger.info("keyward: gRPC mutual TLS with key `%s` held by the agent (custom signer)", ref.key)
-    return grpc.experimental.ssl_channel_credentials_with_custom_signer(
-        private_key_sign_fn=tls_signer(client, ref.key),
-        root_certificates=_read(ca_cert),
-        certificate_chain=_read(client_cert) or b"",
-    )
+    with warnings.catch_warnings():  # experimental in grpcio 1.85; the plug-in pins what it tested
+        warnings.simplefilter("ignore", grpc.experimental.ExperimentalApiWarning)
+        return grpc.experimental.ssl_channel_credentials_with_custom_signer(
+            private_key_sign_fn=tls_signer(client, ref.key),
+            root_certificates=_read(ca_cert),
+            certificate_chain=_read(client_cert) or b"",
+        )
 
 
 def patch_module(module: Any) -> None:
