@@ -125,6 +125,9 @@ pub struct KeyConfig {
     /// The NVFlare authenticator flow for this key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nvflare: Option<NvflareConfig>,
+    /// The server side of the NVFlare authenticator flow, for an NVFlare server's key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nvflare_server: Option<NvflareServerConfig>,
     /// When its certificate is due for renewal and the key for rotation (`renewal.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub renewal: Option<crate::renewal::RenewalConfig>,
@@ -148,6 +151,14 @@ pub struct NvflareConfig {
     pub root_ca: PathBuf,
     /// The server identity the site expects (`servers[0].identity` in `fed_client.json`).
     pub server_identity: String,
+}
+
+/// An NVFlare server's trust settings, from its startup kit.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NvflareServerConfig {
+    /// The project root CA its clients' certificates chain to (`startup/rootCA.pem`).
+    pub root_ca: PathBuf,
 }
 
 impl KeyConfig {
@@ -326,6 +337,9 @@ impl Config {
         for key in self.keys.values_mut() {
             if let Some(nvflare) = &mut key.nvflare {
                 fix(&mut nvflare.root_ca);
+            }
+            if let Some(server) = &mut key.nvflare_server {
+                fix(&mut server.root_ca);
             }
         }
         match &mut self.backend {

@@ -46,6 +46,9 @@ impl WireCode for ChallengeError {
             Self::Usage(_) => ErrorCode::ServerCertUsage,
             Self::BadServerSignature => ErrorCode::ServerSignatureInvalid,
             Self::BadTokenSignature => ErrorCode::TokenSignatureInvalid,
+            Self::ClientUntrusted(_) => ErrorCode::ClientUntrusted,
+            Self::ClientNameMismatch { .. } => ErrorCode::ClientIdentityMismatch,
+            Self::BadClientSignature => ErrorCode::ClientSignatureInvalid,
             Self::Malformed(_) => ErrorCode::InvalidRequest,
             _ => ErrorCode::InvalidRequest,
         }

@@ -90,6 +90,13 @@ error_codes! {
     ServerSignatureInvalid = "server_signature_invalid",
     /// NVFlare flow: the server's token signature is wrong.
     TokenSignatureInvalid = "token_signature_invalid",
+    /// NVFlare server side: a client's certificate does not chain to the pinned root CA, is
+    /// expired, or its KeyUsage/ExtendedKeyUsage forbid client use.
+    ClientUntrusted = "client_untrusted",
+    /// NVFlare server side: the client's certificate CN is not the name it registers under.
+    ClientIdentityMismatch = "client_identity_mismatch",
+    /// NVFlare server side: the client's signature over its CN and the server nonce is wrong.
+    ClientSignatureInvalid = "client_signature_invalid",
     /// The key's policy does not allow this operation (or the NVFlare flow is not configured).
     PolicyDenied = "policy_denied",
     /// The key's rate limit (`keys.<name>.rate_limit` or `profile_rate_limits`) is used up;

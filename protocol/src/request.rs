@@ -96,6 +96,30 @@ pub enum Operation {
         /// Its successor, whose installed certificate must be its own and valid now.
         replaced_by: KeyId,
     },
+    /// NVFlare server side, step 1: sign the challenge reply and issue a server nonce.
+    NvflareServerChallenge {
+        /// The server key.
+        key: KeyId,
+        /// The client's nonce (the challenge's `nonce` header, a uuid4 string).
+        client_nonce: String,
+    },
+    /// NVFlare server side, step 2: verify a client's registration, then sign its token.
+    NvflareServerRegister {
+        /// The server key.
+        key: KeyId,
+        /// The server nonce `nvflare_server_challenge` issued (and the client signed).
+        server_nonce: String,
+        /// The `client_name` header: the name the client registers under.
+        client_name: String,
+        /// The register message's `cert`: the client certificate PEM bytes, as received.
+        #[serde(with = "crate::base64_field")]
+        client_cert: Vec<u8>,
+        /// The register message's `signature` (raw bytes).
+        #[serde(with = "crate::base64_field")]
+        client_signature: Vec<u8>,
+        /// The token the server issues to the client (a uuid4 string).
+        token: String,
+    },
 }
 
 impl Operation {
@@ -112,6 +136,8 @@ impl Operation {
             Self::NvflareRegister { .. } => OpKind::NvflareRegister,
             Self::NvflareVerifyToken { .. } => OpKind::NvflareVerifyToken,
             Self::RetireKey { .. } => OpKind::RetireKey,
+            Self::NvflareServerChallenge { .. } => OpKind::NvflareServerChallenge,
+            Self::NvflareServerRegister { .. } => OpKind::NvflareServerRegister,
         }
     }
 
@@ -128,7 +154,9 @@ impl Operation {
             | Self::Decrypt { key, .. }
             | Self::NvflareChallenge { key }
             | Self::NvflareRegister { key, .. }
-            | Self::RetireKey { key, .. } => Some(key),
+            | Self::RetireKey { key, .. }
+            | Self::NvflareServerChallenge { key, .. }
+            | Self::NvflareServerRegister { key, .. } => Some(key),
             Self::Hello | Self::ListKeys | Self::Status | Self::NvflareVerifyToken { .. } => None,
         }
     }

@@ -119,6 +119,24 @@ pub enum Reply {
         /// The audit record's `seq` written before the key was destroyed.
         audit_seq: u64,
     },
+    /// For `nvflare_server_challenge`: what the server sends in its challenge reply.
+    NvflareServerChallenge {
+        /// `cn`: the server CN from the installed certificate.
+        cn: String,
+        /// `nonce`: the server nonce the client's registration must sign (a uuid4 string).
+        nonce: String,
+        /// `signature`: raw PSS signature over `cn + client_nonce`.
+        #[serde(with = "crate::base64_field")]
+        signature: Vec<u8>,
+    },
+    /// For `nvflare_server_register`.
+    NvflareClientRegistered {
+        /// The verified client's CN.
+        client_cn: String,
+        /// Raw PSS signature over `client_cn + token` (NVFlare sends it base64-encoded).
+        #[serde(with = "crate::base64_field")]
+        token_signature: Vec<u8>,
+    },
 }
 
 impl Response {

@@ -120,6 +120,25 @@ fn example(kind: OpKind) -> (Operation, Reply) {
             Operation::RetireKey { key: key("site-1"), replaced_by: key("site-1-2") },
             Reply::KeyRetired { key: key("site-1"), replaced_by: key("site-1-2"), audit_seq: 42 },
         ),
+        OpKind::NvflareServerChallenge => (
+            Operation::NvflareServerChallenge { key: key("server1"), client_nonce: NONCE.into() },
+            Reply::NvflareServerChallenge {
+                cn: "server1".into(),
+                nonce: "3f2504e0-4f89-41d3-9a0c-0305e82c3301".into(),
+                signature: vec![5, 6],
+            },
+        ),
+        OpKind::NvflareServerRegister => (
+            Operation::NvflareServerRegister {
+                key: key("server1"),
+                server_nonce: "3f2504e0-4f89-41d3-9a0c-0305e82c3301".into(),
+                client_name: "site-1".into(),
+                client_cert: b"-----BEGIN CERTIFICATE-----\n".to_vec(),
+                client_signature: vec![3, 4],
+                token: SESSION.into(),
+            },
+            Reply::NvflareClientRegistered { client_cn: "site-1".into(), token_signature: vec![5, 6] },
+        ),
     }
 }
 

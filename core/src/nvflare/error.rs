@@ -52,6 +52,23 @@ pub enum ChallengeError {
     /// The server's signature over `client_name + token` is wrong.
     #[error("token signature does not verify against the server verified at registration")]
     BadTokenSignature,
+    /// A registering client's certificate does not chain to the server's pinned root CA, is
+    /// outside its validity period, or its KeyUsage/ExtendedKeyUsage forbid client use.
+    #[error("client certificate not trusted: {0}")]
+    ClientUntrusted(String),
+    /// A registering client's certificate is issued to another CN than the name it registers under.
+    #[error(
+        "client identity mismatch: registering as `{claimed}`, the client's certificate is issued to `{presented}`"
+    )]
+    ClientNameMismatch {
+        /// The `client_name` the registration claims.
+        claimed: String,
+        /// The CN of the certificate it presented (empty when it has none).
+        presented: String,
+    },
+    /// A registering client's signature over `client_cn + server_nonce` is wrong.
+    #[error("client signature over its CN and the server nonce does not verify")]
+    BadClientSignature,
     /// Malformed input (not PEM, not base64, empty).
     #[error("malformed {0}")]
     Malformed(&'static str),

@@ -12,14 +12,24 @@
 //!    a server nonce shaped as NVFlare's server makes it ([`check_server_nonce`]).
 //! 4. [`VerifiedServer::verify_token`]: the server's signature over `client_name + token`.
 //!
+//! The server's side (`client.rs`), for a server key held by the agent: [`NonceBook`] again
+//! for the server nonces the agent issues with its challenge reply
+//! ([`challenge_reply_message`]), then [`ClientTrust::verify_registration`] — the client's
+//! certificate chains to the pinned root (clientAuth), its CN is the registering name, its
+//! signature covers `client_cn + server_nonce` — before the server key signs
+//! [`token_message`].
+//!
 //! Also [`key_reference`]: the file that takes `client.key`'s place in a startup kit.
 
+mod chain;
+mod client;
 mod error;
 mod keyref;
 mod nonce;
 mod server;
 
+pub use client::{challenge_reply_message, token_message, ClientRegistration, ClientTrust, VerifiedClient};
 pub use error::ChallengeError;
 pub use keyref::{key_reference, KEY_REFERENCE_LABEL};
-pub use nonce::{check_server_nonce, NonceBook, NONCE_LIFETIME};
+pub use nonce::{check_server_nonce, check_uuid4, NonceBook, NONCE_LIFETIME};
 pub use server::{registration_message, ServerReply, ServerTrust, VerifiedServer};

@@ -7,7 +7,8 @@
 //! the whole book is full the owner holding the most nonces loses its oldest.
 //!
 //! Also [`check_server_nonce`]: the server nonce must look like the one NVFlare's server
-//! makes (`str(uuid.uuid4())`), so the agent signs `client_cn + server_nonce` for nothing else.
+//! makes (`str(uuid.uuid4())`), so the agent signs `client_cn + server_nonce` for nothing else;
+//! [`check_uuid4`] is the same shape check for the server side's client nonces and tokens.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -118,13 +119,22 @@ impl NonceBook {
 }
 
 /// Checks that `nonce` is shaped like the server nonce NVFlare's server sends,
-/// `str(uuid.uuid4())`: 36 characters, lowercase hex in 8-4-4-4-12 groups, version 4 and
-/// the RFC 4122 variant (`8`, `9`, `a` or `b`).
+/// `str(uuid.uuid4())`: see [`check_uuid4`].
 ///
 /// # Errors
 /// [`ChallengeError::Malformed`] for anything else.
 pub fn check_server_nonce(nonce: &str) -> Result<(), ChallengeError> {
-    let b = nonce.as_bytes();
+    check_uuid4(nonce, "server nonce (NVFlare sends a lowercase uuid4 string, 36 characters)")
+}
+
+/// Checks that `value` is shaped like NVFlare's nonces and tokens, `str(uuid.uuid4())`: 36
+/// characters, lowercase hex in 8-4-4-4-12 groups, version 4 and the RFC 4122 variant
+/// (`8`, `9`, `a` or `b`). `what` names the field in the error.
+///
+/// # Errors
+/// [`ChallengeError::Malformed`] naming `what`, for anything else.
+pub fn check_uuid4(value: &str, what: &'static str) -> Result<(), ChallengeError> {
+    let b = value.as_bytes();
     let shaped = b.len() == 36
         && b.iter().enumerate().all(|(i, &c)| match i {
             8 | 13 | 18 | 23 => c == b'-',
@@ -135,7 +145,7 @@ pub fn check_server_nonce(nonce: &str) -> Result<(), ChallengeError> {
     if shaped {
         Ok(())
     } else {
-        Err(ChallengeError::Malformed("server nonce (NVFlare sends a lowercase uuid4 string, 36 characters)"))
+        Err(ChallengeError::Malformed(what))
     }
 }
 

@@ -1,17 +1,14 @@
 //! Verifying the server's challenge reply the way NVFlare's client does
 //! (`Authenticator._challenge_server` → `IdentityVerifier.verify_common_name`), and the
-//! token signature it returns at registration. Path validation is rustls-webpki's: the chain
-//! must lead to the pinned `rootCA.pem` and every certificate must be within its validity
-//! period; ExtendedKeyUsage must include serverAuth if present; KeyUsage must include
-//! digitalSignature if present (NVFlare's `_validate_identity_cert_usage`); there is no
-//! host-name check (NVFlare has none), the CN is compared instead.
+//! token signature it returns at registration. The certificate checks (chain to the pinned
+//! `rootCA.pem`, validity, serverAuth, digitalSignature) are `chain.rs`; the CN is compared
+//! here, as there is no host-name check (NVFlare has none).
 
 use std::time::SystemTime;
 
 use base64::Engine;
-use rustls_pki_types::{CertificateDer, UnixTime};
-use x509_parser::prelude::{FromDer, X509Certificate};
 
+use super::chain::{pinned_root, verify_chain, ChainFailure, Purpose};
 use super::ChallengeError;
 use crate::verify::verify_pss_sha256_any_salt;
 
@@ -47,23 +44,6 @@ pub struct ServerTrust {
     expected_cn: String,
 }
 
-fn certificates(pem_bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, ChallengeError> {
-    let blocks = pem::parse_many(pem_bytes).map_err(|_| ChallengeError::Malformed("certificate PEM"))?;
-    let certs: Vec<_> = blocks
-        .into_iter()
-        .filter(|b| b.tag() == "CERTIFICATE")
-        .map(|b| CertificateDer::from(b.into_contents()))
-        .collect();
-    if certs.is_empty() {
-        return Err(ChallengeError::Malformed("certificate PEM (no CERTIFICATE block)"));
-    }
-    Ok(certs)
-}
-
-fn common_name(cert: &X509Certificate<'_>) -> Option<String> {
-    cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned)
-}
-
 impl ServerTrust {
     /// Pins `root_ca_pem` (the kit's `rootCA.pem`) and the expected server identity
     /// (`servers[0].identity` in `fed_client.json`).
@@ -71,9 +51,7 @@ impl ServerTrust {
     /// # Errors
     /// [`ChallengeError::Malformed`] when the root is not a PEM certificate.
     pub fn new(root_ca_pem: &[u8], expected_cn: &str) -> Result<Self, ChallengeError> {
-        let root = certificates(root_ca_pem)?.remove(0);
-        webpki::anchor_from_trusted_cert(&root).map_err(|_| ChallengeError::Malformed("root CA certificate"))?;
-        Ok(Self { root_der: root.to_vec(), expected_cn: expected_cn.to_owned() })
+        Ok(Self { root_der: pinned_root(root_ca_pem)?, expected_cn: expected_cn.to_owned() })
     }
 
     /// The expected server identity.
@@ -98,62 +76,24 @@ impl ServerTrust {
                 claimed: reply.cn.into(),
             });
         }
-        let chain = certificates(reply.cert_pem)?;
-        // webpki takes the root as a bare trust anchor; NVFlare's verifier also refuses an
-        // expired root, so check its validity here.
-        let (_, root_cert) =
-            X509Certificate::from_der(&self.root_der).map_err(|_| ChallengeError::Malformed("root CA certificate"))?;
-        let now_asn1 =
-            x509_parser::time::ASN1Time::from_timestamp(since_epoch_secs(now)?).map_err(|_| ChallengeError::Expired)?;
-        if !root_cert.validity().is_valid_at(now_asn1) {
-            return Err(ChallengeError::Expired);
-        }
-        let root = CertificateDer::from(self.root_der.as_slice());
-        let anchor =
-            webpki::anchor_from_trusted_cert(&root).map_err(|_| ChallengeError::Malformed("root CA certificate"))?;
-        let leaf =
-            webpki::EndEntityCert::try_from(&chain[0]).map_err(|_| ChallengeError::Malformed("server certificate"))?;
-        let since_epoch = now.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| ChallengeError::Expired)?;
-        leaf.verify_for_usage(
-            webpki::ALL_VERIFICATION_ALGS,
-            &[anchor],
-            &chain[1..],
-            UnixTime::since_unix_epoch(since_epoch),
-            webpki::KeyUsage::server_auth(),
-            None,
-            None,
-        )
-        .map_err(|e| match e {
-            webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => ChallengeError::Expired,
-            webpki::Error::RequiredEkuNotFoundContext(_) => ChallengeError::Usage("ExtendedKeyUsage lacks serverAuth"),
-            other => ChallengeError::Untrusted(format!("{other:?}")),
+        let leaf = verify_chain(&self.root_der, reply.cert_pem, Purpose::Server, now).map_err(|e| match e {
+            ChainFailure::Malformed(what) => ChallengeError::Malformed(what),
+            ChainFailure::Expired => ChallengeError::Expired,
+            ChainFailure::Usage(what) => ChallengeError::Usage(what),
+            ChainFailure::Untrusted(why) => ChallengeError::Untrusted(why),
         })?;
-
-        let (_, cert) =
-            X509Certificate::from_der(&chain[0]).map_err(|_| ChallengeError::Malformed("server certificate"))?;
-        if let Ok(Some(ku)) = cert.key_usage() {
-            if !ku.value.digital_signature() {
-                return Err(ChallengeError::Usage("KeyUsage lacks digitalSignature"));
-            }
-        }
-        let cert_cn = common_name(&cert).unwrap_or_default();
-        if cert_cn != reply.cn {
+        if leaf.cn != reply.cn {
             return Err(ChallengeError::CertificateNameMismatch {
                 expected: self.expected_cn.clone(),
-                presented: cert_cn,
+                presented: leaf.cn,
             });
         }
-        let spki_der = cert.public_key().raw.to_vec();
+        let spki_der = leaf.spki_der;
         let signed = format!("{}{client_nonce}", reply.cn);
         verify_pss_sha256_any_salt(&spki_der, signed.as_bytes(), reply.signature)
             .map_err(|_| ChallengeError::BadServerSignature)?;
         Ok(VerifiedServer { cn: reply.cn.to_owned(), spki_der })
     }
-}
-
-fn since_epoch_secs(now: SystemTime) -> Result<i64, ChallengeError> {
-    let secs = now.duration_since(SystemTime::UNIX_EPOCH).map_err(|_| ChallengeError::Expired)?.as_secs();
-    i64::try_from(secs).map_err(|_| ChallengeError::Expired)
 }
 
 impl VerifiedServer {

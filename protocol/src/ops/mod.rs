@@ -60,6 +60,8 @@ operations! {
     NvflareRegister => nvflare_register,
     NvflareVerifyToken => nvflare_verify_token,
     RetireKey => retire_key,
+    NvflareServerChallenge => nvflare_server_challenge,
+    NvflareServerRegister => nvflare_server_register,
 }
 
 impl OpKind {

@@ -218,6 +218,36 @@ class Connection:
         fields = {"key": key, "replaced_by": replaced_by}
         return protocol.parse_key_retired(self.request("retire_key", fields, key=key))
 
+    def nvflare_server_challenge(self, key: str, client_nonce: str) -> protocol.ServerChallenge:
+        _check_str(key, "key")
+        _check_str(client_nonce, "client_nonce")
+        fields = {"key": key, "client_nonce": client_nonce}
+        return protocol.ServerChallenge.from_body(self.request("nvflare_server_challenge", fields, key=key))
+
+    def nvflare_server_register(
+        self,
+        key: str,
+        server_nonce: str,
+        client_name: str,
+        client_cert: bytes,
+        client_signature: bytes,
+        token: str,
+    ) -> protocol.ClientRegistered:
+        for value, name in ((key, "key"), (server_nonce, "server_nonce"), (client_name, "client_name"),
+                            (token, "token")):
+            _check_str(value, name)
+        _check_bytes(client_cert, "client_cert")
+        _check_bytes(client_signature, "client_signature")
+        fields = {
+            "key": key,
+            "server_nonce": server_nonce,
+            "client_name": client_name,
+            "client_cert": bytes(client_cert),
+            "client_signature": bytes(client_signature),
+            "token": token,
+        }
+        return protocol.ClientRegistered.from_body(self.request("nvflare_server_register", fields, key=key))
+
 
 class KeywardClient:
     """The agent at ``socket_path``. Each call opens its own connection; thread-safe.
@@ -343,6 +373,40 @@ class KeywardClient:
         """
         with self.connect() as conn:
             return conn.retire_key(key, replaced_by)
+
+    # The server side of the flow (docs/protocol.md §7a), for an NVFlare server's key.
+
+    def nvflare_server_challenge(self, key: str, client_nonce: str) -> protocol.ServerChallenge:
+        """Answers a client's challenge: the agent signs ``<server CN> + client_nonce`` and
+        issues the server nonce (bound to this uid and ``key``, 60 s, one registration).
+
+        Raises:
+            PolicyDenied: the key has no ``[keys.<name>.nvflare_server]`` section.
+            InvalidRequest: ``client_nonce`` is not a uuid4 string.
+        """
+        with self.connect() as conn:
+            return conn.nvflare_server_challenge(key, client_nonce)
+
+    def nvflare_server_register(
+        self,
+        key: str,
+        server_nonce: str,
+        client_name: str,
+        client_cert: bytes,
+        client_signature: bytes,
+        token: str,
+    ) -> protocol.ClientRegistered:
+        """Hands a client's register message to the agent, which verifies it (the server nonce
+        it issued, once; certificate chain to the pinned root; CN = ``client_name``; PSS
+        signature over ``client_cn + server_nonce``) and only then signs ``client_cn + token``.
+
+        Raises:
+            NonceUnknown, NonceExpired, NonceReplayed, NonceNotYours, ClientUntrusted,
+            ClientIdentityMismatch, ClientSignatureInvalid, PolicyDenied, InvalidRequest:
+            the agent refused; nothing was signed.
+        """
+        with self.connect() as conn:
+            return conn.nvflare_server_register(key, server_nonce, client_name, client_cert, client_signature, token)
 
 
 def _check_bytes(data: object, name: str) -> None:

@@ -319,6 +319,25 @@ class TokenSignatureInvalid(AgentError):
     code = "token_signature_invalid"
 
 
+class ClientUntrusted(AgentError):
+    """``client_untrusted``: a registering client's certificate does not chain to the server's
+    pinned root CA, is expired, or its key usage forbids client use."""
+
+    code = "client_untrusted"
+
+
+class ClientIdentityMismatch(AgentError):
+    """``client_identity_mismatch``: the client's certificate CN is not the name it registers under."""
+
+    code = "client_identity_mismatch"
+
+
+class ClientSignatureInvalid(AgentError):
+    """``client_signature_invalid``: the client's signature over its CN and the server nonce is wrong."""
+
+    code = "client_signature_invalid"
+
+
 class Unsupported(AgentError):
     """``unsupported``: the key cannot do this profile or operation."""
 

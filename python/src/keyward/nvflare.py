@@ -317,9 +317,11 @@ def load_reference_key(data: Any, password: Any = None, backend: Any = None, **k
         _fail(exc)
     # This process uses a key held by keyward: route NVFlare's registration through the agent's
     # NVFlare flow too (nvflare_flow.py), whether or not the agent answers below.
-    from . import nvflare_flow
+    from . import nvflare_flow, nvflare_grpc, nvflare_server
 
     nvflare_flow.activate()
+    nvflare_server.activate()  # a server's key (docs/nvflare-plugin.md §10)
+    nvflare_grpc.activate()  # gRPC mutual TLS with the custom signer (§11)
     return open_reference(ref)
 
 

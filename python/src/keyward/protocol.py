@@ -41,6 +41,8 @@ OPERATIONS = (
     "nvflare_register",
     "nvflare_verify_token",
     "retire_key",
+    "nvflare_server_challenge",
+    "nvflare_server_register",
 )
 #: The signing profiles of docs/protocol.md §5.
 PROFILES = (
@@ -64,6 +66,8 @@ REPLY_KINDS = {
     "nvflare_register": "nvflare_registration",
     "nvflare_verify_token": "token_verified",
     "retire_key": "key_retired",
+    "nvflare_server_challenge": "nvflare_server_challenge",
+    "nvflare_server_register": "nvflare_client_registered",
 }
 
 
@@ -382,3 +386,44 @@ def parse_token_verified(body: Mapping[str, Any]) -> str:
 def parse_key_retired(body: Mapping[str, Any]) -> int:
     """The ``seq`` of the audit record written before the key was destroyed (``key_retired``)."""
     return _int(body, "audit_seq")
+
+
+# --- the server side of the NVFlare flow (docs/protocol.md §7a) -------------------------------
+
+
+@dataclass(frozen=True)
+class ServerChallenge:
+    """``nvflare_server_challenge`` reply: what the server sends in its challenge reply.
+
+    ``cn`` is the server CN from the certificate installed in the agent, ``nonce`` the server
+    nonce the agent issued (the client's registration must sign ``client_cn + nonce``), and
+    ``signature`` the raw RSA-PSS signature over ``cn + client_nonce``.
+    """
+
+    cn: str
+    nonce: str
+    signature: bytes
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "ServerChallenge":
+        return cls(
+            cn=_field(body, "cn", str),
+            nonce=_field(body, "nonce", str),
+            signature=b64decode(body.get("signature"), "signature"),
+        )
+
+
+@dataclass(frozen=True)
+class ClientRegistered:
+    """``nvflare_client_registered`` reply: the verified client's CN and the raw RSA-PSS
+    signature over ``client_cn + token`` (NVFlare sends it base64-encoded)."""
+
+    client_cn: str
+    token_signature: bytes
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> "ClientRegistered":
+        return cls(
+            client_cn=_field(body, "client_cn", str),
+            token_signature=b64decode(body.get("token_signature"), "token_signature"),
+        )

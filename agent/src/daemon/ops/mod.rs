@@ -14,6 +14,8 @@ mod hello;
 mod list_keys;
 mod nvflare_challenge;
 mod nvflare_register;
+mod nvflare_server_challenge;
+mod nvflare_server_register;
 mod nvflare_state;
 mod nvflare_verify_token;
 mod public_key;
@@ -126,7 +128,9 @@ pub fn execute(
     let (profile, payload) = match &request.op {
         Operation::Sign { profile, data, .. } => (Some(profile.clone()), Some(data.as_slice())),
         Operation::Decrypt { data, .. } => (None, Some(data.as_slice())),
-        Operation::NvflareRegister { .. } => (Some(SignProfile::Nvflare.name().to_owned()), None),
+        Operation::NvflareRegister { .. }
+        | Operation::NvflareServerChallenge { .. }
+        | Operation::NvflareServerRegister { .. } => (Some(SignProfile::Nvflare.name().to_owned()), None),
         _ => (None, None),
     };
     let pending = Pending {
@@ -164,7 +168,9 @@ pub fn execute(
     if outcome == "ok" {
         Stats::bump(&stats.requests_ok);
         match op_name {
-            "sign" | "nvflare_register" => Stats::bump(&stats.signatures),
+            "sign" | "nvflare_register" | "nvflare_server_challenge" | "nvflare_server_register" => {
+                Stats::bump(&stats.signatures)
+            }
             "decrypt" => Stats::bump(&stats.decryptions),
             _ => {}
         }
@@ -219,12 +225,33 @@ fn dispatch(ctx: &Ctx<'_>, op: Operation) -> Done {
             nvflare_verify_token::run(ctx, &session, &client_name, &token, &token_signature)
         }
         Operation::RetireKey { key, replaced_by } => retire_key::run(ctx, &key, &replaced_by),
+        Operation::NvflareServerChallenge { key, client_nonce } => {
+            nvflare_server_challenge::run(ctx, &key, &client_nonce)
+        }
+        Operation::NvflareServerRegister { key, server_nonce, client_name, client_cert, client_signature, token } => {
+            let request = nvflare_server_register::ClientRegistrationRequest {
+                key,
+                server_nonce,
+                client_name,
+                client_cert,
+                client_signature,
+                token,
+            };
+            nvflare_server_register::run(ctx, request)
+        }
     }
 }
 
 /// Operations whose success hands out the work of a private key.
 fn uses_private_key(op: &Operation) -> bool {
-    matches!(op, Operation::Sign { .. } | Operation::Decrypt { .. } | Operation::NvflareRegister { .. })
+    matches!(
+        op,
+        Operation::Sign { .. }
+            | Operation::Decrypt { .. }
+            | Operation::NvflareRegister { .. }
+            | Operation::NvflareServerChallenge { .. }
+            | Operation::NvflareServerRegister { .. }
+    )
 }
 
 /// The `audit_failed` message: the OS reason, not the log's path.

@@ -8,9 +8,9 @@ use std::time::{Instant, SystemTime};
 
 use keyward_core::nvflare::{check_server_nonce, registration_message, ServerReply};
 use keyward_core::{KeyId, SignProfile};
-use keyward_protocol::{ErrorCode, Reply};
+use keyward_protocol::Reply;
 
-use super::nvflare_state::{lock, not_configured, site_cn, Session, MAX_SESSIONS, SESSION_LIFETIME};
+use super::nvflare_state::{installed_cn, lock, not_configured, Session, MAX_SESSIONS, SESSION_LIFETIME};
 use super::{settle, unexpected, AuditExtra, Ctx, Done, Failure};
 use crate::daemon::back::{BackendJob, JobOutput, ProfileChoice};
 use crate::daemon::policy::KeyUse;
@@ -51,14 +51,7 @@ fn register(ctx: &Ctx<'_>, r: &Registration) -> Result<(Reply, Vec<u8>), Failure
     let server = trust.verify_reply(&reply, &r.client_nonce, SystemTime::now())?;
     tracing::info!(key = %r.key, server = %server.cn, "verified NVFlare server identity");
 
-    let cert_pem = agent.certs.get(&r.key).ok_or_else(|| Failure {
-        code: ErrorCode::PolicyDenied,
-        message: format!("no certificate installed for `{}` (keyward cert install)", r.key),
-    })?;
-    let cn = site_cn(&cert_pem).ok_or_else(|| Failure {
-        code: ErrorCode::Internal,
-        message: format!("installed certificate of `{}` has no readable CN", r.key),
-    })?;
+    let (cn, cert_pem) = installed_cn(agent, &r.key)?;
     let message = registration_message(&cn, &r.server_nonce);
     let job = BackendJob::Sign { key: &r.key, profile: ProfileChoice::Exact(SignProfile::Nvflare), data: &message };
     let signature = match agent.back.run(job, ctx.deadline)? {

@@ -1,6 +1,7 @@
 //! Per-key policy from `[keys.<name>]`: who may use the key (uids, gids, executables), for
 //! what (`sign`, `decrypt`, signing profiles), how often (token buckets), and, for NVFlare
-//! site keys, the pinned root CA and expected server identity. A key without a table allows
+//! site keys, the pinned root CA and expected server identity; for an NVFlare server's key,
+//! the root CA its clients must chain to. A key without a table allows
 //! every caller `[access]` lets in, `sign` and `decrypt` with every profile, at any rate, and
 //! has no NVFlare flow. Public information (`list_keys`, `public_key`) is not restricted.
 //!
@@ -16,7 +17,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use keyward_core::nvflare::ServerTrust;
+use keyward_core::nvflare::{ClientTrust, ServerTrust};
 use keyward_core::{KeyId, SignProfile};
 use keyward_protocol::ErrorCode;
 
@@ -33,6 +34,8 @@ pub struct KeyPolicy {
     pub allow_decrypt: bool,
     /// NVFlare trust, when configured.
     pub nvflare: Option<ServerTrust>,
+    /// NVFlare server-side trust (the clients' root CA), when configured.
+    pub nvflare_server: Option<ClientTrust>,
     profiles: Vec<String>,
     uids: Vec<u32>,
     gids: Vec<u32>,
@@ -48,6 +51,7 @@ impl Default for KeyPolicy {
             allow_sign: true,
             allow_decrypt: true,
             nvflare: None,
+            nvflare_server: None,
             profiles: Vec::new(),
             uids: Vec::new(),
             gids: Vec::new(),
@@ -69,6 +73,8 @@ pub enum KeyUse<'a> {
     NvflareChallenge,
     /// `nvflare_register` (an `nvflare` signature).
     NvflareRegister,
+    /// `nvflare_server_challenge` and `nvflare_server_register` (an `nvflare` signature each).
+    NvflareServer,
 }
 
 /// A refusal: `policy_denied` or `rate_limited`, with a message naming the config field.
@@ -147,7 +153,7 @@ impl Policies {
             }
             KeyUse::NvflareChallenge => return Ok(Grant { taken: Vec::new() }),
             KeyUse::Sign(profile) => Some(profile),
-            KeyUse::NvflareRegister => Some(SignProfile::Nvflare.name()),
+            KeyUse::NvflareRegister | KeyUse::NvflareServer => Some(SignProfile::Nvflare.name()),
             KeyUse::Decrypt => None,
         };
         if let Some(profile) = profile {
@@ -283,6 +289,16 @@ fn key_policy(name: &str, key: &KeyConfig) -> Result<KeyPolicy> {
         }
         None => None,
     };
+    let nvflare_server = match &key.nvflare_server {
+        Some(n) => {
+            let pem = std::fs::read(&n.root_ca)
+                .with_context(|| format!("reading `keys.{name}.nvflare_server.root_ca` `{}`", n.root_ca.display()))?;
+            let trust = ClientTrust::new(&pem)
+                .with_context(|| format!("`keys.{name}.nvflare_server.root_ca` `{}`", n.root_ca.display()))?;
+            Some(trust)
+        }
+        None => None,
+    };
     let executables = key
         .allowed_executables
         .iter()
@@ -297,6 +313,7 @@ fn key_policy(name: &str, key: &KeyConfig) -> Result<KeyPolicy> {
         allow_sign: key.allow_sign,
         allow_decrypt: key.allow_decrypt,
         nvflare,
+        nvflare_server,
         profiles: key.profiles.clone(),
         uids: key.allowed_uids.clone(),
         gids: key.allowed_gids.clone(),
