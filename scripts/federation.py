@@ -51,11 +51,7 @@ participants:
     fed_learn_port: {port}
     default_host: localhost
     connection_security: {security}
-  - name: {site}
-    type: client
-    org: nvidia
-    connection_security: {security}
-  - name: {admin}
+{clients}  - name: {admin}
     type: admin
     org: nvidia
     role: project_admin
@@ -66,6 +62,13 @@ builders:
       config_folder: config{scheme}
   - path: nvflare.lighter.impl.cert.CertBuilder
   - path: nvflare.lighter.impl.signature.SignatureBuilder
+"""
+
+CLIENT_YML = """\
+  - name: {site}
+    type: client
+    org: nvidia
+    connection_security: {security}
 """
 
 #: A one-round ScatterAndGather job with NVFlare's numpy trainer.
@@ -234,15 +237,16 @@ class Kit:
 
 
 def provision(base: Path, port: int, nvflare_bin: Path | None = None, security: str = "tls",
-              scheme: str | None = None) -> Kit:
+              scheme: str | None = None, sites: tuple[str, ...] = (SITE,)) -> Kit:
     """``nvflare provision`` of ``PROJECT_YML`` in ``base`` (created), with ``connection_security``
-    ``security`` for the server and the site, and the communication ``scheme`` (NVFlare's default
-    when None); checks that both got that security and that no kit is signed (the edits would
-    break it)."""
+    ``security`` for the server and the ``sites``, and the communication ``scheme`` (NVFlare's
+    default when None); checks that all got that security and that no kit is signed (the edits
+    would break it)."""
     nvflare_bin = nvflare_bin or Path(sys.executable).with_name("nvflare")
     base.mkdir(parents=True, exist_ok=True)
+    clients = "".join(CLIENT_YML.format(site=site, security=security) for site in sites)
     (base / "project.yml").write_text(PROJECT_YML.format(
-        project=PROJECT, server=SERVER, port=port, site=SITE, admin=ADMIN, security=security,
+        project=PROJECT, server=SERVER, port=port, clients=clients, admin=ADMIN, security=security,
         scheme=f"\n      scheme: {scheme}" if scheme else ""))
     proc = subprocess.run([str(nvflare_bin), "provision", "-p", "project.yml", "-w", "ws", "--force"], cwd=base,
                           capture_output=True, text=True, timeout=120, env=nvflare_env())
@@ -250,7 +254,8 @@ def provision(base: Path, port: int, nvflare_bin: Path | None = None, security: 
     if proc.returncode != 0:
         raise FederationError(f"nvflare provision failed (see {base / 'provision.log'}):\n{proc.stderr[-3000:]}")
     kit = Kit(base / "ws" / PROJECT / "prod_00", port)
-    for participant, name in ((kit.server, "fed_server.json"), (kit.site, "fed_client.json")):
+    participants = [(kit.server, "fed_server.json")] + [(kit.root / site, "fed_client.json") for site in sites]
+    for participant, name in participants:
         config = json.loads((participant / "startup" / name).read_text())
         got = config["servers"][0].get("connection_security") or config["client"].get("connection_security", "mtls")
         if got != security:
