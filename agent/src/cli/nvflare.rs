@@ -1,9 +1,11 @@
-//! `keyward nvflare migrate`: moves an NVFlare site's startup-kit key into the token. The
-//! key is imported (non-extractable), proven against `client.crt` with a sign/verify round
+//! `keyward nvflare migrate`: moves an NVFlare startup kit's key into the token. The key is
+//! imported (non-extractable), proven against the kit's certificate with a sign/verify round
 //! trip, the certificate installed, the kit's root CA copied into the agent's state and
-//! pinned with the server identity in `[keys.<name>.nvflare]`, and `client.key` overwritten
-//! and replaced by a key reference (format: docs/nvflare-plugin.md). `enroll` wires a key
-//! made in the token into a kit the same way.
+//! pinned — with the server identity in `[keys.<name>.nvflare]` for a site or admin kit
+//! (`client.key`), alone in `[keys.<name>.nvflare_server]` for the server's (`server.key`,
+//! whose registrations the agent then verifies) — and the key file overwritten and replaced
+//! by a key reference (format: docs/nvflare-plugin.md). `enroll` wires a key made in the
+//! token into a kit the same way.
 //!
 //! Root runs these on a kit its owner (the NVFlare user) can change at any moment: every
 //! check (`nvflare_kit.rs`) comes before the import, so a refused migration changes nothing;
@@ -21,20 +23,22 @@ use keyward_core::nvflare::{key_reference, KEY_REFERENCE_LABEL};
 use keyward_core::private_key::PrivateKeyMaterial;
 use keyward_core::{KeyId, SignProfile};
 
-use super::nvflare_kit::{read_kit, Kit, KEY_FILE, MAX_KEY_BYTES, STAGED_REFERENCE};
+use super::nvflare_kit::{read_kit, Kit, Role, MAX_KEY_BYTES, STAGED_REFERENCE};
 use super::nvflare_plugin;
-use crate::certs::CertStore;
+use crate::certs::{CertStore, Usage};
 use crate::config::Config;
 use crate::kit_file::Access;
 
 /// `keyward nvflare ...`
 #[derive(Debug, Subcommand)]
 pub enum NvflareCommand {
-    /// Move a site's client.key into the token and leave a key reference in its place.
+    /// Move a kit's key into the token and leave a key reference in its place: a site's or
+    /// admin's client.key, or the server's server.key.
     Migrate {
-        /// The kit's `startup` folder (client.key, client.crt, rootCA.pem, fed_client.json).
+        /// The kit's `startup` folder (client.key, client.crt, rootCA.pem, fed_client.json or
+        /// fed_admin.json; or server.key, server.crt, rootCA.pem, fed_server.json).
         startup: PathBuf,
-        /// Key name in the token (default: the CN of client.crt).
+        /// Key name in the token (default: the CN of the kit's certificate).
         #[arg(long)]
         key: Option<KeyId>,
         /// Python of the NVFlare venv: install the plug-in there (`python -m keyward.nvflare install`).
@@ -80,9 +84,10 @@ fn migrate(
 ) -> Result<()> {
     // Everything is checked before the key is imported, so a refused migration changes nothing.
     let kit = read_kit(startup)?;
-    let key_path = kit.dir.join(KEY_FILE);
-    // The one handle to client.key: read now, zeroed and checked before it is replaced.
-    let mut key_file = kit.dir.open_file(KEY_FILE, Access::ReadWrite).with_context(|| {
+    let key_name = kit.role.key_file();
+    let key_path = kit.dir.join(key_name);
+    // The one handle to the key file: read now, zeroed and checked before it is replaced.
+    let mut key_file = kit.dir.open_file(key_name, Access::ReadWrite).with_context(|| {
         format!("opening `{}` (for a key made in the token, use `keyward nvflare enroll`)", key_path.display())
     })?;
     let key_text = key_file.read_all(MAX_KEY_BYTES)?;
@@ -96,15 +101,15 @@ fn migrate(
     };
     let material =
         PrivateKeyMaterial::from_pem(&key_text).with_context(|| format!("parsing `{}`", key_path.display()))?;
-    let cert_path = kit.dir.join("client.crt");
+    let cert_path = kit.dir.join(kit.role.cert_file());
     if material.public_key().spki_der != kit.cert_spki {
         bail!("`{}` is not the key of `{}`; nothing was changed", key_path.display(), cert_path.display());
     }
-    CertStore::check(&name, material.public_key(), &kit.cert_pem, &cert_path)
+    CertStore::check_for(usage(&kit), &name, material.public_key(), &kit.cert_pem, &cert_path)
         .with_context(|| format!("`{}`", cert_path.display()))?;
     let plugin = python.map(nvflare_plugin::check).transpose()?;
     let trust = trust_anchor_path(config, &name);
-    let new_config = config_with_trust(config_path, &name, &trust, &kit.server_identity)?;
+    let new_config = config_with_trust(config_path, &name, &trust, &kit)?;
     let reference = key_reference(&config.socket.display().to_string(), &name);
     // Writing the reference next to client.key is also the check that the kit is writable.
     let staged = kit.dir.stage(STAGED_REFERENCE, reference.as_bytes(), 0o644, owner_if_root(key_file.owner()))?;
@@ -115,16 +120,18 @@ fn migrate(
     let public = store.public_key(&name)?;
     let probe = format!("{cn}keyward-migration-check");
     let signature = store.sign(&name, SignProfile::Nvflare, probe.as_bytes())?;
-    keyward_core::verify::verify_pss_sha256_any_salt(&kit.cert_spki, probe.as_bytes(), &signature)
-        .context("the token's signature does not verify against client.crt; client.key was left in place")?;
+    keyward_core::verify::verify_pss_sha256_any_salt(&kit.cert_spki, probe.as_bytes(), &signature).with_context(
+        || format!("the token's signature does not verify against {}; {key_name} was left in place", kit.role.cert_file()),
+    )?;
     eprintln!(
-        "imported `{}` into {} as `{name}`; signature verified against client.crt",
+        "imported `{}` into {} as `{name}`; signature verified against {}",
         key_path.display(),
-        store.info().device
+        store.info().device,
+        kit.role.cert_file()
     );
 
     let certs = CertStore::new(config.cert_dir());
-    certs.install(&name, &public, &kit.cert_pem, &cert_path)?;
+    certs.install_for(usage(&kit), &name, &public, &kit.cert_pem, &cert_path)?;
     write_trust(config_path, &name, &kit, &trust, &new_config)?;
     kit.dir.replace(key_file, staged).with_context(|| {
         format!("the key is in the token as `{name}`, but `{}` was not replaced by its reference", key_path.display())
@@ -144,9 +151,10 @@ fn migrate(
 
 fn enroll(config_path: &Path, config: &Config, startup: &Path, name: &KeyId) -> Result<()> {
     let kit = read_kit(startup)?;
-    let key_path = kit.dir.join(KEY_FILE);
-    if kit.dir.exists(KEY_FILE)? {
-        let existing = kit.dir.open_file(KEY_FILE, Access::Read)?.read_all(MAX_KEY_BYTES)?;
+    let key_name = kit.role.key_file();
+    let key_path = kit.dir.join(key_name);
+    if kit.dir.exists(key_name)? {
+        let existing = kit.dir.open_file(key_name, Access::Read)?.read_all(MAX_KEY_BYTES)?;
         if !String::from_utf8_lossy(&existing).contains(KEY_REFERENCE_LABEL) {
             bail!(
                 "`{}` exists and is not a key reference; to move that key into the token use `keyward nvflare migrate`",
@@ -154,22 +162,23 @@ fn enroll(config_path: &Path, config: &Config, startup: &Path, name: &KeyId) -> 
             );
         }
     }
-    let cert_path = kit.dir.join("client.crt");
+    let cert_path = kit.dir.join(kit.role.cert_file());
     let mut store = super::keys::open_store(config)?;
     let public = store.public_key(name)?;
     if public.spki_der != kit.cert_spki {
         bail!("`{}` was not issued for token key `{name}`", cert_path.display());
     }
-    CertStore::check(name, &public, &kit.cert_pem, &cert_path).with_context(|| format!("`{}`", cert_path.display()))?;
+    CertStore::check_for(usage(&kit), name, &public, &kit.cert_pem, &cert_path)
+        .with_context(|| format!("`{}`", cert_path.display()))?;
     let trust = trust_anchor_path(config, name);
-    let new_config = config_with_trust(config_path, name, &trust, &kit.server_identity)?;
+    let new_config = config_with_trust(config_path, name, &trust, &kit)?;
     let reference = key_reference(&config.socket.display().to_string(), name);
     let staged = kit.dir.stage(STAGED_REFERENCE, reference.as_bytes(), 0o644, owner_if_root(kit.dir.owner()?))?;
 
     let certs = CertStore::new(config.cert_dir());
-    certs.install(name, &public, &kit.cert_pem, &cert_path)?;
+    certs.install_for(usage(&kit), name, &public, &kit.cert_pem, &cert_path)?;
     write_trust(config_path, name, &kit, &trust, &new_config)?;
-    kit.dir.commit(staged, KEY_FILE)?;
+    kit.dir.commit(staged, key_name)?;
     eprintln!("wrote the key reference `{}`", key_path.display());
     finish(config, name, &kit, &certs, config_path);
     Ok(())
@@ -177,16 +186,22 @@ fn enroll(config_path: &Path, config: &Config, startup: &Path, name: &KeyId) -> 
 
 /// Says what changed, how to undo it, and what still needs doing.
 fn finish(config: &Config, name: &KeyId, kit: &Kit, certs: &CertStore, config_path: &Path) {
-    if kit.connection_security == "mtls" {
-        eprintln!(
-            "note: the kit uses connection_security `mtls`, which needs the key file for TLS. Use `tls` (server too), or the keyward TLS tunnel"
-        );
+    match (kit.role, kit.connection_security.as_str()) {
+        (Role::Server, "clear") => {}
+        (Role::Server, _) => eprintln!(
+            "note: NVFlare's server loads its TLS key as a file: set its fed_server.json to `clear` on a loopback target and put `keyward server-tunnel --key {name}` on the kit's port (docs/nvflare-plugin.md)"
+        ),
+        (_, "mtls") => eprintln!(
+            "note: the kit uses `mtls`: with scheme `grpc` the plug-in signs the TLS handshake through gRPC's custom signer; with `http` or `tcp` use `keyward tunnel`"
+        ),
+        _ => {}
     }
     eprintln!(
-        "changed: token key `{name}`, {}, [keys.{name}.nvflare] in `{}`, `{}`",
+        "changed: token key `{name}`, {}, [keys.{name}.{}] in `{}`, `{}`",
         certs.path(name).display(),
+        trust_table(kit),
         config_path.display(),
-        kit.dir.join(KEY_FILE).display()
+        kit.dir.join(kit.role.key_file()).display()
     );
     eprintln!("undo: the key cannot leave the token; to go back, re-provision the site and remove [keys.{name}] from the config");
     if std::os::unix::net::UnixStream::connect(&config.socket).is_ok() {
@@ -211,6 +226,25 @@ fn describe(existing: &crate::files::Existing) -> &'static str {
     }
 }
 
+/// The certificate check of the kit's role.
+fn usage(kit: &Kit) -> Usage {
+    if kit.role == Role::Server {
+        Usage::Server
+    } else {
+        Usage::Client
+    }
+}
+
+/// The `[keys.<name>.*]` table a kit's trust goes into: `nvflare` (a client's: the root and
+/// the server it expects) or `nvflare_server` (the server's: the root its clients chain to).
+fn trust_table(kit: &Kit) -> &'static str {
+    if kit.role == Role::Server {
+        "nvflare_server"
+    } else {
+        "nvflare"
+    }
+}
+
 /// Where the agent keeps its copy of a key's NVFlare root CA.
 fn trust_anchor_path(config: &Config, name: &KeyId) -> PathBuf {
     config.state_dir.join("trust").join(format!("{name}.rootCA.pem"))
@@ -219,7 +253,7 @@ fn trust_anchor_path(config: &Config, name: &KeyId) -> PathBuf {
 /// The config with `[keys.<name>.nvflare]` (the agent's root CA copy, the server identity)
 /// added, its layout kept; checked to parse, and the config to be a regular file that can be
 /// replaced (not a link, which the atomic rewrite refuses), before anything changes.
-fn config_with_trust(config_path: &Path, name: &KeyId, root_ca: &Path, server_identity: &str) -> Result<String> {
+fn config_with_trust(config_path: &Path, name: &KeyId, root_ca: &Path, kit: &Kit) -> Result<String> {
     match crate::files::inspect(config_path).with_context(|| format!("`{}`", config_path.display()))? {
         crate::files::Existing::Regular(_) => {}
         other => bail!(
@@ -237,14 +271,17 @@ fn config_with_trust(config_path: &Path, name: &KeyId, root_ca: &Path, server_id
     let entry = keys.entry(name.as_str()).or_insert_with(|| toml_edit::Item::Table(toml_edit::Table::new()));
     let entry = entry.as_table_mut().context("`keys.<name>` is not a table")?;
     entry.set_implicit(true);
-    let mut nvflare = toml_edit::Table::new();
+    let mut trust = toml_edit::Table::new();
     let root = std::path::absolute(root_ca)?;
-    nvflare["root_ca"] = toml_edit::value(root.display().to_string());
-    nvflare["server_identity"] = toml_edit::value(server_identity);
-    entry.insert("nvflare", toml_edit::Item::Table(nvflare));
+    trust["root_ca"] = toml_edit::value(root.display().to_string());
+    if kit.role != Role::Server {
+        trust["server_identity"] = toml_edit::value(&kit.server_identity);
+    }
+    let table = trust_table(kit);
+    entry.insert(table, toml_edit::Item::Table(trust));
     let text = doc.to_string();
     toml::from_str::<Config>(&text)
-        .with_context(|| format!("`{}` with [keys.{name}.nvflare] added", config_path.display()))?;
+        .with_context(|| format!("`{}` with [keys.{name}.{table}] added", config_path.display()))?;
     Ok(text)
 }
 
@@ -264,7 +301,8 @@ fn write_trust(config_path: &Path, name: &KeyId, kit: &Kit, root_ca: &Path, new_
         .with_context(|| format!("writing `{}`", config_path.display()))?;
     Config::load(config_path).context("the updated config does not load")?;
     eprintln!(
-        "added [keys.{name}.nvflare] (root CA `{}`, copied from `{}`; server `{}`) to `{}`",
+        "added [keys.{name}.{}] (root CA `{}`, copied from `{}`; server `{}`) to `{}`",
+        trust_table(kit),
         root_ca.display(),
         kit.dir.join("rootCA.pem").display(),
         kit.server_identity,

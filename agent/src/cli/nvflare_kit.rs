@@ -3,7 +3,8 @@
 //! `signature.json` absent, `fed_client.json` / `fed_admin.json` with a parseable server
 //! identity and target (IPv6 `[::1]:8002` included), `client.crt` parseable with a CN, and
 //! `rootCA.pem` a CA certificate (basicConstraints CA:TRUE) usable as a trust anchor.
-//! Kit formats: nvflare/lighter (`fed_client.json` `servers[0]`, `fed_admin.json` `admin`).
+//! Kit formats: nvflare/lighter (`fed_client.json` `servers[0]`, `fed_admin.json` `admin`,
+//! and a server's `fed_server.json`, whose key and certificate are `server.key`/`server.crt`).
 
 use std::net::Ipv6Addr;
 use std::path::Path;
@@ -14,19 +15,42 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::kit_file::KitDir;
 
-/// The kit's private key file.
-pub(super) const KEY_FILE: &str = "client.key";
-/// Where the key reference is written before it is renamed over `client.key`.
+/// Where the key reference is written before it is renamed over the key file.
 pub(super) const STAGED_REFERENCE: &str = ".client.key.keyward";
 /// Largest `client.key` read (a PEM RSA-3072 key is about 2.5 kB).
 pub(super) const MAX_KEY_BYTES: u64 = 64 << 10;
 /// Largest other kit file read.
 const MAX_KIT_FILE_BYTES: u64 = 1 << 20;
 
+/// Whose kit it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Role {
+    /// A site: `fed_client.json`, `client.key`, `client.crt`.
+    Site,
+    /// An admin (FLARE console / API user): `fed_admin.json`, `client.key`, `client.crt`.
+    Admin,
+    /// The server: `fed_server.json`, `server.key`, `server.crt`.
+    Server,
+}
+
+impl Role {
+    /// The kit's private key file.
+    pub(super) fn key_file(self) -> &'static str {
+        if self == Self::Server { "server.key" } else { "client.key" }
+    }
+
+    /// The kit's certificate.
+    pub(super) fn cert_file(self) -> &'static str {
+        if self == Self::Server { "server.crt" } else { "client.crt" }
+    }
+}
+
 /// A startup kit, read and checked.
 pub(super) struct Kit {
     /// The folder, opened without following links.
     pub dir: KitDir,
+    /// Whose kit.
+    pub role: Role,
     /// `client.crt` as read.
     pub cert_pem: Vec<u8>,
     /// Its subject CN.
@@ -35,7 +59,7 @@ pub(super) struct Kit {
     pub cert_spki: Vec<u8>,
     /// The root CA certificate of `rootCA.pem`, re-encoded (one PEM block, LF).
     pub root_ca_pem: String,
-    /// The server's identity (its certificate's CN).
+    /// The server's identity (its certificate's CN; a server kit's own CN).
     pub server_identity: String,
     /// `connection_security` (default `mtls`).
     pub connection_security: String,
@@ -53,27 +77,49 @@ pub(super) fn read_kit(startup: &Path) -> Result<Kit> {
             dir.join("signature.json").display()
         );
     }
-    // A site kit has fed_client.json; an admin (FLARE console / API user) kit fed_admin.json.
-    let admin = !dir.exists("fed_client.json")? && dir.exists("fed_admin.json")?;
-    let fed_name = if admin { "fed_admin.json" } else { "fed_client.json" };
-    let fed_path = dir.join(fed_name);
-    let fed_json: serde_json::Value = serde_json::from_slice(&read_required(&dir, fed_name)?)
-        .with_context(|| format!("parsing `{}`", fed_path.display()))?;
-    let (server_identity, connection_security) =
-        server_of(&fed_json, admin).with_context(|| format!("`{}`", fed_path.display()))?;
-
-    let cert_pem = read_required(&dir, "client.crt")?;
+    // A site kit has fed_client.json; an admin (FLARE console / API user) kit fed_admin.json;
+    // the server's fed_server.json.
+    let role = if dir.exists("fed_client.json")? {
+        Role::Site
+    } else if dir.exists("fed_admin.json")? {
+        Role::Admin
+    } else if dir.exists("fed_server.json")? {
+        Role::Server
+    } else {
+        bail!(
+            "`{}` has none of fed_client.json, fed_admin.json, fed_server.json: is it a startup folder?",
+            dir.path().display()
+        );
+    };
+    let cert_file = role.cert_file();
+    let cert_pem = read_required(&dir, cert_file)?;
     let (cert_cn, cert_spki) =
-        cert_cn_and_spki(&cert_pem).with_context(|| format!("`{}`", dir.join("client.crt").display()))?;
+        cert_cn_and_spki(&cert_pem).with_context(|| format!("`{}`", dir.join(cert_file).display()))?;
+    let (server_identity, connection_security) = match role {
+        Role::Server => {
+            let fed_path = dir.join("fed_server.json");
+            let fed_json: serde_json::Value = serde_json::from_slice(&read_required(&dir, "fed_server.json")?)
+                .with_context(|| format!("parsing `{}`", fed_path.display()))?;
+            let security = fed_json["servers"][0]["connection_security"].as_str().unwrap_or("mtls").to_owned();
+            (cert_cn.clone(), security)
+        }
+        Role::Site | Role::Admin => {
+            let fed_name = if role == Role::Admin { "fed_admin.json" } else { "fed_client.json" };
+            let fed_path = dir.join(fed_name);
+            let fed_json: serde_json::Value = serde_json::from_slice(&read_required(&dir, fed_name)?)
+                .with_context(|| format!("parsing `{}`", fed_path.display()))?;
+            server_of(&fed_json, role == Role::Admin).with_context(|| format!("`{}`", fed_path.display()))?
+        }
+    };
     let root_ca_pem = root_ca(&read_required(&dir, "rootCA.pem")?)
         .with_context(|| format!("`{}`", dir.join("rootCA.pem").display()))?;
-    Ok(Kit { dir, cert_pem, cert_cn, cert_spki, root_ca_pem, server_identity, connection_security })
+    Ok(Kit { dir, role, cert_pem, cert_cn, cert_spki, root_ca_pem, server_identity, connection_security })
 }
 
 fn read_required(dir: &KitDir, name: &str) -> Result<Vec<u8>> {
     if !dir.exists(name)? {
         bail!(
-            "`{}` not found: is `{}` a site's or admin's startup folder?",
+            "`{}` not found: is `{}` a startup folder (site, admin or server)?",
             dir.join(name).display(),
             dir.path().display()
         );

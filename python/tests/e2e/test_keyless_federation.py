@@ -35,15 +35,13 @@ from typing import Iterator
 
 import pytest
 
-from keyward import keyref
-
 from federation import (ADMIN, SERVER, Kit, Processes, configure_server, free_port, kit_command, nvflare_env,
                         provision, submit_job, wait_for_line, write_job)
 from kwharness import Agent, prepare_agent, start_agent, stop_agent
 from test_distributed_provisioning import Swtpm, prepare_tpm_agent
 from test_live_federation import ADMIN_KEY, JOB_LIMIT_S, REGISTER_LIMIT_S
 from test_mtls_tunnel_federation import point_at
-from test_server_key_federation import migrate_server, plugin_venv
+from test_server_key_federation import plugin_venv
 
 pytestmark = pytest.mark.federation
 
@@ -56,27 +54,10 @@ def registered(site: str) -> str:
     return f"Successfully registered client:{site}"
 
 
-def migrate_client(site_kit: Path, name: str, agent: Agent) -> None:
-    """A site kit's `client.key` into ``agent``'s token, a reference in its place, the agent's
-    NVFlare flow on (what `keyward nvflare migrate` does, by hand for any name)."""
-    startup = site_kit / "startup"
-    agent.keyward("key", "import", name, "--from", str(startup / "client.key"), "--destroy-source")
-    assert not (startup / "client.key").exists()
-    agent.keyward("cert", "install", name, str(startup / "client.crt"))
-    identity = json.loads((startup / "fed_client.json").read_text())["servers"][0]["identity"]
-    agent.enable_nvflare(name, startup / "rootCA.pem", identity)
-    keyref.write(startup / "client.key", keyref.KeyReference(socket=agent.socket, key=name))
-
-
-def migrate_mtls_admin(admin: Path, agent: Agent) -> None:
-    """The admin kit's key into the token; it stays in `mtls` (gRPC's custom signer)."""
-    startup = admin / "startup"
-    agent.keyward("key", "import", ADMIN_KEY, "--from", str(startup / "client.key"), "--destroy-source")
-    agent.keyward("cert", "install", ADMIN_KEY, str(startup / "client.crt"))
-    config = json.loads((startup / "fed_admin.json").read_text())
-    assert config["admin"]["connection_security"] == "mtls", config
-    agent.enable_nvflare(ADMIN_KEY, startup / "rootCA.pem", config["admin"]["server_identity"])
-    keyref.write(startup / "client.key", keyref.KeyReference(socket=agent.socket, key=ADMIN_KEY))
+def migrate(kit: Path, key: str, agent: Agent) -> None:
+    """`keyward nvflare migrate`: the kit's key into ``agent``'s token, a key reference in its
+    place, the kit's root (and, for a client, the server it expects) pinned in the config."""
+    agent.keyward("nvflare", "migrate", str(kit / "startup"), "--key", key)
 
 
 def serve_in_clear_on(server_kit: Path, port: int) -> None:
@@ -124,13 +105,13 @@ def keyless() -> Iterator[Federation]:
         assert kit_grep(kit), "provision wrote key files (the test would prove nothing)"
 
         agents["server"] = prepare_agent(base / "agent-server")
-        migrate_server(kit.server, agents["server"])
+        migrate(kit.server, SERVER, agents["server"])
         tpm = Swtpm(base / "tpm")
         agents["tpm"] = prepare_tpm_agent(base / "agent-tpm", tpm)
-        migrate_client(kit.root / SITE1, SITE1, agents["tpm"])
+        migrate(kit.root / SITE1, SITE1, agents["tpm"])
         agents["hsm"] = prepare_agent(base / "agent-hsm")
-        migrate_client(kit.root / SITE2, SITE2, agents["hsm"])
-        migrate_mtls_admin(kit.admin, agents["hsm"])
+        migrate(kit.root / SITE2, SITE2, agents["hsm"])
+        migrate(kit.admin, ADMIN_KEY, agents["hsm"])  # stays `mtls`: gRPC's custom signer
         for agent in agents.values():
             start_agent(agent)
 

@@ -72,16 +72,12 @@ def plugin_venv(base: Path) -> str:
 
 
 def migrate_server(server: Path, agent: Agent) -> None:
-    """The server kit: `server.key` into the token, a reference in its place, the root pinned."""
+    """The server kit: `keyward nvflare migrate` moves `server.key` into the token, leaves a
+    reference in its place and pins the kit's root in `[keys.server1.nvflare_server]`."""
     startup = server / "startup"
-    agent.keyward("key", "import", SERVER, "--from", str(startup / "server.key"), "--destroy-source")
-    assert not (startup / "server.key").exists()
-    agent.keyward("cert", "install", SERVER, str(startup / "server.crt"))
-    pinned = agent.dir / "trust" / f"{SERVER}.rootCA.pem"
-    pinned.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copy(startup / "rootCA.pem", pinned)
-    agent.append_config(f"[keys.{SERVER}.nvflare_server]\nroot_ca = {json.dumps(str(pinned))}\n")
-    keyref.write(startup / "server.key", keyref.KeyReference(socket=agent.socket, key=SERVER))
+    agent.keyward("nvflare", "migrate", str(startup))
+    assert (startup / "server.key").read_bytes().startswith(keyref.BEGIN_MARKER)
+    assert f"[keys.{SERVER}.nvflare_server]" in agent.config.read_text()
 
 
 def migrate_clear_admin(admin: Path, agent: Agent) -> None:
