@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
 #
-# demo.sh - a live NVFlare 2.9.0 federation whose site key is in SoftHSM2 behind the keyward
-#           agent (README command 1).
+# demo.sh - a live NVFlare 2.9.0 federation in mtls with no private key file anywhere
+#           (README command 1).
 #
 # Purpose:  show the main job end to end, on loopback. This script installs and builds
-#           (steps 1-3); scripts/federation.py runs the federation (steps 4-13), the same
-#           driver python/tests/e2e/test_live_federation.py uses: a SoftHSM2 token,
-#           `keyward init`, `nvflare provision` (server1, site-1, an admin; connection_security
-#           tls), `keyward nvflare migrate` of site-1's kit (its client.key into the token, a key
-#           reference in its place), the agent, the server, the client registering through
-#           the agent (which verifies the server before it signs), a job submitted by the admin
-#           that must end FINISHED:COMPLETED, the checks (no private key file in the site kit,
-#           openssl verifies a token signature, the agent's audit of the registration), and
-#           the stop of everything it started, by PID (also on an error or Ctrl-C).
+#           (steps 1-3); scripts/federation.py runs the federation (steps 4-13), the driver the
+#           live tests use too: swtpm and two SoftHSM2 tokens, three agents (`keyward init`),
+#           `nvflare provision` (server1, site-1, site-2, an admin; mtls, grpc), `keyward nvflare
+#           migrate` of every kit (each key into its token, a key reference in its place), the
+#           server behind `keyward server-tunnel`, site-1 (TPM) through `keyward tunnel`, site-2
+#           and the admin (SoftHSM) through gRPC's custom signer, both sites registering, a job
+#           that must end FINISHED:COMPLETED, the checks (no private key file in any kit, the
+#           agents' audit), and the stop of everything it started, by PID (also on an error or
+#           Ctrl-C).
 #
 # Usage:    scripts/demo.sh
 #           Rerunnable: each run starts from an empty state dir; the venv and build are reused.
@@ -28,12 +28,13 @@
 #           installs missing apt packages (install-packages.sh, may use sudo); builds
 #           target/release/keyward; creates <repo>/.venv if needed (python-venv.sh) and
 #           pip-installs 'python[nvflare]' (editable, nvflare==2.9.0) unless it has it; recreates
-#           the state dir (0700) with softhsm/ (private SoftHSM2 config, token, PIN files),
-#           keyward.toml, run/ (agent socket), provision/ (project.yml, the kits, and the
-#           provisioning state with the root CA key, UNENCRYPTED: demo only), store/ (the
-#           server's job store), client-venv/ (sees .venv's packages, with the keyward NVFlare
-#           hook), job/, demo.msg, demo.sig, site-1.pub.pem, agent.log, audit.log. Listens on one
-#           free 127.0.0.1 TCP port.
+#           the state dir (0700) with swtpm/ (TPM state), server/, tpm/ and site/ (one agent
+#           each: keyward.toml, run/agent.sock, agent.log, state/ with the audit log; server/
+#           and site/ with softhsm/: private SoftHSM2 config, token, PIN files), provision/
+#           (project.yml, the kits, and the provisioning state with the root CA key,
+#           UNENCRYPTED: demo only), store/ (the server's job store), venv/ (sees .venv's
+#           packages, with the keyward NVFlare hook), job/, server-tunnel.log, tunnel.log.
+#           Listens on free 127.0.0.1 TCP ports (server, its tunnel, site-1's tunnel, swtpm).
 #
 set -euo pipefail
 umask 077

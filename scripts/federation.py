@@ -3,9 +3,11 @@ server, the clients and the admin's job submission, and every process they start
 
 Used two ways, so the federation is described once:
 - ``python scripts/federation.py demo --keyward BIN --state DIR``: steps 4 to 13 of
-  ``scripts/demo.sh`` (a SoftHSM2 token, ``keyward init``, ``nvflare provision``, ``keyward nvflare
-  migrate`` of the site kit, the agent, the server, the client registering through the agent, a
-  job, the checks, the stop), printing ``==> [n/13]`` steps and a summary.
+  ``scripts/demo.sh``: a whole ``mtls`` federation with no private key file anywhere (SoftHSM2
+  tokens for the server and for site-2 and the admin, swtpm for site-1, one agent each;
+  ``nvflare provision``; ``keyward nvflare migrate`` of every kit; the server behind ``keyward
+  server-tunnel``; site-1 through ``keyward tunnel``, site-2 and the admin through gRPC's custom
+  signer; a job; the checks; the stop), printing ``==> [n/13]`` steps and a summary.
 - imported by ``python/tests/e2e/test_live_federation.py`` (and its conftest puts this folder on
   ``sys.path``): the same ``provision``, ``configure_server``, ``Processes``, ``wait_for_line``,
   ``write_job`` and ``submit_job``.
@@ -36,6 +38,7 @@ from pathlib import Path
 PROJECT = "kwproject"
 SERVER = "server1"
 SITE = "site-1"
+SITE2 = "site-2"
 ADMIN = "admin@nvidia.com"
 REGISTERED = f"Successfully registered client:{SITE}"
 SCRIPTS = Path(__file__).resolve().parent
@@ -350,9 +353,9 @@ class Demo:
     def log(text: str) -> None:
         print(f"demo: {text}", file=sys.stderr, flush=True)
 
-    def kw(self, *args: str, quiet: bool = False) -> str:
+    def kw(self, env: dict[str, str], *args: str, quiet: bool = False) -> str:
         self.log("$ keyward " + " ".join(args))
-        proc = subprocess.run([self.keyward_bin, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run([self.keyward_bin, *args], env=env, capture_output=True, text=True, timeout=120)
         if not quiet:
             sys.stderr.write(proc.stdout + proc.stderr)
         if proc.returncode != 0:
@@ -365,124 +368,178 @@ class Demo:
             if s != default and not (s / MARKER).exists() and any(s.iterdir()):
                 raise FederationError(f"{s} is not empty and was not made by demo.sh ({MARKER} missing): "
                                       "choose another KEYWARD_STATE_DIR")
-            config = s / "keyward.toml"
-            if (s / "run/agent.sock").is_socket() and subprocess.run(
-                    [self.keyward_bin, "--config", str(config), "status"], capture_output=True).returncode == 0:
-                raise FederationError(f"an agent still answers on {s / 'run/agent.sock'}: stop it and rerun")
+            for config in [s / "keyward.toml", *s.glob("*/keyward.toml")]:
+                sock = config.parent / "run/agent.sock"
+                if sock.is_socket() and subprocess.run(
+                        [self.keyward_bin, "--config", str(config), "status"], capture_output=True).returncode == 0:
+                    raise FederationError(f"an agent still answers on {sock}: stop it and rerun")
             self.log(f"removing the previous run's state dir {s}")
             shutil.rmtree(s)
         s.mkdir(mode=0o700, parents=True)
         (s / MARKER).touch()
 
+    def agent(self, name: str, backend: str, tcti: str = "") -> DemoAgent:
+        """A keyward config in ``<state>/<name>`` for a SoftHSM2 token of its own (``softhsm``)
+        or the swtpm at ``tcti`` (``tpm``); the agent is not started."""
+        base = self.state / name
+        (base / "run").mkdir(parents=True)
+        env = {k: v for k, v in self.env.items() if not k.startswith("KEYWARD_")}
+        env.update(KEYWARD_CONFIG=str(base / "keyward.toml"), KEYWARD_LOG="info")
+        root = ["--allow-root"] if os.geteuid() == 0 else []  # the agent refuses root unless told
+        common = ["--socket", str(base / "run" / "agent.sock"), "--state-dir", str(base / "state"), *root]
+        if backend == "softhsm":
+            out = subprocess.run(["bash", str(SCRIPTS / "init-softhsm-token.sh"), str(base / "softhsm"), "fl-" + name],
+                                 capture_output=True, text=True, check=True).stdout
+            for line in out.splitlines():
+                var, _, value = line.removeprefix("export ").partition("=")
+                env[var] = shlex.split(value)[0]
+            self.kw(env, "init", "--backend", "pkcs11", "--module", env["KEYWARD_PKCS11_MODULE"], "--token",
+                    env["KEYWARD_TOKEN_LABEL"], "--pin-file", env["KEYWARD_PIN_FILE"], *common)
+        else:
+            self.kw(env, "init", "--backend", "tpm", "--tcti", tcti, "--key-dir", str(base / "tpmkeys"), *common)
+        return DemoAgent(name, base, env)
+
+    def start_agent(self, agent: DemoAgent) -> None:
+        proc = self.procs.start([self.keyward_bin, "serve"], cwd=agent.dir, env=agent.env, out=agent.dir / "agent.log")
+        deadline = time.monotonic() + 15
+        while subprocess.run([self.keyward_bin, "status"], env=agent.env, capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise FederationError(f"agent `{agent.name}` did not answer `keyward status` (see {agent.dir}/agent.log)")
+            time.sleep(0.2)
+        agent.proc = proc
+
+    def start_swtpm(self) -> str:
+        """swtpm on a free port pair (P commands, P+1 control) in ``<state>/swtpm``; its TCTI."""
+        state = self.state / "swtpm"
+        state.mkdir()
+        for _ in range(10):
+            port = free_port()
+            proc = self.procs.start(["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}", "--server",
+                                     f"type=tcp,port={port},bindaddr=127.0.0.1", "--ctrl",
+                                     f"type=tcp,port={port + 1},bindaddr=127.0.0.1", "--flags",
+                                     "not-need-init,startup-clear"], cwd=state, env=self.env, out=state / "swtpm.log")
+            deadline = time.monotonic() + 10
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port + 1), timeout=1).close()
+                    return f"swtpm:host=127.0.0.1,port={port}"
+                except OSError:
+                    time.sleep(0.05)
+            Processes.stop(proc)
+        raise FederationError(f"swtpm did not start (see {state}/swtpm.log)")
+
     def run(self, default_state: Path) -> None:
         started, st = time.monotonic(), self.state
-        self.step(f"SoftHSM2 token 'fl-site' in a fresh state dir {st}/softhsm")
+        self.step(f"a fresh state dir {st}: SoftHSM2 tokens for the server and for site-2 and the admin, swtpm for site-1")
         self.fresh_state(default_state)
-        out = subprocess.run(["bash", str(SCRIPTS / "init-softhsm-token.sh"), str(st / "softhsm"), "fl-site"],
-                             capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            name, _, value = line.removeprefix("export ").partition("=")
-            self.env[name] = shlex.split(value)[0]
-        self.log(f"SOFTHSM2_CONF={self.env['SOFTHSM2_CONF']}; user PIN file {self.env['KEYWARD_PIN_FILE']}")
+        tcti = self.start_swtpm()
+        self.log(f"swtpm: {tcti}")
 
-        config, socket_path = st / "keyward.toml", st / "run" / "agent.sock"
-        self.step(f"writing the keyward config {config} (keyward init)")
-        (st / "run").mkdir()
-        root = ["--allow-root"] if os.geteuid() == 0 else []  # the agent refuses root unless told
-        self.kw("--config", str(config), "init", "--backend", "pkcs11", "--module", self.env["KEYWARD_PKCS11_MODULE"],
-                "--token", self.env["KEYWARD_TOKEN_LABEL"], "--pin-file", self.env["KEYWARD_PIN_FILE"],
-                "--socket", str(socket_path), "--state-dir", str(st), *root)
-        self.env["KEYWARD_CONFIG"] = str(config)
+        self.step("keyward init: one agent per token (server, tpm, site), each with its own socket and audit log")
+        agents = {"server": self.agent("server", "softhsm"), "tpm": self.agent("tpm", "tpm", tcti),
+                  "site": self.agent("site", "softhsm")}
 
-        self.step(f"nvflare provision: {SERVER}, {SITE} and {ADMIN} (connection_security tls) in {st}/provision")
-        kit = provision(st / "provision", free_port(), self.nvflare)
+        sites = (SITE, SITE2)
+        self.step(f"nvflare provision: {SERVER}, {SITE}, {SITE2} and {ADMIN}, mtls and grpc, in {st}/provision")
+        kit = provision(st / "provision", free_port(), self.nvflare, security="mtls", scheme="grpc", sites=sites)
         configure_server(kit, st / "store")
-        self.log(f"kits: {kit.root}; server on 127.0.0.1:{kit.port}, job store {st}/store")
-        self.log("site kit before the migration: " + " ".join(sorted(p.name for p in (kit.site / "startup").iterdir())))
+        files = sorted(str(p.relative_to(kit.root)) for p in private_key_files(kit.root))
+        self.log(f"kits: {kit.root}; private key files provision wrote: {', '.join(files)}")
 
-        self.step(f"keyward nvflare migrate {kit.site}/startup (key into the token, reference in its place, plug-in)")
-        client_python = linked_venv(st / "client-venv", self.python)
-        self.log(f"client venv: {st}/client-venv (sees the packages of {Path(self.python).parent.parent})")
-        self.kw("nvflare", "migrate", str(kit.site / "startup"), "--python", client_python)
-        self.log("startup/client.key is now a key reference:\n" + (kit.site / "startup/client.key").read_text())
+        self.step("keyward nvflare migrate: every kit's key into its token, a key reference in its place")
+        python = linked_venv(st / "venv", self.python)
+        self.log(f"NVFlare venv: {st}/venv (sees the packages of {Path(self.python).parent.parent})")
+        for participant, agent, key in ((kit.server, "server", SERVER), (kit.root / SITE, "tpm", SITE),
+                                        (kit.root / SITE2, "site", SITE2), (kit.admin, "site", "admin")):
+            self.kw(agents[agent].env, "nvflare", "migrate", str(participant / "startup"), "--key", key,
+                    "--python", python)
+        self.log("server1/startup/server.key is now a key reference:\n" + (kit.server / "startup/server.key").read_text())
 
-        self.step(f"starting the agent (keyward serve) on {socket_path}")
-        agent = self.procs.start([self.keyward_bin, "serve"], cwd=st, env=self.env, out=st / "agent.log")
-        deadline = time.monotonic() + 10
-        while subprocess.run([self.keyward_bin, "status"], env=self.env, capture_output=True).returncode != 0:
-            if agent.poll() is not None or time.monotonic() > deadline:
-                raise FederationError(f"the agent did not answer `keyward status` (see {st}/agent.log)")
-            time.sleep(0.2)
-        self.kw("status")
-        check = subprocess.run([client_python, "-m", "keyward.nvflare", "check", str(kit.site / "startup/client.key"),
-                                "--cert", str(kit.site / "startup/client.crt")], env=nvflare_env(), text=True,
-                               capture_output=True)
-        sys.stderr.write(check.stdout + check.stderr)
-        if check.returncode != 0:
-            raise FederationError("keyward-nvflare check failed")
+        self.step("starting the three agents (keyward serve)")
+        for agent in agents.values():
+            self.start_agent(agent)
+            self.kw(agent.env, "key", "list")
 
-        self.step(f"starting the NVFlare server {SERVER} from its kit {kit.server}")
-        server = self.procs.start(kit_command(kit.server), cwd=kit.server, env=nvflare_env(self.nvflare.parent),
+        internal = free_port()
+        self.step(f"keyward server-tunnel on 127.0.0.1:{kit.port} (the server's TLS, key in SoftHSM) and the NVFlare "
+                  f"server behind it on 127.0.0.1:{internal}")
+        path = kit.server / "startup" / "fed_server.json"
+        config = json.loads(path.read_text())
+        config["servers"][0]["service"]["target"] = f"127.0.0.1:{internal}"
+        config["servers"][0]["connection_security"] = "clear"
+        path.write_text(json.dumps(config, indent=2))
+        server_agent = agents["server"]
+        front = self.procs.start([self.keyward_bin, "server-tunnel", "--key", SERVER, "--listen", f"127.0.0.1:{kit.port}",
+                                  "--upstream", f"127.0.0.1:{internal}", "--ca",
+                                  str(server_agent.dir / "state" / "trust" / f"{SERVER}.rootCA.pem")],
+                                 cwd=st, env=server_agent.env, out=st / "server-tunnel.log")
+        self.log(wait_for_line(st / "server-tunnel.log", "keyward server tunnel listening", front, 20))
+        server = self.procs.start(kit_command(kit.server), cwd=kit.server, env=nvflare_env(Path(python).parent),
                                   out=kit.server / "console.txt")
         self.log(wait_for_line(kit.server / "log.txt", "Server started", server, 60))
 
-        self.step(f"starting the NVFlare client {SITE} from its kit {kit.site} (registration through the agent)")
-        client = self.procs.start(kit_command(kit.site), cwd=kit.site, env=nvflare_env(Path(client_python).parent),
-                                  out=kit.site / "console.txt")
-        self.log(wait_for_line(kit.site / "log.txt", REGISTERED, client, 60))
-        for line in (kit.site / "log.txt").read_text().splitlines():
-            if " - keyward - " in line:
-                print(line, file=sys.stderr)
+        self.step(f"{SITE} through keyward tunnel (key in swtpm), {SITE2} through gRPC's custom signer (key in SoftHSM)")
+        site1 = kit.root / SITE
+        target = json.loads((site1 / "startup/fed_client.json").read_text())["servers"][0]["service"]["target"]
+        tunnel_port, tpm_agent = free_port(), agents["tpm"]
+        tunnel = self.procs.start([self.keyward_bin, "tunnel", "--key", SITE, "--listen", f"127.0.0.1:{tunnel_port}",
+                                   "--upstream", f"127.0.0.1:{kit.port}", "--server-name", target.rsplit(":", 1)[0],
+                                   "--ca", str(site1 / "startup/rootCA.pem"), "--alpn", "h2"],
+                                  cwd=st, env=tpm_agent.env, out=st / "tunnel.log")
+        self.log(wait_for_line(st / "tunnel.log", "keyward tunnel listening", tunnel, 20))
+        path = site1 / "startup" / "fed_client.json"
+        config = json.loads(path.read_text())
+        config["servers"][0]["service"]["target"] = f"127.0.0.1:{tunnel_port}"
+        config["client"]["connection_security"] = "clear"
+        path.write_text(json.dumps(config, indent=2))
+        for site in sites:
+            client = self.procs.start(kit_command(kit.root / site), cwd=kit.root / site,
+                                      env=nvflare_env(Path(python).parent), out=kit.root / site / "console.txt")
+            self.log(wait_for_line(kit.root / site / "log.txt", f"Successfully registered client:{site}", client, 60))
 
-        self.step(f"submitting a one-round ScatterAndGather job as {ADMIN} and waiting for it")
-        job = submit_job(self.python, kit.admin, write_job(st / "job"))
+        self.step(f"submitting a one-round ScatterAndGather job as {ADMIN} (key in SoftHSM) and waiting for it")
+        job = submit_job(python, kit.admin, write_job(st / "job"))
         self.log(f"job: {json.dumps(job)}")
         if job["status"] != "FINISHED:COMPLETED":
             raise FederationError(f"job {job['job_id']} ended {job['status']} (see {kit.server}/{job['job_id']})")
 
-        self.step("checks: no private key file in the site kit, the key in the token, the agent's audit")
-        if private_key_files(kit.site):
-            raise FederationError(f"a private key file is in the site kit: {private_key_files(kit.site)}")
-        self.log("no file of the site kit holds a private key")
-        self.kw("key", "list")
-        self.openssl("verify", "-CAfile", kit.site / "startup/rootCA.pem", kit.site / "startup/client.crt")
-        (st / "demo.msg").write_text(f"keyward demo {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n")
-        self.kw("sign", SITE, "--profile", "nvflare", "--in", str(st / "demo.msg"), "--out", str(st / "demo.sig"))
-        (st / "site-1.pub.pem").write_bytes(subprocess.run(
-            ["openssl", "x509", "-in", str(kit.site / "startup/client.crt"), "-noout", "-pubkey"],
-            capture_output=True, check=True).stdout)
-        self.openssl("dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:222",
-                     "-sigopt", "rsa_mgf1_md:sha256", "-verify", st / "site-1.pub.pem", "-signature",
-                     st / "demo.sig", st / "demo.msg")
-        records = [json.loads(line) for line in (st / "audit.log").read_text().splitlines()]
-        for r in records:
-            if r.get("op", "").startswith("nvflare_"):
-                print(json.dumps(r, separators=(",", ":")), file=sys.stderr)
-        if not any(r.get("op") == "nvflare_register" and r.get("outcome") == "ok" for r in records):
-            raise FederationError(f"no successful nvflare_register in {st}/audit.log")
+        self.step("checks: no private key file in any kit, every TLS handshake and registration in an audit log")
+        if private_key_files(kit.root):
+            raise FederationError(f"a private key file is in a kit: {private_key_files(kit.root)}")
+        self.log(f"no file under {kit.root} holds a private key")
+        for name, agent in agents.items():
+            records = [json.loads(line) for line in (agent.dir / "state/audit.log").read_text().splitlines()]
+            ops: dict[str, int] = {}
+            for r in records:
+                op = r.get("op", "?") + (f" {r['profile']}" if str(r.get("profile", "")).startswith("tls-") else "")
+                ops[op] = ops.get(op, 0) + 1
+            refused = [r for r in records if r.get("outcome") not in ("ok", None)]
+            self.log(f"agent `{name}` audit: {json.dumps(ops)}; refusals: {len(refused)}")
+        for line in (st / "server-tunnel.log").read_text().splitlines():
+            if "connection done" in line and "client_cn=" in line:
+                print(line, file=sys.stderr)
+                break
+        self.kw(agents["server"].env, "audit", "verify", "--log", str(agents["server"].dir / "state/audit.log"))
 
-        self.step("stopping the client, the server, the job processes and the agent")
+        self.step("stopping the clients, the server, the tunnels, the job processes, the agents and swtpm")
         self.stop()
-        if agent.returncode != 0:
-            raise FederationError(f"the agent exited with status {agent.returncode} (see {st}/agent.log)")
-        if socket_path.exists():
-            raise FederationError(f"the agent stopped but left its socket {socket_path} behind")
-        self.log(f"all stopped; socket {socket_path} removed")
+        for name, agent in agents.items():
+            if agent.proc is not None and agent.proc.returncode != 0:
+                raise FederationError(f"agent `{name}` exited with status {agent.proc.returncode} (see {agent.dir}/agent.log)")
+        self.log("all stopped")
         print(f"""
-==> done in {time.monotonic() - started:.0f} s: {SITE} registered with {SERVER} through the agent, job {job['job_id']}
-    ended {job['status']}, and the site's private key never left the token after the migration.
+==> done in {time.monotonic() - started:.0f} s: a whole mtls federation with no private key file anywhere.
+    {SITE} (swtpm, keyward tunnel) and {SITE2} (SoftHSM, gRPC custom signer) registered with {SERVER}
+    (SoftHSM, behind keyward server-tunnel; its registrations verified by its agent), and job
+    {job['job_id']} submitted by {ADMIN} (SoftHSM) ended {job['status']}.
     state dir          {st}   (rerun: scripts/demo.sh; remove: rm -rf '{st}')
     keyward binary     {self.keyward_bin}
-    keyward config     {config}   (export KEYWARD_CONFIG={config})
-    SoftHSM2 config    {self.env['SOFTHSM2_CONF']}   token 'fl-site', user PIN in {self.env['KEYWARD_PIN_FILE']}
-    agent socket       {socket_path}
-    agent log / audit  {st}/agent.log  /  {st}/audit.log
+    agents             {st}/server, {st}/tpm, {st}/site   (keyward.toml, run/agent.sock, agent.log, state/audit.log)
+    tunnels            {st}/server-tunnel.log, {st}/tunnel.log
     provisioning       {st}/provision/project.yml, workspace {st}/provision/ws (root CA key in its state/)
-    server kit         {kit.server}   (log.txt; 127.0.0.1:{kit.port}; job store {st}/store)
-    site kit           {kit.site}   (startup/client.key is a key reference; log.txt)
-    admin kit          {kit.admin}
-    client venv        {st}/client-venv   (keyward_nvflare.pth)
-    job                {st}/job -> {job['job_id']}   ({kit.site}/{job['job_id']}/log.txt)""", file=sys.stderr)
+    kits               {kit.root}   (every key file is a key reference)
+    NVFlare venv       {st}/venv   (keyward_nvflare.pth)
+    job                {st}/job -> {job['job_id']}""", file=sys.stderr)
 
     def openssl(self, *args: object) -> None:
         argv = ["openssl", *map(str, args)]
@@ -493,12 +550,25 @@ class Demo:
             raise FederationError(f"openssl {args[0]} failed")
 
     def stop(self) -> None:
-        """The client, the server, NVFlare's job processes, then the agent: by PID, never by name."""
-        for proc in reversed(self.procs.started[1:]):
-            Processes.stop(proc)
+        """Everything in reverse order of start (clients, server, tunnels, agents, swtpm), and
+        NVFlare's job processes before the agents: by PID, never by name."""
+        agents = [p for p in self.procs.started if p.args[1:2] == ["serve"] or p.args[0] == "swtpm"]
+        for proc in reversed(self.procs.started):
+            if proc not in agents:
+                Processes.stop(proc)
         Processes.stop_job_processes(self.state)
-        if self.procs.started:
-            Processes.stop(self.procs.started[0])
+        for proc in reversed(agents):
+            Processes.stop(proc)
+
+
+@dataclass
+class DemoAgent:
+    """One agent of the demo: its folder, its environment (config, token), its process."""
+
+    name: str
+    dir: Path
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
 
 
 def main(argv: list[str] | None = None) -> int:
