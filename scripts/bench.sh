@@ -11,7 +11,11 @@
 #           against in-process SoftHSM: ratio, added p50 and CPU, the agent's
 #           context switches and system calls (strace -c) per request.
 #           tls-bench: TLS handshakes/s and bulk MB/s through `keyward tunnel`
-#           against stunnel4 and a direct client.
+#           against stunnel4 and a direct client, and handshakes/s a server takes
+#           behind `keyward server-tunnel` against `openssl s_server` with a key file.
+#           Then (pytest -s, real nvflare and grpcio): registrations/s of an NVFlare
+#           server's key work, key file vs the agent; gRPC mTLS connection latency,
+#           key file vs custom signer vs tunnel.
 #           Each prints a Markdown table with the machine and the date; copy
 #           them into docs/benchmarks.md by hand. Never fails on a slow result.
 #
@@ -73,3 +77,14 @@ for bench in keyward-bench tpm-bench tls-bench; do
     cargo run --release -q -p keyward-tests --bin "$bench" -- "$@"
     echo
 done
+
+# The NVFlare server's key work and gRPC mTLS handshakes (issue 13) run in Python, with the
+# real nvflare and grpcio; their tests also run in CI with a few iterations, here with more.
+if [[ " $* " == *" --quick "* ]]; then iterations=(20 20); else iterations=(500 200); fi
+VPY="$(project_python "$REPO_ROOT/.venv")"
+ensure_keyward_package "$VPY" "nvflare,test"
+log "running the NVFlare server registration and gRPC handshake benchmarks (pytest -s)"
+KEYWARD_BIN="$REPO_ROOT/target/release/keyward" KEYWARD_BENCH_REGISTRATIONS="${iterations[0]}" \
+    KEYWARD_BENCH_HANDSHAKES="${iterations[1]}" "$VPY" -m pytest -q -s -p no:cacheprovider \
+    "$REPO_ROOT/python/tests/e2e/test_server_registration_rate.py" \
+    "$REPO_ROOT/python/tests/e2e/test_grpc_handshake_latency.py"
