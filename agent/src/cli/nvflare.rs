@@ -121,7 +121,12 @@ fn migrate(
     let probe = format!("{cn}keyward-migration-check");
     let signature = store.sign(&name, SignProfile::Nvflare, probe.as_bytes())?;
     keyward_core::verify::verify_pss_sha256_any_salt(&kit.cert_spki, probe.as_bytes(), &signature).with_context(
-        || format!("the token's signature does not verify against {}; {key_name} was left in place", kit.role.cert_file()),
+        || {
+            format!(
+                "the token's signature does not verify against {}; {key_name} was left in place",
+                kit.role.cert_file()
+            )
+        },
     )?;
     eprintln!(
         "imported `{}` into {} as `{name}`; signature verified against {}",

@@ -36,12 +36,20 @@ pub(super) enum Role {
 impl Role {
     /// The kit's private key file.
     pub(super) fn key_file(self) -> &'static str {
-        if self == Self::Server { "server.key" } else { "client.key" }
+        if self == Self::Server {
+            "server.key"
+        } else {
+            "client.key"
+        }
     }
 
     /// The kit's certificate.
     pub(super) fn cert_file(self) -> &'static str {
-        if self == Self::Server { "server.crt" } else { "client.crt" }
+        if self == Self::Server {
+            "server.crt"
+        } else {
+            "client.crt"
+        }
     }
 }
 

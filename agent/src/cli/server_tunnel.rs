@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use keyward_core::KeyId;
 
-use super::tunnel::{certificates, root_store};
+use super::tunnel::{certificate_chain, root_store};
 use crate::tls::server_tunnel::{self, ServerTunnelSettings};
 use crate::tls::signer::{AgentLink, AgentSigningKey};
 
@@ -81,18 +81,7 @@ pub fn run(socket: PathBuf, args: ServerTunnelArgs) -> Result<()> {
     let link = Arc::new(AgentLink::new(socket.clone(), args.handshake_timeout));
     let key = AgentSigningKey::open(link, args.key.clone())
         .with_context(|| format!("asking the agent at `{}` for key `{}`", socket.display(), args.key))?;
-    let chain = match &args.cert {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
-            certificates(&text).with_context(|| format!("certificates in `{}`", path.display()))?
-        }
-        None => {
-            let text = key.installed_certificate().with_context(|| {
-                format!("key `{}` has no installed certificate: run `keyward cert install` or pass --cert", args.key)
-            })?;
-            certificates(text).with_context(|| format!("the installed certificate of `{}`", args.key))?
-        }
-    };
+    let chain = certificate_chain(&key, args.cert.as_deref(), &args.key)?;
     let algorithm = key.algorithm_kind();
     let certified = key
         .into_certified_key(chain)

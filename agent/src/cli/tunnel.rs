@@ -91,18 +91,7 @@ pub fn run(socket: PathBuf, args: TunnelArgs) -> Result<()> {
     let link = Arc::new(AgentLink::new(socket.clone(), args.connect_timeout));
     let key = AgentSigningKey::open(link, args.key.clone())
         .with_context(|| format!("asking the agent at `{}` for key `{}`", socket.display(), args.key))?;
-    let chain = match &args.cert {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
-            certificates(&text).with_context(|| format!("certificates in `{}`", path.display()))?
-        }
-        None => {
-            let text = key.installed_certificate().with_context(|| {
-                format!("key `{}` has no installed certificate: run `keyward cert install` or pass --cert", args.key)
-            })?;
-            certificates(text).with_context(|| format!("the installed certificate of `{}`", args.key))?
-        }
-    };
+    let chain = certificate_chain(&key, args.cert.as_deref(), &args.key)?;
     let algorithm = key.algorithm_kind();
     let certified = key
         .into_certified_key(chain)
@@ -169,6 +158,27 @@ pub(crate) fn root_store(path: &Path) -> Result<rustls::RootCertStore> {
         roots.add(cert).with_context(|| format!("a root certificate in `{}` is not usable", path.display()))?;
     }
     Ok(roots)
+}
+
+/// The chain a tunnel presents for `key`: the PEM file `cert`, or else the key's installed
+/// certificate.
+pub(crate) fn certificate_chain(
+    key: &AgentSigningKey,
+    cert: Option<&Path>,
+    name: &KeyId,
+) -> Result<Vec<CertificateDer<'static>>> {
+    match cert {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading `{}`", path.display()))?;
+            certificates(&text).with_context(|| format!("certificates in `{}`", path.display()))
+        }
+        None => {
+            let text = key.installed_certificate().with_context(|| {
+                format!("key `{name}` has no installed certificate: run `keyward cert install` or pass --cert")
+            })?;
+            certificates(text).with_context(|| format!("the installed certificate of `{name}`"))
+        }
+    }
 }
 
 /// The `CERTIFICATE` blocks of a PEM text, in order.

@@ -18,11 +18,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use super::accept_loop::accept_loop;
 use super::relay::relay;
 use super::tunnel::ErrorChain;
 
@@ -76,33 +76,11 @@ pub async fn run(
     settings: Arc<ServerTunnelSettings>,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((tcp, peer)) => {
-                let (acceptor, settings) = (acceptor.clone(), Arc::clone(&settings));
-                tokio::spawn(async move {
-                    serve_connection(tcp, peer, &acceptor, &settings).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
+    let serve = |(tcp, peer): (TcpStream, SocketAddr)| {
+        let (acceptor, settings) = (acceptor.clone(), Arc::clone(&settings));
+        Some(async move { serve_connection(tcp, peer, &acceptor, &settings).await })
+    };
+    accept_loop(settings.max_connections, shutdown, async || listener.accept().await, serve).await;
 }
 
 async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAcceptor, settings: &ServerTunnelSettings) {

@@ -16,11 +16,11 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 
+use super::accept_loop::accept_loop;
 use super::listen::{LocalListener, LocalStream};
 use super::relay::relay;
 
@@ -105,37 +105,14 @@ pub async fn run(
     settings: Arc<TunnelSettings>,
     shutdown: CancellationToken,
 ) {
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
-    loop {
-        let permit = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            permit = Arc::clone(&limit).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((client, peer, owner)) => {
-                if !peer_allowed(&peer, owner, &settings) {
-                    continue;
-                }
-                let (connector, settings) = (connector.clone(), Arc::clone(&settings));
-                tokio::spawn(async move {
-                    serve_connection(client, peer, &connector, &settings).await;
-                    drop(permit);
-                });
-            }
-            Err(e) => {
-                // EMFILE and the like: back off rather than spin.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    let serve = |(client, peer, owner): (LocalStream, String, std::io::Result<Option<u32>>)| {
+        if !peer_allowed(&peer, owner, &settings) {
+            return None;
         }
-    }
+        let (connector, settings) = (connector.clone(), Arc::clone(&settings));
+        Some(async move { serve_connection(client, peer, &connector, &settings).await })
+    };
+    accept_loop(settings.max_connections, shutdown, async || listener.accept().await, serve).await;
 }
 
 async fn serve_connection(client: LocalStream, peer: String, connector: &TlsConnector, settings: &TunnelSettings) {
