@@ -294,7 +294,8 @@ fn steady_load(args: &[String]) -> Result<()> {
     let duration = Duration::from_secs_f64(seconds.parse().with_context(|| format!("SECONDS: `{seconds}`"))?);
     let site = Site::new();
     site.generate(case.key, case.algorithm);
-    let (agent, floor) = if floor { (None, Some(FloorServer::start(&site)?)) } else { (Some(AgentProcess::start(&site)), None) };
+    let (agent, floor) =
+        if floor { (None, Some(FloorServer::start(&site)?)) } else { (Some(AgentProcess::start(&site)), None) };
     let (socket, pid) = match (&agent, &floor) {
         (Some(agent), _) => (agent.socket().to_path_buf(), agent.pid()),
         (_, Some(floor)) => (floor.socket.clone(), floor.pid()),
@@ -572,7 +573,8 @@ fn floor_server(args: &[String]) -> Result<()> {
                         }
                     }
                 };
-                let request = keyward_protocol::decode_request(&buf[4..4 + len]).map_err(|e| anyhow::anyhow!(e.message))?;
+                let request =
+                    keyward_protocol::decode_request(&buf[4..4 + len]).map_err(|e| anyhow::anyhow!(e.message))?;
                 let Operation::Sign { key, profile, data } = request.op else { bail!("not a sign request") };
                 let case = *CASES.iter().find(|c| c.key == key.as_str()).context("unknown key")?;
                 let handle = match keys.get(&key) {
