@@ -1,12 +1,15 @@
 //! `keyward-bench`: signing throughput and latency on a fresh SoftHSM2 token, in one run,
 //! for RSA-2048 (`nvflare` profile) and ECDSA P-256 (`tls-ecdsa-p256-sha256`) with 1 and
-//! 2 concurrent clients, along four paths:
+//! 2 concurrent clients (and 32), along five paths:
 //!
 //! - `raw cryptoki`: each thread its own session, `C_Sign` in a loop (the limit);
 //! - `KeyStore`: `Pkcs11Backend::store()` per thread and `KeyStore::sign`;
 //! - `session pool`: the agent's pool of 2 sessions (`daemon::back::Back`), used from one
 //!   thread per client as the agent's connection threads use it (no socket, no JSON, no
 //!   audit): the cost of lending a session;
+//! - `socket floor`: the least any agent must do — a child process answering the same
+//!   frames with a thread and a session per connection, decode, `C_Sign`, encode
+//!   ([`FloorServer`]): agent minus floor is what keyward itself adds;
 //! - `agent`: the real `keyward serve`, one `BlockingAgentClient` connection per client
 //!   thread, sequential requests.
 //!
