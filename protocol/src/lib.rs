@@ -18,6 +18,7 @@ pub mod frame;
 pub mod ops;
 mod request;
 mod response;
+mod sign_fast;
 mod unique_keys;
 
 pub use error_code::ErrorCode;

@@ -180,6 +180,15 @@ pub struct RequestError {
 /// [`RequestError`] with code `malformed_request`, `unsupported_version`,
 /// `unknown_operation` or `invalid_request`.
 pub fn decode_request(body: &[u8]) -> Result<Request, RequestError> {
+    if let Some(request) = crate::sign_fast::decode(body) {
+        return Ok(request);
+    }
+    decode_general(body)
+}
+
+/// Every operation, and every refusal with its precise error: one parse into a `Value` that
+/// refuses repeated keys, then the checks in the order the error codes are documented.
+pub(crate) fn decode_general(body: &[u8]) -> Result<Request, RequestError> {
     let fail = |id, code, message: String| RequestError { id, code, message };
     let value = unique_keys::parse(body).map_err(|e| {
         let message = if e.classify() == serde_json::error::Category::Data {

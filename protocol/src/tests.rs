@@ -63,3 +63,46 @@ fn a_repeated_key_is_a_malformed_request_naming_the_key() {
     let twice_op = decode_request(br#"{"v":1,"id":3,"op":"hello","op":"status"}"#).unwrap_err();
     assert_eq!(twice_op.code, ErrorCode::MalformedRequest);
 }
+
+#[test]
+fn the_sign_fast_path_accepts_exactly_what_the_general_path_accepts() {
+    let valid = r#"{"v":1,"id":7,"op":"sign","key":"site-1","profile":"nvflare","data":"aGk="}"#;
+    let frames = [
+        valid,
+        r#" {"data":"aGk=","profile":"tls","key":"k","op":"sign","id":18446744073709551615,"v":1} "#,
+        r#"{"v":1,"id":7,"op":"sign","key":"site-1","profile":"nvfl\u0061re","data":"aGk="}"#,
+        r#"{"v":1,"id":7,"op":"sign","key":"site-1","profile":"","data":""}"#,
+        r#"[1,7,"sign","site-1","nvflare","aGk="]"#,
+        r#"{"v":1,"id":7,"op":"sign","key":"site-1","profile":"nvflare","data":"aGk=","extra":1}"#,
+        r#"{"v":1,"id":7,"op":"sign","key":"site-1","key":"other","profile":"nvflare","data":"aGk="}"#,
+        r#"{"v":1,"id":7,"op":"sign","key":"site-1","profile":"nvflare"}"#,
+        r#"{"v":2,"id":7,"op":"sign","key":"site-1","profile":"nvflare","data":"aGk="}"#,
+        r#"{"v":65537,"id":7,"op":"sign","key":"site-1","profile":"nvflare","data":"aGk="}"#,
+        r#"{"v":1,"id":-7,"op":"sign","key":"site-1","profile":"nvflare","data":"aGk="}"#,
+        r#"{"v":1,"id":7.0,"op":"sign","key":"site-1","profile":"nvflare","data":"aGk="}"#,
+        r#"{"v":1,"id":7,"op":"decrypt","key":"site-1","profile":"nvflare","data":"aGk="}"#,
+        r#"{"v":1,"id":7,"op":"sign","key":"../x","profile":"nvflare","data":"aGk="}"#,
+        r#"{"v":1,"id":7,"op":"sign","key":"site-1","profile":{"a":1},"data":"aGk="}"#,
+        r#"{"v":1,"id":7,"op":"sign","key":"site-1","profile":"nvflare","data":"***"}"#,
+        r#"{"v":1,"id":7,"op":"sign","key":"site-1","profile":"nvflare","data":"aGk="} x"#,
+        r#"{"v":1,"id":7,"op":"sign","key":"site-1","profile":"nvflare","data":null}"#,
+    ];
+    let long = valid.replace("nvflare", &"p".repeat(MAX_PROFILE_NAME + 1));
+    let mut vectors: Vec<String> = frames.iter().map(|f| (*f).to_owned()).chain([long]).collect();
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/ops")).unwrap() {
+        let vector: serde_json::Value = serde_json::from_slice(&std::fs::read(entry.unwrap().path()).unwrap()).unwrap();
+        vectors.push(vector["request"].to_string());
+    }
+    let mut fast = 0;
+    for body in &vectors {
+        let general = request::decode_general(body.as_bytes());
+        match sign_fast::decode(body.as_bytes()) {
+            Some(request) => {
+                fast += 1;
+                assert_eq!(Ok(request), general, "{body}");
+            }
+            None => assert!(general.as_ref().map_or(true, |r| r.op.name() != "sign"), "{body}: {general:?}"),
+        }
+    }
+    assert!(fast >= 5, "the valid sign frames take the fast path ({fast})");
+}

@@ -1,12 +1,15 @@
 //! `keyward-bench`: signing throughput and latency on a fresh SoftHSM2 token, in one run,
 //! for RSA-2048 (`nvflare` profile) and ECDSA P-256 (`tls-ecdsa-p256-sha256`) with 1 and
-//! 2 concurrent clients, along four paths:
+//! 2 concurrent clients (and 32), along five paths:
 //!
 //! - `raw cryptoki`: each thread its own session, `C_Sign` in a loop (the limit);
 //! - `KeyStore`: `Pkcs11Backend::store()` per thread and `KeyStore::sign`;
 //! - `session pool`: the agent's pool of 2 sessions (`daemon::back::Back`), used from one
 //!   thread per client as the agent's connection threads use it (no socket, no JSON, no
 //!   audit): the cost of lending a session;
+//! - `socket floor`: the least any agent must do — a child process answering the same
+//!   frames with a thread and a session per connection, decode, `C_Sign`, encode
+//!   ([`FloorServer`]): agent minus floor is what keyward itself adds;
 //! - `agent`: the real `keyward serve`, one `BlockingAgentClient` connection per client
 //!   thread, sequential requests.
 //!
@@ -38,7 +41,7 @@ use keyward_agent::daemon::back::{Back, BackendJob, JobOutput, ProfileChoice};
 use keyward_client::BlockingAgentClient;
 use keyward_core::{KeyId, KeyStore, Pin, SignProfile, TlsScheme};
 use keyward_pkcs11::{Pkcs11Backend, Pkcs11Config, TokenSelector};
-use keyward_protocol::{Operation, Reply};
+use keyward_protocol::{Operation, Reply, Response};
 use keyward_tests::procstat::{context_switches, cpu_time, switches_between};
 use keyward_tests::report::{command_output, cpu_model, percentile};
 use keyward_tests::syscalls::SyscallCount;
@@ -84,6 +87,7 @@ enum Route {
     Cryptoki,
     KeyStore,
     Pool,
+    Floor,
     Agent,
 }
 
@@ -93,6 +97,7 @@ impl Route {
             Self::Cryptoki => "cryptoki",
             Self::KeyStore => "keystore",
             Self::Pool => "pool",
+            Self::Floor => "floor",
             Self::Agent => "agent",
         }
     }
@@ -102,6 +107,7 @@ impl Route {
             Self::Cryptoki => "raw cryptoki",
             Self::KeyStore => "KeyStore (in-process)",
             Self::Pool => "session pool (in-process)",
+            Self::Floor => "socket floor (no agent work)",
             Self::Agent => "agent socket",
         }
     }
@@ -162,6 +168,12 @@ fn main() -> Result<()> {
     if args.first().map(String::as_str) == Some("--in-process") {
         return in_process_child(&args[1..]);
     }
+    if args.first().map(String::as_str) == Some("--floor-server") {
+        return floor_server(&args[1..]);
+    }
+    if args.first().map(String::as_str) == Some("--load") {
+        return steady_load(&args[1..]);
+    }
     let options = parse_options(args)?;
     run(&options)
 }
@@ -188,6 +200,8 @@ fn parse_options(args: Vec<String>) -> Result<Options> {
                      the session pool and the agent socket; RSA-2048 `nvflare` and P-256; 1 and 2 clients.\n\
                      Prints Markdown for docs/benchmarks.md; never fails on a slow result.\n\n\
                      --quick      about 0.5 s per case and path (CI)\n\
+                     --load KEY CLIENTS SECONDS [floor]  only a steady load (KEY rsa or ec) on the\n\
+                                  agent (or the socket floor), its pid on stderr, for profiling it\n\
                      --seconds N  seconds per case and path, split into 5 rounds (default 5; overrides --quick)"
                 );
                 std::process::exit(0);
@@ -209,7 +223,8 @@ fn run(options: &Options) -> Result<()> {
     let agent = AgentProcess::start(&site);
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let routes = [Route::Cryptoki, Route::KeyStore, Route::Pool, Route::Agent];
+    let routes = [Route::Cryptoki, Route::KeyStore, Route::Pool, Route::Floor, Route::Agent];
+    let floor = FloorServer::start(&site)?;
     let round_time = duration / ROUNDS as u32;
     let mut rows = Vec::new();
     for case in CASES {
@@ -220,6 +235,7 @@ fn run(options: &Options) -> Result<()> {
                 for (route, samples) in routes.iter().zip(&mut samples) {
                     samples.push(match route {
                         Route::Agent => measure_agent(&agent, case, clients, round_time)?,
+                        Route::Floor => measure_socket(&floor.socket, floor.pid(), case, clients, round_time)?,
                         _ => spawn_in_process(&site, *route, case, clients, round_time)?,
                     });
                 }
@@ -260,8 +276,50 @@ fn run(options: &Options) -> Result<()> {
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     drop(agent);
+    drop(floor);
 
     print_report(options, &rows, &date, [load_before.trim(), load_after.trim()]);
+    Ok(())
+}
+
+/// `--load KEY CLIENTS SECONDS [floor]`: a steady load on a fresh agent (or, with `floor`,
+/// on the socket floor), for profiling it from outside (`perf record -g -p PID`, `strace -c
+/// -f -p PID`): prints the server's pid on stderr, waits 2 s for the profiler to attach,
+/// signs for SECONDS, and prints the rate, latency, CPU and context switches.
+fn steady_load(args: &[String]) -> Result<()> {
+    let (key, clients, seconds, floor) = match args {
+        [key, clients, seconds] => (key, clients, seconds, false),
+        [key, clients, seconds, floor] if floor == "floor" => (key, clients, seconds, true),
+        _ => bail!("--load needs KEY CLIENTS SECONDS [floor] (KEY: rsa or ec)"),
+    };
+    let case = *CASES.iter().find(|c| c.key == key).with_context(|| format!("unknown key `{key}`"))?;
+    let clients: usize = clients.parse().with_context(|| format!("CLIENTS: `{clients}`"))?;
+    let duration = Duration::from_secs_f64(seconds.parse().with_context(|| format!("SECONDS: `{seconds}`"))?);
+    let site = Site::new();
+    site.generate(case.key, case.algorithm);
+    let (agent, floor) =
+        if floor { (None, Some(FloorServer::start(&site)?)) } else { (Some(AgentProcess::start(&site)), None) };
+    let (socket, pid) = match (&agent, &floor) {
+        (Some(agent), _) => (agent.socket().to_path_buf(), agent.pid()),
+        (_, Some(floor)) => (floor.socket.clone(), floor.pid()),
+        _ => unreachable!("one server was started"),
+    };
+    eprintln!("keyward-bench: server pid {pid}");
+    std::thread::sleep(Duration::from_secs(2));
+    let sample = measure_socket(&socket, pid, case, clients, duration)?;
+    let ops = sample.ops.max(1) as f64;
+    let (voluntary, involuntary) = sample.switches.unwrap_or_default();
+    println!(
+        "{} · {clients} client(s): {:.0} ops/s, p50 {} µs, p99 {} µs, server CPU {:.1} µs/op, client CPU {:.1} µs/op, \
+         server context switches {:.2}/op",
+        case.title,
+        sample.ops_per_sec(),
+        us(sample.p50),
+        us(sample.p99),
+        sample.signer_cpu.as_secs_f64() * 1e6 / ops,
+        sample.client_cpu.unwrap_or_default().as_secs_f64() * 1e6 / ops,
+        (voluntary + involuntary) as f64 / ops,
+    );
     Ok(())
 }
 
@@ -407,9 +465,15 @@ fn pool(module: &Path, token: &str, pin_file: &Path, case: Case, clients: usize,
 /// Through the running agent: one connection per client thread, with the agent crate's
 /// blocking client (the one the TLS signer uses), sequential requests.
 fn measure_agent(agent: &AgentProcess, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
+    measure_socket(agent.socket(), agent.pid(), case, clients, duration)
+}
+
+/// Sequential `sign` requests to the server listening on `socket` (process `server`), one
+/// `BlockingAgentClient` connection per client thread.
+fn measure_socket(socket: &Path, server: u32, case: Case, clients: usize, duration: Duration) -> Result<Sample> {
     let mut workers = Vec::new();
     for _ in 0..clients {
-        let mut client = BlockingAgentClient::connect(agent.socket(), Duration::from_secs(30))?;
+        let mut client = BlockingAgentClient::connect(socket, Duration::from_secs(30))?;
         let key = KeyId::new(case.key)?;
         let profile = case.profile.name().to_owned();
         workers.push(move || -> Result<()> {
@@ -420,7 +484,132 @@ fn measure_agent(agent: &AgentProcess, case: Case, clients: usize, duration: Dur
             }
         });
     }
-    measure(workers, duration, Some(agent.pid()))
+    measure(workers, duration, Some(server))
+}
+
+/// The floor of any agent on this machine: a child process (`--floor-server`) that answers
+/// the same request frames on a Unix socket with the least work an agent can do — a thread
+/// per connection with its own session, one read, the protocol's decode, `C_Sign`, the
+/// reply's encode, one write — and none of keyward's (policy, session pool, audit, metrics,
+/// watchdog). The agent's figures minus the floor's are what keyward itself adds.
+struct FloorServer {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl FloorServer {
+    fn start(site: &Site) -> Result<Self> {
+        use std::io::BufRead as _;
+        let socket = site.hsm.dir.path().join("floor.sock");
+        let exe = std::env::current_exe().context("locating the bench binary")?;
+        let mut child = Command::new(exe)
+            .env("SOFTHSM2_CONF", &site.hsm.conf)
+            .arg("--floor-server")
+            .arg(&site.hsm.module)
+            .arg(&site.hsm.label)
+            .arg(&site.hsm.pin_file)
+            .arg(&socket)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the floor server")?;
+        let mut ready = String::new();
+        std::io::BufReader::new(child.stdout.take().context("floor server stdout")?).read_line(&mut ready)?;
+        if ready.trim() != "ready" {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("the floor server did not start");
+        }
+        Ok(Self { child, socket })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for FloorServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The child: `--floor-server MODULE TOKEN PIN_FILE SOCKET`; says `ready` on stdout once it
+/// listens, then serves until killed.
+fn floor_server(args: &[String]) -> Result<()> {
+    use std::io::{Read as _, Write as _};
+    let [module, token, pin_file, socket] = args else {
+        bail!("--floor-server needs MODULE TOKEN PIN_FILE SOCKET");
+    };
+    let ctx = Pkcs11::new(Path::new(module))?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+    let slot = ctx
+        .get_slots_with_token()?
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).is_ok_and(|i| i.label().trim_end() == token))
+        .with_context(|| format!("no token `{token}`"))?;
+    let login = ctx.open_rw_session(slot)?;
+    let pin = Pin::from_file(Path::new(pin_file))?;
+    login.login(UserType::User, Some(&AuthPin::from(pin.expose())))?;
+    drop(pin);
+    let listener = std::os::unix::net::UnixListener::bind(socket)?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    for stream in listener.incoming() {
+        let mut stream = stream?;
+        let session = ctx.open_rw_session(slot)?;
+        std::thread::spawn(move || -> Result<()> {
+            let mut buf = vec![0u8; 16 << 10];
+            let mut keys = std::collections::HashMap::new();
+            loop {
+                let mut have = 0;
+                let len = loop {
+                    let n = stream.read(&mut buf[have..])?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    have += n;
+                    if have >= 4 {
+                        let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+                        if have >= 4 + len {
+                            break len;
+                        }
+                    }
+                };
+                let request =
+                    keyward_protocol::decode_request(&buf[4..4 + len]).map_err(|e| anyhow::anyhow!(e.message))?;
+                let Operation::Sign { key, profile, data } = request.op else { bail!("not a sign request") };
+                let case = *CASES.iter().find(|c| c.key == key.as_str()).context("unknown key")?;
+                let handle = match keys.get(&key) {
+                    Some(handle) => *handle,
+                    None => {
+                        let found = session.find_objects(&[
+                            Attribute::Class(ObjectClass::PRIVATE_KEY),
+                            Attribute::Label(key.as_str().as_bytes().to_vec()),
+                        ])?;
+                        let handle = *found.first().context("no such key")?;
+                        keys.insert(key, handle);
+                        handle
+                    }
+                };
+                let signature = if case.profile == SignProfile::Nvflare {
+                    let pss = Mechanism::Sha256RsaPkcsPss(PkcsPssParams {
+                        hash_alg: MechanismType::SHA256,
+                        mgf: PkcsMgfType::MGF1_SHA256,
+                        s_len: 222u64.into(),
+                    });
+                    session.sign(&pss, handle, &data)?
+                } else {
+                    let raw = session.sign(&Mechanism::Ecdsa, handle, &sha2::Sha256::digest(&data))?;
+                    keyward_core::signature::ecdsa_p256_raw_to_der(&raw)?
+                };
+                let reply = Response::ok(request.id, Reply::Signature { profile, signature });
+                stream.write_all(&keyward_protocol::encode_frame(&reply)?)?;
+            }
+        });
+    }
+    drop(login);
+    Ok(())
 }
 
 /// Set in an in-process child's environment: after its warm-up it says [`TRACE_READY`] on
@@ -592,6 +781,50 @@ struct Row {
     syscalls: Option<f64>,
 }
 
+/// The agent against the socket floor of the same case and rounds: what keyward itself adds
+/// on top of the round trip, decode, `C_Sign` and encode that any agent needs.
+fn print_agent_vs_floor(rows: &[Row]) {
+    println!("### The agent against the socket floor (what keyward itself adds)\n");
+    println!(
+        "| key / profile | clients | floor ops/s | agent ops/s | floor / raw | agent / raw | p50 floor µs | p50 agent µs | \
+         agent − floor p50 µs | CPU floor µs/op | CPU agent µs/op | agent − floor CPU µs/op | ctx switches/req floor / agent |"
+    );
+    println!("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    for case in CASES {
+        for clients in CLIENTS {
+            let (Some(floor), Some(agent)) =
+                (find(rows, case.key, clients, Route::Floor), find(rows, case.key, clients, Route::Agent))
+            else {
+                continue;
+            };
+            let switches = |r: &Row| r.switches.map_or_else(|| "–".into(), |(v, n)| format!("{:.2}", v + n));
+            println!(
+                "| {} | {clients} | {:.0} | {:.0} | {:.3} | {:.3} | {} | {} | {:+.1} | {:.1} | {:.1} | {:+.1} | {} / {} |",
+                case.title,
+                floor.median.ops_per_sec(),
+                agent.median.ops_per_sec(),
+                floor.vs_raw,
+                agent.vs_raw,
+                us(floor.median.p50),
+                us(agent.median.p50),
+                (agent.median.p50.as_secs_f64() - floor.median.p50.as_secs_f64()) * 1e6,
+                floor.cpu_per_op.0,
+                agent.cpu_per_op.0,
+                agent.cpu_per_op.0 - floor.cpu_per_op.0,
+                switches(floor),
+                switches(agent),
+            );
+        }
+    }
+    println!();
+    println!(
+        "floor: a child process serving the same frames on a Unix socket with a thread and a session per connection, \
+         one read, the protocol's decode, C_Sign, the reply's encode and one write, nothing else; measured in the same \
+         rounds as the agent, with the same client."
+    );
+    println!();
+}
+
 fn find<'a>(rows: &'a [Row], key: &str, clients: usize, route: Route) -> Option<&'a Row> {
     rows.iter().find(|r| r.case.key == key && r.clients == clients && r.route == route)
 }
@@ -689,6 +922,7 @@ fn print_agent_vs_raw(rows: &[Row]) {
          separate short run (not timed)."
     );
     println!();
+    print_agent_vs_floor(rows);
     println!("#### Targets (issue 12)\n");
     let verdict = |ok: bool| if ok { "met" } else { "not met" };
     let agent = |key: &str, clients: usize| find(rows, key, clients, Route::Agent);

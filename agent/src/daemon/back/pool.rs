@@ -50,8 +50,11 @@ impl Drop for Session<'_> {
                 return;
             }
             idle.stores.push(store);
-            // A notify is a system call; make it only when someone sleeps.
-            if idle.waiting > 0 {
+            // A notify is a system call; make it only when someone sleeps. And after the lock
+            // is released: a waiter woken while it is held would only go back to sleep on it.
+            let someone_waits = idle.waiting > 0;
+            drop(idle);
+            if someone_waits {
                 self.pool.returned.notify_one();
             }
         }

@@ -147,6 +147,14 @@ impl Conn {
         lock(&self.pending).take()
     }
 
+    /// Takes the last answered frame's bytes off the socket if they are still in it
+    /// (`frame_io.rs`), unless a thread is reading (it does that itself).
+    pub fn discard_answered(&self) {
+        if let Ok(mut reader) = self.reader.try_lock() {
+            let _ = reader.discard_answered(&self.stream);
+        }
+    }
+
     /// Ends the connection: both directions shut, slots given back.
     pub fn shut(&self) {
         let _ = self.stream.shutdown(std::net::Shutdown::Both);

@@ -93,6 +93,7 @@ pub fn resume(conn: &Arc<Conn>, agent: &Arc<Agent>, pending: &Pending) {
 /// Ends a connection: closed, removed, its metrics retired, the gauge decremented.
 pub(super) fn end(conn: &Conn, agent: &Agent) {
     conn.close();
+    conn.discard_answered();
     conn.shut();
     agent.connections.remove(conn);
     agent.stats.retire(&conn.shard);
