@@ -41,6 +41,15 @@ enum Attempt<T> {
     MarkedDown(StoreError),
 }
 
+impl<T> Attempt<T> {
+    fn into_result(self) -> Result<T, StoreError> {
+        match self {
+            Self::Done(result) => result,
+            Self::MarkedDown(e) => Err(e),
+        }
+    }
+}
+
 /// A session on the token: the [`KeyStore`] for one worker.
 pub struct Pkcs11Store {
     pub(crate) session: Session,
@@ -81,29 +90,29 @@ impl Pkcs11Store {
         mut op: impl FnMut(&mut Self) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let shared = Arc::clone(&self.shared);
-        let outcome = self.attempt(shared.ready()?, &mut op);
+        let outcome = self.attempt(&shared, shared.ready()?, &mut op);
         match outcome {
-            Attempt::MarkedDown(e) if retry == Retry::Once => match shared.ready_after_failure() {
-                Ok(gate) => match self.attempt(gate, &mut op) {
-                    Attempt::Done(result) => result,
-                    Attempt::MarkedDown(e) => Err(e),
-                },
+            Attempt::Done(result) => result,
+            Attempt::MarkedDown(e) if retry == Retry::Never => Err(e),
+            Attempt::MarkedDown(e) => match shared.ready_after_failure() {
+                Ok(gate) => {
+                    let again = self.attempt(&shared, gate, &mut op);
+                    again.into_result()
+                }
                 Err(_) => Err(e),
             },
-            Attempt::MarkedDown(e) => Err(e),
-            Attempt::Done(result) => result,
         }
     }
 
     /// One run of `op` under `gate`: see [`Pkcs11Store::guarded`].
     fn attempt<T>(
         &mut self,
+        shared: &Shared,
         gate: RwLockReadGuard<'_, Gate>,
         op: &mut impl FnMut(&mut Self) -> Result<T, StoreError>,
     ) -> Attempt<T> {
-        let shared = Arc::clone(&self.shared);
         if self.generation != gate.generation {
-            let (fresh, slot) = match open_session(&shared, &gate) {
+            let (fresh, slot) = match open_session(shared, &gate) {
                 Ok(opened) => opened,
                 Err(e @ StoreError::Unavailable { .. }) => {
                     return Attempt::MarkedDown(shared.mark_down(format!("C_OpenSession after recovery: {e}")));

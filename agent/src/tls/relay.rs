@@ -1,5 +1,6 @@
 //! Copying bytes both ways between a client side and an upstream side, for both tunnels:
-//! half-close passed on, bytes counted per direction, and an idle timeout over both.
+//! half-close passed on, bytes counted per direction, and an idle timeout over both; and
+//! what each tunnel's log line says of a finished connection.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +10,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+
+use super::tunnel::ErrorChain;
 
 /// Copy buffer per direction (128 KiB per connection). With tokio's default 8 KiB every
 /// read became one half-full TLS record; 64 KiB fills four 16 KiB records per read and took
@@ -26,6 +29,40 @@ pub(crate) struct RelayOutcome {
     pub(crate) idle: bool,
     /// The I/O error that ended it, if one did.
     pub(crate) error: Option<std::io::Error>,
+}
+
+impl RelayOutcome {
+    /// How it ended, for the connection's log line.
+    pub(crate) fn end(&self) -> String {
+        match &self.error {
+            Some(e) => format!("error: {}", ErrorChain(e)),
+            None if self.idle => "idle timeout".to_owned(),
+            None => "closed".to_owned(),
+        }
+    }
+}
+
+/// What a connection's log line says of its TLS session.
+pub(crate) struct SessionSummary {
+    /// The protocol version, e.g. `TLSv1_3`.
+    pub(crate) version: String,
+    /// The cipher suite.
+    pub(crate) suite: String,
+    /// The negotiated ALPN protocol, `-` when none.
+    pub(crate) alpn: String,
+}
+
+impl SessionSummary {
+    pub(crate) fn of(session: &rustls::CommonState) -> Self {
+        Self {
+            version: session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default(),
+            suite: session.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default(),
+            alpn: session
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_else(|| "-".into()),
+        }
+    }
 }
 
 /// Copies both ways until both sides have closed (half-close is passed on), an error, or

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::accept_loop::accept_loop;
-use super::relay::relay;
+use super::relay::{relay, SessionSummary};
 use super::tunnel::ErrorChain;
 
 /// Where the tunnel forwards, and its limits.
@@ -98,27 +98,19 @@ async fn serve_connection(tcp: TcpStream, peer: SocketAddr, acceptor: &TlsAccept
         }
     };
     let handshake_ms = started.elapsed().as_millis();
-    let (_, session) = tls.get_ref();
-    let version = session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
-    let suite = session.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
-    let alpn = session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_else(|| "-".into());
+    let session = SessionSummary::of(tls.get_ref().1);
     let relay = relay(tls, upstream, settings.idle_timeout).await;
-    let end = match &relay.error {
-        Some(e) => format!("error: {}", ErrorChain(e)),
-        None if relay.idle => "idle timeout".to_owned(),
-        None => "closed".to_owned(),
-    };
     tracing::info!(
         %peer,
         client_cn = %client_name.as_deref().unwrap_or("-"),
         upstream = %settings.upstream,
-        tls_version = %version,
-        cipher_suite = %suite,
-        alpn = %alpn,
+        tls_version = %session.version,
+        cipher_suite = %session.suite,
+        alpn = %session.alpn,
         handshake_ms,
         bytes_to_upstream = relay.to_upstream,
         bytes_to_client = relay.to_client,
-        end = %end,
+        end = %relay.end(),
         "connection done"
     );
 }

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::accept_loop::accept_loop;
 use super::listen::{LocalListener, LocalStream};
-use super::relay::relay;
+use super::relay::{relay, SessionSummary};
 
 /// How the tunnel reaches its upstream, and its limits.
 #[derive(Clone, Debug)]
@@ -125,26 +125,18 @@ async fn serve_connection(client: LocalStream, peer: String, connector: &TlsConn
         }
     };
     let handshake_ms = handshake.as_millis();
-    let (_, session) = tls.get_ref();
-    let version = session.protocol_version().map(|v| format!("{v:?}")).unwrap_or_default();
-    let suite = session.negotiated_cipher_suite().map(|s| format!("{:?}", s.suite())).unwrap_or_default();
-    let alpn = session.alpn_protocol().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_else(|| "-".into());
+    let session = SessionSummary::of(tls.get_ref().1);
     let relay = relay(client, tls, settings.idle_timeout).await;
-    let end = match &relay.error {
-        Some(e) => format!("error: {}", ErrorChain(e)),
-        None if relay.idle => "idle timeout".to_owned(),
-        None => "closed".to_owned(),
-    };
     tracing::info!(
         %peer,
         %upstream,
-        tls_version = %version,
-        cipher_suite = %suite,
-        alpn = %alpn,
+        tls_version = %session.version,
+        cipher_suite = %session.suite,
+        alpn = %session.alpn,
         handshake_ms,
         bytes_to_upstream = relay.to_upstream,
         bytes_to_client = relay.to_client,
-        end = %end,
+        end = %relay.end(),
         "connection done"
     );
 }
