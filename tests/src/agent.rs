@@ -102,6 +102,13 @@ impl AgentProcess {
         agent
     }
 
+    /// As [`AgentProcess::start`], with extra environment variables.
+    pub fn start_with_env(site: &impl AgentSite, env: &[(&str, &std::ffi::OsStr)]) -> Self {
+        let agent = Self::spawn_with_env(site, env);
+        agent.wait_ready(Duration::from_secs(20));
+        agent
+    }
+
     /// Starts `keyward serve` without waiting (for tests that expect it to fail).
     pub fn spawn(site: &impl AgentSite) -> Self {
         Self::spawn_with_env(site, &[])

@@ -82,3 +82,48 @@ fn init_refuses_to_overwrite_a_config_and_bad_configs_name_the_field() {
     let stderr = String::from_utf8_lossy(&site.keyward(&["serve"]).stderr).into_owned();
     assert!(stderr.contains("unknown field `max_frame_byte`") && stderr.contains("keyward.toml"), "{stderr}");
 }
+
+/// `init --backend pkcs11` without `--pin-file` writes no PIN path into the config: the agent
+/// reads the PIN from the systemd credential `keyward-pin` (what the shipped unit's
+/// `LoadCredential=` provides) and a command run by hand from `$KEYWARD_PIN_FILE`; with
+/// neither, it names every source it looked at.
+#[test]
+fn init_without_a_pin_file_takes_the_pin_from_the_systemd_credential() {
+    let site = Site::new();
+    std::fs::remove_file(&site.config).unwrap();
+    let (module, socket, state) =
+        (site.hsm.module.to_str().unwrap(), site.socket.to_str().unwrap(), site.state_dir.to_str().unwrap());
+    let out = site.keyward_ok(&[
+        "init",
+        "--backend",
+        "pkcs11",
+        "--module",
+        module,
+        "--token",
+        &site.hsm.label,
+        "--socket",
+        socket,
+        "--state-dir",
+        state,
+        "--allow-root",
+    ]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("systemd credential `keyward-pin`"), "{out:?}");
+    assert!(!std::fs::read_to_string(&site.config).unwrap().contains("pin_file"));
+
+    let refused = site.keyward(&["key", "generate", "site-1"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("no PIN source") && stderr.contains("KEYWARD_PIN_FILE"));
+    let by_hand = site
+        .command()
+        .env("KEYWARD_PIN_FILE", &site.hsm.pin_file)
+        .args(["key", "generate", "site-1"])
+        .output()
+        .unwrap();
+    assert_success(&by_hand, "key generate with $KEYWARD_PIN_FILE");
+
+    let credentials = site.path("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    std::fs::copy(&site.hsm.pin_file, credentials.join("keyward-pin")).unwrap();
+    let agent = AgentProcess::start_with_env(&site, &[("CREDENTIALS_DIRECTORY", credentials.as_os_str())]);
+    agent.try_sign("site-1").expect("the agent signs with the PIN from the credential");
+}

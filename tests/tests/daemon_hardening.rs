@@ -82,7 +82,7 @@ fn served_connection(socket: &Path) -> RawConn {
 }
 
 #[test]
-fn a_client_that_never_reads_is_disconnected_after_the_write_timeout_and_its_slot_frees() {
+fn a_client_that_never_reads_is_disconnected_after_the_write_timeout_its_slot_frees_and_it_is_audited() {
     let site = Site::new();
     site.set_config("limits", "max_connections", 1.into());
     site.set_config("limits", "write_timeout_ms", 1000.into());
@@ -113,6 +113,10 @@ fn a_client_that_never_reads_is_disconnected_after_the_write_timeout_and_its_slo
     }
     let freed = stalled_at.elapsed();
     assert!(agent.log_text().contains("write timeout"), "{}", agent.log_text());
+    // The reply that was never taken up is in the audit log, after the request's own record.
+    let records = site.audit_records();
+    let untaken = records.iter().filter(|r| r["op"] == "reply" && r["outcome"] == "write_timeout").count();
+    assert_eq!(untaken, 1, "one write_timeout record expected: {records:?}");
 
     // The stalled connection itself was closed: what was buffered, then end of stream.
     let mut drained = 0usize;

@@ -30,8 +30,10 @@ pub struct InitArgs {
     /// Token label, or an RFC 7512 URI such as "pkcs11:token=fl-site". [pkcs11]
     #[arg(long, value_name = "LABEL|URI", required_if_eq("backend", "pkcs11"))]
     token: Option<String>,
-    /// File holding the user PIN (mode 0600, owned by the agent's user). [pkcs11]
-    #[arg(long, value_name = "FILE", required_if_eq("backend", "pkcs11"))]
+    /// File holding the user PIN (mode 0600, owned by the agent's user). [pkcs11] Unset: the
+    /// agent reads `$KEYWARD_PIN_FILE`, else the systemd credential `keyward-pin`
+    /// (`LoadCredential=`, as the shipped unit does), so no path to the PIN is in the config.
+    #[arg(long, value_name = "FILE")]
     pin_file: Option<PathBuf>,
     /// How to reach the TPM: "device:/dev/tpmrm0" or "swtpm:host=127.0.0.1,port=2321". [tpm]
     #[arg(long, value_name = "TCTI", required_if_eq("backend", "tpm"))]
@@ -39,7 +41,8 @@ pub struct InitArgs {
     /// Folder for the TPM-wrapped key files (created 0700). [tpm]
     #[arg(long, value_name = "DIR", required_if_eq("backend", "tpm"))]
     key_dir: Option<PathBuf>,
-    /// File holding the TPM keys' auth value (mode 0600); default: empty auth value. [tpm]
+    /// File holding the TPM keys' auth value (mode 0600); default: each key its own random
+    /// auth value. [tpm]
     #[arg(long, value_name = "FILE")]
     auth_file: Option<PathBuf>,
     /// Agent socket.
@@ -65,18 +68,20 @@ fn backend_config(args: InitArgs) -> Result<BackendConfig> {
             if args.tcti.is_some() || args.key_dir.is_some() || args.auth_file.is_some() {
                 return Err(wrong("--tcti, --key-dir and --auth-file", "pkcs11"));
             }
-            let (Some(module), Some(token), Some(pin_file)) = (args.module, args.token, args.pin_file) else {
-                bail!("--backend pkcs11 needs --module, --token and --pin-file");
+            let (Some(module), Some(token)) = (args.module, args.token) else {
+                bail!("--backend pkcs11 needs --module and --token");
             };
             if !module.exists() {
                 bail!("PKCS#11 module `{}` does not exist", module.display());
             }
-            keyward_core::Pin::from_file(&pin_file).context("checking --pin-file")?;
+            if let Some(pin_file) = &args.pin_file {
+                keyward_core::Pin::from_file(pin_file).context("checking --pin-file")?;
+            }
             keyward_pkcs11::TokenSelector::parse(&token).context("checking --token")?;
             Ok(BackendConfig::Pkcs11 {
                 module: absolute(&module)?,
                 token,
-                pin_file: Some(absolute(&pin_file)?),
+                pin_file: args.pin_file.as_deref().map(absolute).transpose()?,
                 workers: 2,
             })
         }
@@ -128,6 +133,13 @@ pub fn run(config_path: &Path, args: InitArgs) -> Result<()> {
     eprintln!("wrote config `{}`", config_path.display());
     eprintln!("  socket:    {}", config.socket.display());
     eprintln!("  state dir: {}", config.state_dir.display());
+    if matches!(config.backend, BackendConfig::Pkcs11 { pin_file: None, .. }) {
+        eprintln!(
+            "  PIN:       from the systemd credential `{}` (the unit's LoadCredential=), or $KEYWARD_PIN_FILE \
+             for commands run by hand",
+            crate::config::DEFAULT_PIN_CREDENTIAL
+        );
+    }
     eprintln!("next: keyward key generate <name>   (or: keyward key import <name> --from client.key)");
     Ok(())
 }

@@ -226,6 +226,11 @@ fn send(conn: &Conn, agent: &Agent, response: &Response) -> bool {
                 timeout_ms = agent.limits.write_timeout_ms,
                 "client did not read its reply within the write timeout; closing connection"
             );
+            // The request's own record says what was done; this one says the caller never took
+            // the reply (a signature written there may be partly in its socket buffer).
+            let record =
+                AuditRecord { request_id: response.id, ..AuditRecord::new(conn.peer, "reply", "write_timeout") };
+            let _ = agent.audit.record(&record);
             false
         }
         Err(e) => {
