@@ -417,7 +417,9 @@ fn the_trust_anchor_is_copied_into_the_agents_state_and_the_kits_file_no_longer_
     let _agent = AgentProcess::start(&site);
 }
 
-/// A fake venv of uid 65534 whose `bin/python` records who ran it.
+/// A fake venv of uid 65534 whose `bin/python` records who ran it and with what arguments, and
+/// refuses (as the plug-in does on an NVFlare it was not tested with) while `<venv>/refuse`
+/// exists.
 fn fake_venv(site: &Site) -> PathBuf {
     use std::os::unix::fs::PermissionsExt;
     // uid 65534 must reach its venv inside the test's folder.
@@ -426,8 +428,9 @@ fn fake_venv(site: &Site) -> PathBuf {
     std::fs::create_dir_all(venv.join("bin")).unwrap();
     std::fs::write(venv.join("pyvenv.cfg"), "home = /usr/bin\n").unwrap();
     let python = venv.join("bin/python");
-    std::fs::write(&python, "#!/bin/sh\nd=$(dirname \"$0\")/..\nid -u >\"$d/ran-as\"\nid -G >>\"$d/ran-as\"\n")
-        .unwrap();
+    let script = "#!/bin/sh\nd=$(dirname \"$0\")/..\necho \"$(id -u) $(id -G) $*\" >>\"$d/ran-as\"\n\
+                  if [ -e \"$d/refuse\" ]; then echo 'install refused: nvflare 9.9 untested' >&2; exit 1; fi\n";
+    std::fs::write(&python, script).unwrap();
     std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
     for p in [venv.clone(), venv.join("bin"), venv.join("pyvenv.cfg"), python] {
         std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
@@ -456,7 +459,34 @@ fn the_plugin_is_installed_as_the_venvs_owner_never_as_root() {
     std::fs::set_permissions(&venv, std::fs::Permissions::from_mode(0o755)).unwrap();
     site.keyward_ok(&["nvflare", "migrate", kit.to_str().unwrap(), "--python", python.to_str().unwrap()]);
     let ran_as = std::fs::read_to_string(venv.join("ran-as")).unwrap();
-    assert_eq!(ran_as, "65534\n65534\n", "the installer ran as uid/groups {ran_as:?}, not as the venv's owner");
+    assert_eq!(
+        ran_as, "65534 65534 -I -m keyward.nvflare install --dry-run\n65534 65534 -I -m keyward.nvflare install\n",
+        "the installer must run as the venv's owner (uid and groups), checked before the import"
+    );
+}
+
+/// A venv whose plug-in refuses its NVFlare (`install --dry-run` fails, as on a release the
+/// plug-in was not tested with) stops the migration before the import: nothing changes.
+#[test]
+fn a_plugin_that_refuses_the_venvs_nvflare_stops_the_migration_before_the_import() {
+    let site = Site::new();
+    let kit = make_kit(&site);
+    let venv = fake_venv(&site);
+    std::fs::write(venv.join("refuse"), "").unwrap();
+    let before = snapshot(&kit);
+    let config_before = std::fs::read(&site.config).unwrap();
+    let python = venv.join("bin/python");
+    let out = site.keyward(&["nvflare", "migrate", kit.to_str().unwrap(), "--python", python.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(stderr.contains("nvflare 9.9 untested") && stderr.contains("nothing was changed"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(venv.join("ran-as")).unwrap(),
+        "65534 65534 -I -m keyward.nvflare install --dry-run\n"
+    );
+    assert!(!token_has(&site, "site-1"));
+    assert_eq!(snapshot(&kit), before);
+    assert_eq!(std::fs::read(&site.config).unwrap(), config_before);
 }
 
 #[test]

@@ -108,6 +108,9 @@ fn migrate(
     CertStore::check_for(usage(&kit), &name, material.public_key(), &kit.cert_pem, &cert_path)
         .with_context(|| format!("`{}`", cert_path.display()))?;
     let plugin = python.map(nvflare_plugin::check).transpose()?;
+    if let Some(plugin) = &plugin {
+        plugin.preflight().context("the NVFlare plug-in cannot be installed in that venv; nothing was changed")?;
+    }
     let trust = trust_anchor_path(config, &name);
     let new_config = config_with_trust(config_path, &name, &trust, &kit)?;
     let reference = key_reference(&config.socket.display().to_string(), &name);

@@ -1,6 +1,6 @@
-//! `nvflare migrate --python <venv>/bin/python`: installs the plug-in
-//! (`python -I -m keyward.nvflare install`, which writes one `.pth` into the venv) as the
-//! venv's owner. Root never runs the NVFlare user's interpreter: its code, its `.pth` files
+//! `nvflare migrate --python <venv>/bin/python`: checks the plug-in against the venv's NVFlare
+//! before the key is imported (`python -I -m keyward.nvflare install --dry-run`) and installs it
+//! after (`install`, which writes one `.pth` into the venv), both as the venv's owner. Root never runs the NVFlare user's interpreter: its code, its `.pth` files
 //! and its site-packages are that user's, so running them as root would hand root to them.
 //! Root switches to the owner's uid and primary gid with no supplementary groups (std's
 //! `Command::uid` drops them) and a minimal environment; anyone else must be the owner.
@@ -79,23 +79,35 @@ fn check_owned(path: &Path, meta: &std::fs::Metadata, owner: u32) -> Result<()> 
 }
 
 impl PluginInstall {
+    /// Runs `install --dry-run`: the plug-in checks this venv's NVFlare (every name it patches,
+    /// the version it was tested with) and its site-packages, and writes nothing. Run before
+    /// the key is imported, so a migration on an NVFlare the plug-in refuses changes nothing.
+    ///
+    /// # Errors
+    /// When it cannot start or refuses.
+    pub(super) fn preflight(&self) -> Result<()> {
+        self.installer(&["--dry-run"])
+    }
+
     /// Runs the installer.
     ///
     /// # Errors
     /// When it cannot start or fails.
     pub(super) fn run(&self) -> Result<()> {
+        self.installer(&[])
+    }
+
+    fn installer(&self, extra: &[&str]) -> Result<()> {
         let mut cmd = std::process::Command::new(&self.python);
-        cmd.args(["-I", "-m", "keyward.nvflare", "install"]).current_dir(&self.venv);
+        cmd.args(["-I", "-m", "keyward.nvflare", "install"]).args(extra).current_dir(&self.venv);
         if let Some((uid, gid, home)) = &self.switch_to {
             cmd.uid(*uid).gid(*gid).env_clear().env("PATH", SAFE_PATH).env("HOME", home);
-            eprintln!("installing the plug-in as uid {uid} (the venv's owner), not as root");
+            eprintln!("running the plug-in's installer as uid {uid} (the venv's owner), not as root");
         }
         let status = cmd.status().with_context(|| format!("running `{}`", self.python.display()))?;
         if !status.success() {
-            bail!(
-                "installing the plug-in with `{} -I -m keyward.nvflare install` failed ({status})",
-                self.python.display()
-            );
+            let args = [&["install"], extra].concat().join(" ");
+            bail!("`{} -I -m keyward.nvflare {args}` failed ({status})", self.python.display());
         }
         Ok(())
     }
