@@ -9,7 +9,11 @@ attributes used on it (``NAMES``), the parameters of every call made with keywor
 (``PARAMETERS``), the instance attributes read, found as ``self.<name> =`` in ``__init__``'s
 source (``INSTANCE_ATTRIBUTES``), the call path the patch depends on, found as calls in
 ``Authenticator.authenticate``'s source (``CALLS``), the cell's ``send_request`` and the reply
-``Message``, and cryptography's private padding attributes (padding_params.py).
+``Message``; for the server's patches (nvflare_server.py) and the gRPC custom signer
+(nvflare_grpc.py) the names of their modules (``MODULE_NAMES``), their parameters and instance
+attributes (``OTHER``) and grpcio's custom-signer API; and cryptography's private padding
+attributes (padding_params.py). One check for every process: a site's client, the server, an
+admin.
 
 ``keyward-nvflare install`` and ``check`` refuse on any problem (``IncompatibleNvflare``), and
 a client that parses a key reference logs it under "keyward" and exits with
@@ -78,12 +82,56 @@ INSTANCE_ATTRIBUTES: dict[str, tuple[str, ...]] = {
 CALLS: dict[tuple[str, str], tuple[str, ...]] = {
     ("Authenticator", "authenticate"): ("self._challenge_server", "IdentityAsserter", "sign_common_name", "verify"),
 }
-#: Outside the authenticator module: (module, class, method, parameters, instance attributes).
+#: The server modules nvflare_server.py patches.
+CRED_KEEPER_MODULE = "nvflare.private.fed.server.cred_keeper"
+FED_SERVER_MODULE = "nvflare.private.fed.server.fed_server"
+CLIENT_MANAGER_MODULE = "nvflare.private.fed.server.client_manager"
+#: The gRPC credentials function nvflare_grpc.py replaces, and the drivers that import it by name.
+GRPC_UTILS_MODULE = "nvflare.fuel.f3.drivers.grpc.utils"
+GRPC_DRIVER_MODULES = ("nvflare.fuel.f3.drivers.grpc_driver", "nvflare.fuel.f3.drivers.aio_grpc_driver")
+GRPC_CREDENTIALS = "get_grpc_client_credentials"
+
+#: Outside the authenticator module: module -> its names the server patches (nvflare_server.py)
+#: and the gRPC custom signer (nvflare_grpc.py) use -> the attributes used on each.
+MODULE_NAMES: dict[str, dict[str, tuple[str, ...]]] = {
+    CRED_KEEPER_MODULE: {"CredKeeper": ("get_id_asserter", "_get_server_config")},
+    FED_SERVER_MODULE: {
+        "FederatedServer": ("client_challenge", "register_client", "sign_auth_token"),
+        "MessageHeaderKey": ("ORIGIN",),
+        "IdentityChallengeKey": ("NONCE",),
+    },
+    CLIENT_MANAGER_MODULE: {
+        "ClientManager": ("authenticated_client",),
+        "CellMessageHeaderKeys": ("CLIENT_NAME",),
+        "IdentityChallengeKey": ("CERT", "SIGNATURE"),
+        "InternalFLContextKey": ("CLIENT_REG_SESSION",),
+        "FLContextKey": ("SECURE_MODE",),
+    },
+    "nvflare.apis.client": {"Client": ("set_token", "name")},
+    GRPC_UTILS_MODULE: {
+        GRPC_CREDENTIALS: (),
+        "DriverParams": ("CONNECTION_SECURITY", "CLIENT_KEY", "IMPLEMENTED_CONN_SEC", "CA_CERT", "CLIENT_CERT"),
+        "ConnectionSecurity": ("TLS", "MTLS"),
+    },
+    **{driver: {GRPC_CREDENTIALS: ()} for driver in GRPC_DRIVER_MODULES},
+}
+#: Outside the authenticator module: (module, class or "" for a module-level function, method,
+#: parameters, instance attributes).
 OTHER: tuple[tuple[str, str, str, tuple[str, ...], tuple[str, ...]], ...] = (
     ("nvflare.fuel.f3.cellnet.core_cell", "CoreCell", "send_request",
      ("channel", "topic", "target", "request", "timeout", "optional"), ()),
     ("nvflare.fuel.f3.message", "Message", "get_header", ("key", "default"), ("payload",)),
+    (CRED_KEEPER_MODULE, "CredKeeper", "get_id_asserter", ("fl_ctx",), ()),
+    (FED_SERVER_MODULE, "FederatedServer", "client_challenge", ("request",), ("reg_lock", "name_to_reg")),
+    (FED_SERVER_MODULE, "ClientRegSession", "__init__", (), ("nonce",)),
+    (CLIENT_MANAGER_MODULE, "ClientManager", "authenticated_client", ("request", "fl_ctx", "client_type"),
+     ("cred_keeper",)),
+    (AUTHENTICATOR_MODULE, "IdentityAsserter", "sign", ("content", "return_str"), ("private_key_file",)),
+    (GRPC_UTILS_MODULE, "", GRPC_CREDENTIALS, ("params",), ()),
 )
+#: grpcio's custom-signer API (gRPC proposal A107, grpcio >= 1.75) that nvflare_grpc.py uses.
+GRPC_EXPERIMENTAL = "grpc.experimental"
+GRPC_SIGNER_NAMES = ("ssl_channel_credentials_with_custom_signer", "PrivateKeySignatureAlgorithm")
 
 
 def nvflare_installed() -> bool:
@@ -214,19 +262,71 @@ def problems(module: Any = None) -> list[str]:
         except Exception as exc:
             return found + [f"`import {AUTHENTICATOR_MODULE}` fails: {exc!r}"]
     found += _check_authenticator_module(module)
+    found += _check_module_names()
     for mod_name, cls_name, method, params, attrs in OTHER:
-        try:
-            cls = getattr(importlib.import_module(mod_name), cls_name, None)
-        except Exception as exc:
-            found.append(f"`import {mod_name}` fails: {exc!r}")
+        imported = _import(mod_name, found)
+        if imported is None:
             continue
+        cls = getattr(imported, cls_name, None) if cls_name else imported
+        where = f"{mod_name}.{cls_name}" if cls_name else mod_name
         if cls is None:
-            found.append(f"`{mod_name}.{cls_name}` is missing")
+            found.append(f"`{where}` is missing")
         else:
-            found += _check_class(f"{mod_name}.{cls_name}", cls, method, params, attrs)
+            found += _check_class(where, _nvflares(cls), method, params, attrs)
+    found += _check_grpc_signer()
     from .padding_params import check_cryptography
 
     return found + check_cryptography()
+
+
+def _import(mod_name: str, found: list[str]) -> Any:
+    """The module, or None with the failure added to ``found`` (each failing import named once)."""
+    try:
+        return importlib.import_module(mod_name)
+    except Exception as exc:
+        problem = f"`import {mod_name}` fails: {exc!r}"
+        if problem not in found:
+            found.append(problem)
+        return None
+
+
+def _check_module_names() -> list[str]:
+    found: list[str] = []
+    for mod_name, names in MODULE_NAMES.items():
+        imported = _import(mod_name, found)
+        if imported is None:
+            continue
+        for name, attrs in names.items():
+            obj = getattr(imported, name, None)
+            if obj is None:
+                found.append(f"`{mod_name}.{name}` is missing")
+                continue
+            found += [f"`{mod_name}.{name}.{a}` is missing" for a in attrs if not _has(obj, a)]
+    return found
+
+
+def _has(obj: Any, attr: str) -> bool:
+    """``hasattr``, or an instance attribute set in the class's ``__init__`` (``Client.name``)."""
+    if hasattr(obj, attr):
+        return True
+    tree = _method_ast(getattr(obj, "__init__", None)) if isinstance(obj, type) else None
+    return tree is not None and attr in _self_assignments(tree)
+
+
+def _check_grpc_signer() -> list[str]:
+    """grpcio's custom-signer API and each algorithm nvflare_grpc.py maps to a profile."""
+    found: list[str] = []
+    experimental = _import(GRPC_EXPERIMENTAL, found)
+    if experimental is None:
+        return found
+    missing = [n for n in GRPC_SIGNER_NAMES if not hasattr(experimental, n)]
+    if missing:
+        return [f"`{GRPC_EXPERIMENTAL}.{n}` is missing (grpcio >= 1.75 has it)" for n in missing]
+    from .nvflare_grpc import SIGNATURE_PROFILES
+
+    algorithms = experimental.PrivateKeySignatureAlgorithm
+    return [f"`{GRPC_EXPERIMENTAL}.PrivateKeySignatureAlgorithm.{a}` is missing" for a in SIGNATURE_PROFILES
+            if not hasattr(algorithms, a)]
 
 
 def describe(found: list[str]) -> str:
@@ -247,6 +347,16 @@ def require(module: Any = None) -> None:
     found = list(_checked_once()) if module is None else problems(module)
     if found:
         raise IncompatibleNvflare(describe(found))
+
+
+def require_or_stop() -> None:
+    """Where NVFlare is installed, ``require()``; on a problem the process ends (``refuse_start``).
+    Each patch module's ``activate`` calls this before it patches anything."""
+    if nvflare_installed():
+        try:
+            require()
+        except IncompatibleNvflare as exc:
+            refuse_start(exc)
 
 
 def refuse_start(exc: IncompatibleNvflare) -> NoReturn:

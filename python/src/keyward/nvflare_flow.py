@@ -58,11 +58,7 @@ def activate() -> None:
     the hook when this process parses a key reference. Idempotent. Where NVFlare is installed,
     first checks it (``nvflare_compat.require``, once per process) and ends the process on a
     mismatch, so a client stops at start rather than at registration."""
-    if nvflare_compat.nvflare_installed():
-        try:
-            nvflare_compat.require()
-        except IncompatibleNvflare as exc:
-            nvflare_compat.refuse_start(exc)
+    nvflare_compat.require_or_stop()
     _hook.when_imported(AUTHENTICATOR_MODULE, patch_authenticator)
 
 

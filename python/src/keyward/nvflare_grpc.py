@@ -20,15 +20,15 @@ import sys
 import warnings
 from typing import Any, Callable
 
-from . import _hook, keyref
+from . import _hook, keyref, nvflare_compat
 from .client import KeywardClient
 from .errors import KeywardError, Unsupported
 from .nvflare import _timeout, logger
 from .nvflare_flow import reference_for
 
-UTILS_MODULE = "nvflare.fuel.f3.drivers.grpc.utils"
-DRIVER_MODULES = ("nvflare.fuel.f3.drivers.grpc_driver", "nvflare.fuel.f3.drivers.aio_grpc_driver")
-FUNCTION = "get_grpc_client_credentials"
+UTILS_MODULE = nvflare_compat.GRPC_UTILS_MODULE
+DRIVER_MODULES = nvflare_compat.GRPC_DRIVER_MODULES
+FUNCTION = nvflare_compat.GRPC_CREDENTIALS
 _FLAG = "__keyward_grpc__"
 
 #: gRPC's ``PrivateKeySignatureAlgorithm`` names -> the agent's signing profile (docs/protocol.md §5).
@@ -43,7 +43,10 @@ SIGNATURE_PROFILES = {
 
 def activate() -> None:
     """Patches NVFlare's gRPC credentials function (and the drivers' copies of its name) now if
-    imported, else as soon as they are. Idempotent."""
+    imported, else as soon as they are. Idempotent. Every name it uses is checked first
+    (``nvflare_compat.require_or_stop``), so a changed NVFlare or grpcio stops the process here
+    rather than at its first TLS handshake."""
+    nvflare_compat.require_or_stop()
     _hook.when_imported(UTILS_MODULE, patch_module)
     for name in DRIVER_MODULES:
         _hook.when_imported(name, patch_module)

@@ -35,15 +35,15 @@ import threading
 import uuid
 from typing import Any
 
-from . import _hook, keyref
+from . import _hook, keyref, nvflare_compat
 from .client import KeywardClient
-from .errors import IncompatibleNvflare, KeywardError
+from .errors import KeywardError
 from .nvflare import _timeout, logger
 from .nvflare_flow import _shown, reference_for
 
-FED_SERVER_MODULE = "nvflare.private.fed.server.fed_server"
-CLIENT_MANAGER_MODULE = "nvflare.private.fed.server.client_manager"
-CRED_KEEPER_MODULE = "nvflare.private.fed.server.cred_keeper"
+FED_SERVER_MODULE = nvflare_compat.FED_SERVER_MODULE
+CLIENT_MANAGER_MODULE = nvflare_compat.CLIENT_MANAGER_MODULE
+CRED_KEEPER_MODULE = nvflare_compat.CRED_KEEPER_MODULE
 _FLAG = "__keyward_server__"
 #: Most token signatures kept between the agent's reply and NVFlare's ``sign_auth_token``.
 _MAX_TOKENS = 256
@@ -57,22 +57,12 @@ _tokens_lock = threading.Lock()
 
 def activate() -> None:
     """Patches NVFlare's server modules now if they are imported, else as soon as they are.
-    Idempotent; harmless in a client process (the patched code only runs in a server)."""
+    Idempotent; harmless in a client process (the patched code only runs in a server). Every
+    name the patches use is checked first (``nvflare_compat.require_or_stop``)."""
+    nvflare_compat.require_or_stop()
     _hook.when_imported(CRED_KEEPER_MODULE, patch_cred_keeper)
     _hook.when_imported(FED_SERVER_MODULE, patch_fed_server)
     _hook.when_imported(CLIENT_MANAGER_MODULE, patch_client_manager)
-
-
-def _require(module: Any, owner: str, *names: str) -> Any:
-    cls = getattr(module, owner, None)
-    missing = [n for n in names if not hasattr(cls, n)]
-    if cls is None or missing:
-        from . import nvflare_compat
-
-        nvflare_compat.refuse_start(IncompatibleNvflare(
-            f"`{module.__name__}.{owner}` lacks {', '.join(missing) or 'itself'}; the keyward server plug-in "
-            "was tested with nvflare 2.9.0"))
-    return cls
 
 
 def _client(ref: keyref.KeyReference) -> KeywardClient:
@@ -82,7 +72,7 @@ def _client(ref: keyref.KeyReference) -> KeywardClient:
 def patch_cred_keeper(module: Any) -> None:
     """``CredKeeper.get_id_asserter``: an asserter whose key is a reference becomes a
     ``KeywardServerAsserter`` (same object, subclass)."""
-    cls = _require(module, "CredKeeper", "get_id_asserter")
+    cls = module.CredKeeper
     original = cls.get_id_asserter
     if getattr(original, _FLAG, False):
         return
@@ -138,7 +128,7 @@ def _asserter_class(base: type) -> type:
 
 def patch_fed_server(module: Any) -> None:
     """``FederatedServer.client_challenge``: the session nonce becomes the agent's."""
-    cls = _require(module, "FederatedServer", "client_challenge", "register_client", "sign_auth_token")
+    cls = module.FederatedServer
     original = cls.client_challenge
     if getattr(original, _FLAG, False):
         return
@@ -176,7 +166,7 @@ def patch_client_manager(module: Any) -> None:
     a token it was given; only then does NVFlare's own check run, and the client it makes gets
     that token. A refusal by either leaves the client unregistered (and no earlier registration
     of the same name is evicted when the agent refuses)."""
-    cls = _require(module, "ClientManager", "authenticated_client")
+    cls = module.ClientManager
     original = cls.authenticated_client
     if getattr(original, _FLAG, False):
         return

@@ -121,3 +121,43 @@ def test_the_readers_return_what_the_objects_were_made_with():
     assert padding_params.pss_salt_length(apadding.PSS(mgf=mgf, salt_length=222)) == 222
     oaep = apadding.OAEP(mgf=mgf, algorithm=apadding.hashes.SHA256(), label=None)
     assert padding_params.oaep_label(oaep) is None
+
+
+SERVER_AND_GRPC_NAMES = [(m, n) for m, names in nvflare_compat.MODULE_NAMES.items() for n in names]
+
+
+@pytest.mark.parametrize("module_name,name", SERVER_AND_GRPC_NAMES)
+def test_every_name_of_the_server_and_grpc_patches_is_checked(real, monkeypatch, module_name, name):
+    monkeypatch.delattr(importlib.import_module(module_name), name)
+    assert f"`{module_name}.{name}` is missing" in nvflare_compat.problems(real)
+
+
+@pytest.mark.parametrize("module_name,name,attr", [
+    (m, n, a) for m, names in nvflare_compat.MODULE_NAMES.items() for n, attrs in names.items() for a in attrs
+    if not (n, a) == ("Client", "name")])
+def test_every_attribute_the_server_and_grpc_patches_use_is_checked(real, monkeypatch, module_name, name, attr):
+    module = importlib.import_module(module_name)
+    real_obj = getattr(module, name)
+    kept = {a: getattr(real_obj, a) for a in nvflare_compat.MODULE_NAMES[module_name][name]
+            if a != attr and hasattr(real_obj, a)}
+    monkeypatch.setattr(module, name, type(name, (), kept))  # enums cannot lose a member: a stand-in
+    assert f"`{module_name}.{name}.{attr}` is missing" in nvflare_compat.problems(real)
+
+
+def test_a_changed_server_method_parameter_is_named(real, monkeypatch):
+    manager = importlib.import_module(nvflare_compat.CLIENT_MANAGER_MODULE).ClientManager
+
+    def authenticated_client(self, request, context, client_type):
+        raise NotImplementedError
+
+    monkeypatch.setattr(manager, "authenticated_client", authenticated_client)
+    assert nvflare_compat.problems(real) == [
+        f"`{nvflare_compat.CLIENT_MANAGER_MODULE}.ClientManager.authenticated_client` has no parameter `fl_ctx`"]
+
+
+def test_a_grpcio_without_the_custom_signer_is_named(real, monkeypatch):
+    import grpc.experimental
+
+    monkeypatch.delattr(grpc.experimental, "ssl_channel_credentials_with_custom_signer")
+    assert nvflare_compat.problems(real) == [
+        "`grpc.experimental.ssl_channel_credentials_with_custom_signer` is missing (grpcio >= 1.75 has it)"]
