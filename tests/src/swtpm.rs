@@ -188,6 +188,17 @@ impl TpmSite {
         std::fs::write(&self.config, toml::to_string(&doc).expect("serialise")).expect("write config");
     }
 
+    /// Sets `[backend.persistent_handles]` (key name -> handle) in the config.
+    pub fn set_persistent_handles(&self, handles: &[(&str, &str)]) {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let mut doc: toml::Table = toml::from_str(&text).expect("config parses");
+        let table: toml::Table =
+            handles.iter().map(|(k, v)| ((*k).to_owned(), toml::Value::String((*v).to_owned()))).collect();
+        let backend = doc.get_mut("backend").and_then(toml::Value::as_table_mut).expect("[backend]");
+        backend.insert("persistent_handles".into(), toml::Value::Table(table));
+        std::fs::write(&self.config, toml::to_string(&doc).expect("serialise")).expect("write config");
+    }
+
     /// A `keyward` command with this site's environment; libtss2's stderr noise is off.
     pub fn command(&self) -> Command {
         let mut cmd = Command::new(keyward_bin());

@@ -54,6 +54,35 @@ pub fn run_python(code: &str, args: &[&str]) -> Output {
 }
 
 /// Asserts a command succeeded, showing its output when not.
+/// Runs `keyward ARGS` as uid/gid 65534 (`nobody`, no groups) with `env` added, from a copy of
+/// the binary in `dir` that `nobody` may execute (the build tree may be private to its owner;
+/// `dir` must be reachable by `nobody`).
+pub fn keyward_as_nobody(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Output {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = dir.join("keyward-for-nobody");
+    if !bin.exists() {
+        std::fs::copy(keyward_bin(), &bin).expect("copy keyward");
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod keyward copy");
+    }
+    // A copy just written can be briefly "text file busy" while another test's fork still
+    // holds the write descriptor; that is a harness race, so retry it, nothing else.
+    for _ in 0..20 {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(args)
+            .env_remove("KEYWARD_CONFIG")
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
+            .output()
+            .expect("setpriv (util-linux) runs");
+        if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("`{}` stayed busy", bin.display());
+}
+
 pub fn assert_success(out: &Output, what: &str) {
     assert!(
         out.status.success(),

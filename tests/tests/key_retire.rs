@@ -4,7 +4,8 @@
 //! cannot be written (a full file system): the old key keeps signing. Once proven, the record
 //! `destroying` is in the log before the key is gone from the token (private and public
 //! objects), the record of the outcome follows, the chain still verifies, the certificate moves
-//! to `certs/retired/`, and the successor signs. A TPM key (wrapped blob) is retired the same way.
+//! to `certs/retired/`, and the successor signs. A TPM key is retired the same way: a wrapped blob
+//! is removed; a key at a persistent handle is evicted and its auth file removed.
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
@@ -161,4 +162,70 @@ fn a_tpm_key_is_retired_the_same_way() {
     let records = site.audit_records();
     let outcomes: Vec<&str> = retire_records(&records).iter().map(|r| r["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["destroying", "ok"]);
+}
+
+/// A key at a persistent handle: retire evicts the handle from the TPM's NV memory and removes
+/// its auth value file; the handle is free again (another TPM client sees it gone, and a new key
+/// can be made there).
+#[test]
+fn a_tpm_key_at_a_persistent_handle_is_evicted_and_its_auth_file_removed() {
+    let mut site = TpmSite::new();
+    let ca = TestCa::new(site.dir.path(), "ca");
+    site.set_persistent_handles(&[("site-1", "0x81000012")]);
+    key_with_certificate(&site, &ca, "site-1", "site-1", true);
+    key_with_certificate(&site, &ca, "site-1-2", "site-1", true);
+    assert!(site.auth_file("site-1").exists() && !site.blob("site-1").exists());
+    let mut agent = AgentProcess::start(&site);
+    let (code, out, err) = retire(&site, "site-1", "site-1-2");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("retired `site-1`"), "{out}");
+    assert_eq!(agent.try_sign("site-1"), Err(ErrorCode::UnknownKey));
+    assert_eq!(agent.try_sign("site-1-2"), Ok(()));
+    assert!(!site.auth_file("site-1").exists());
+    agent.terminate();
+
+    // swtpm serves one client at a time: ask it with the agent stopped.
+    let out = site.swtpm.tpm2("tpm2_getcap").arg("handles-persistent").output().unwrap();
+    keyward_tests::tools::assert_success(&out, "tpm2_getcap handles-persistent");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("0x81000012"), "{out:?}");
+    // The eviction is in NV memory: after a TPM restart the handle takes a new key.
+    site.swtpm.restart();
+    let out = site.command().args(["key", "generate", "site-1"]).output().unwrap();
+    keyward_tests::tools::assert_success(&out, "key generate at the freed handle");
+    let records = site.audit_records();
+    let outcomes: Vec<&str> = retire_records(&records).iter().map(|r| r["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["destroying", "ok"]);
+}
+
+/// Retiring is for root or the agent's own user: another uid is refused even where `[access]`
+/// lets it sign, the refusal is audited, and the key keeps signing.
+#[test]
+fn only_root_or_the_agents_user_may_retire_a_key() {
+    use std::os::unix::fs::PermissionsExt;
+    let site = Site::new();
+    let ca = TestCa::new(site.hsm.dir.path(), "ca");
+    key_with_certificate(&site, &ca, "site-1", "site-1", true);
+    key_with_certificate(&site, &ca, "site-1-2", "site-1", true);
+    std::fs::set_permissions(site.hsm.dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    site.set_config("access", "socket_gid", 65534.into());
+    site.set_config("access", "allowed_gids", vec![toml::Value::from(65534)].into());
+    let agent = AgentProcess::start(&site);
+    // A config `nobody` can read, naming the same socket.
+    let config = site.path("keyward-nobody.toml");
+    std::fs::copy(&site.config, &config).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let args = ["key", "retire", "site-1", "--replaced-by", "site-1-2"];
+    let out = keyward_tests::tools::keyward_as_nobody(site.hsm.dir.path(), &args, &[("KEYWARD_CONFIG", &config)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(stderr.contains("not uid 65534"), "{stderr}");
+    assert_eq!(agent.try_sign("site-1"), Ok(()));
+    let records = site.audit_records();
+    let refused = retire_records(&records);
+    assert_eq!(refused.len(), 1, "{records:?}");
+    assert_eq!(
+        (refused[0]["peer"]["uid"].as_u64(), refused[0]["outcome"].as_str()),
+        (Some(65534), Some("policy_denied"))
+    );
 }

@@ -136,31 +136,10 @@ fn bad_frames_get_precise_errors_and_the_agent_keeps_serving() {
     assert!(signed["peer"]["uid"].is_u64() && signed["peer"]["pid"].is_i64());
 }
 
-/// Runs `keyward status` as `nobody`, from a copy of the binary `nobody` may execute
-/// (the build tree may be private to its owner).
+/// `keyward status` as `nobody`.
 fn keyward_as_nobody(site: &Site, socket: &Path) -> std::process::Output {
-    use std::os::unix::fs::PermissionsExt;
-    let bin = site.path("keyward-for-nobody");
-    if !bin.exists() {
-        std::fs::copy(keyward_tests::tools::keyward_bin(), &bin).unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    // A copy just written can be briefly "text file busy" while another test's fork still
-    // holds the write descriptor; that is a harness race, so retry it, nothing else.
-    for _ in 0..20 {
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(&bin)
-            .args(["status", "--socket"])
-            .arg(socket)
-            .output()
-            .expect("setpriv (util-linux) runs");
-        if !String::from_utf8_lossy(&out.stderr).contains("Text file busy") {
-            return out;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("`{}` stayed busy", bin.display());
+    let socket = socket.to_str().unwrap();
+    keyward_tests::tools::keyward_as_nobody(site.hsm.dir.path(), &["status", "--socket", socket], &[])
 }
 
 #[test]

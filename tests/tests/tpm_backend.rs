@@ -216,20 +216,10 @@ fn init_refuses_a_tcti_tss_esapi_would_misread() {
     assert!(!config.exists());
 }
 
-/// Sets `[backend.persistent_handles]` in the site's config.
-fn set_persistent_handles(site: &TpmSite, handles: &[(&str, &str)]) {
-    let text = std::fs::read_to_string(site.config()).unwrap();
-    let mut doc: toml::Table = toml::from_str(&text).unwrap();
-    let table: toml::Table =
-        handles.iter().map(|(k, v)| ((*k).to_owned(), toml::Value::String((*v).to_owned()))).collect();
-    doc["backend"].as_table_mut().unwrap().insert("persistent_handles".into(), toml::Value::Table(table));
-    std::fs::write(site.config(), toml::to_string(&doc).unwrap()).unwrap();
-}
-
 #[test]
 fn a_key_at_a_persistent_handle_is_never_overwritten_and_survives_a_restart() {
     let mut site = TpmSite::new();
-    set_persistent_handles(&site, &[("site-1", "0x81000010")]);
+    site.set_persistent_handles(&[("site-1", "0x81000010")]);
     site.generate("site-1", "rsa-2048");
     assert!(!site.blob("site-1").exists(), "a persistent key must not also be a blob");
     let public = site.public_pem("site-1");
@@ -241,11 +231,11 @@ fn a_key_at_a_persistent_handle_is_never_overwritten_and_survives_a_restart() {
     let out = site.keyward(&["key", "generate", "site-1", "--algorithm", "p-256"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("persistent handle 0x81000010 is occupied"), "{out:?}");
-    set_persistent_handles(&site, &[("squatter", "0x81000010")]);
+    site.set_persistent_handles(&[("squatter", "0x81000010")]);
     let out = site.keyward(&["key", "generate", "squatter", "--algorithm", "p-256"]);
     assert_eq!(out.status.code(), Some(5), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("0x81000010"), "{out:?}");
-    set_persistent_handles(&site, &[("site-1", "0x81000010")]);
+    site.set_persistent_handles(&[("site-1", "0x81000010")]);
 
     // The key lives in the TPM's NV memory: it signs after an swtpm restart.
     site.swtpm.restart();
@@ -259,7 +249,7 @@ fn a_key_at_a_persistent_handle_is_never_overwritten_and_survives_a_restart() {
         (&[("site-1", "81000010")][..], "not a hex handle"),
         (&[("a", "0x81000012"), ("b", "0x81000012")][..], "given to two keys"),
     ] {
-        set_persistent_handles(&site, handles);
+        site.set_persistent_handles(handles);
         let out = site.keyward(&["key", "list"]);
         assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains(want), "{want}: {out:?}");
     }
@@ -349,7 +339,7 @@ fn tpm2_load_blob(site: &TpmSite, name: &str) -> PathBuf {
 fn another_tpm_client_cannot_sign_with_a_key_at_its_persistent_handle() {
     use std::os::unix::fs::PermissionsExt;
     let site = TpmSite::new();
-    set_persistent_handles(&site, &[("site-1", "0x81000010")]);
+    site.set_persistent_handles(&[("site-1", "0x81000010")]);
     let out = site.keyward_ok(&["key", "generate", "site-1", "--algorithm", "rsa-2048"]);
 
     // Another process on the machine, with the handle and the TPM but not the auth value.
@@ -504,7 +494,7 @@ fn a_key_with_the_empty_auth_value_from_an_older_version_still_signs_and_is_flag
 fn a_left_over_auth_file_is_never_replaced_and_nothing_is_made_persistent() {
     use std::os::unix::fs::PermissionsExt;
     let site = TpmSite::new();
-    set_persistent_handles(&site, &[("site-1", "0x81000011")]);
+    site.set_persistent_handles(&[("site-1", "0x81000011")]);
     std::fs::create_dir_all(&site.key_dir).unwrap();
     let stale = site.auth_file("site-1");
     std::fs::write(&stale, b"left by an interrupted generate").unwrap();
