@@ -53,7 +53,6 @@ pub fn run_python(code: &str, args: &[&str]) -> Output {
     Command::new(python()).arg("-c").arg(code).args(args).output().expect("python runs")
 }
 
-/// Asserts a command succeeded, showing its output when not.
 /// Runs `keyward ARGS` as uid/gid 65534 (`nobody`, no groups) with `env` added, from a copy of
 /// the binary in `dir` that `nobody` may execute (the build tree may be private to its owner;
 /// `dir` must be reachable by `nobody`).
@@ -83,6 +82,7 @@ pub fn keyward_as_nobody(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Ou
     panic!("`{}` stayed busy", bin.display());
 }
 
+/// Asserts a command succeeded, showing its output when not.
 pub fn assert_success(out: &Output, what: &str) {
     assert!(
         out.status.success(),
