@@ -399,11 +399,29 @@ def _compatible(command: str) -> str | None:
     return f"nvflare     {nvflare.__version__}: every name, attribute and call path the plug-in uses is present"
 
 
+def _writable_folder(target: str) -> str | None:
+    """Why ``install`` could not write its hook into ``target``, or None when it could."""
+    if not os.path.isdir(target):
+        return f"site-packages folder `{target}` does not exist"
+    if not os.access(target, os.W_OK | os.X_OK):
+        return f"site-packages folder `{target}` is not writable by this user"
+    return None
+
+
 def _cmd_install(args: argparse.Namespace) -> int:
     target = _target_dir(args)
     compatible = _compatible("install")
     if compatible is None:
         return 1
+    unwritable = _writable_folder(target)
+    if unwritable is not None:
+        print(f"keyward-nvflare: install refused: {unwritable}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        path = os.path.join(target, PTH_NAME)
+        print(f"dry run: install would write {path} ({len(pth_content())} bytes, mode 0644); nothing written")
+        print(compatible)
+        return 0
     path, changed = install_pth(target)
     print(f"{'installed' if changed else 'already installed'}: {path}")
     print(compatible)
@@ -540,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--site-packages", metavar="DIR", help="another site-packages folder (default: this venv's purelib)"
         )
+    sub.choices["install"].add_argument(
+        "--dry-run", action="store_true",
+        help="make every check install makes (this NVFlare, the folder) and write nothing",
+    )
     p = sub.add_parser("check", help="load a key reference and ask the agent for hello and the public key")
     p.add_argument("reference", help="the key reference file (e.g. startup/client.key)")
     p.add_argument("--cert", help="also check that this certificate (e.g. startup/client.crt) matches the key")

@@ -1,7 +1,7 @@
 """The plug-in refuses an NVFlare it was not tested with, at install and at client start: a copy of
 the real nvflare 2.9.0 with `Authenticator._challenge_server` renamed (as a new release might),
-put first on PYTHONPATH. `keyward-nvflare install` and `check` refuse naming what is missing (and
-write no hook); a client process that parses its key reference, as NVFlare's CredentialManager
+put first on PYTHONPATH. `keyward-nvflare install` (and `install --dry-run`) and `check` refuse
+naming what is missing (and write no hook); a client process that parses its key reference, as NVFlare's CredentialManager
 does when the client's cell starts, logs it in NVFlare's own log and exits with status 78 before
 the agent is asked anything. The unchanged nvflare installs, as the control."""
 
@@ -65,6 +65,17 @@ def test_install_refuses_a_renamed_attribute_and_writes_no_hook(renamed_nvflare,
     assert "no longer calls `self._challenge_server`" in refused.stderr
     assert "tested with nvflare 2.9.0" in refused.stderr
     assert not (site_packages(py) / PTH_NAME).exists()
+
+    # What `keyward nvflare migrate --python` runs before it imports the key: the same refusal.
+    dry = plugin(py, "install", "--dry-run", pythonpath=renamed_nvflare)
+    assert dry.returncode == 1, dry
+    assert dry.stderr == refused.stderr
+    assert not (site_packages(py) / PTH_NAME).exists()
+    dry = plugin(py, "install", "--dry-run")
+    assert dry.returncode == 0, dry
+    assert f"dry run: install would write {site_packages(py) / PTH_NAME}" in dry.stdout
+    assert "nvflare     2.9.0: every name" in dry.stdout
+    assert not (site_packages(py) / PTH_NAME).exists(), "a dry run wrote the hook"
 
     control = plugin(py, "install")
     assert control.returncode == 0, control
