@@ -76,7 +76,10 @@ def write_output(
         _create_new(path, data)
         return
     except OSError as exc:
-        raise _refusal(path, exc) from exc
+        refusal = _refusal(path, exc)
+        if refusal is None:
+            raise
+        raise refusal from exc
     try:
         opened = os.fstat(fd)
         if stat.S_ISCHR(opened.st_mode) or stat.S_ISFIFO(opened.st_mode):
@@ -98,8 +101,8 @@ def is_own_descriptor(path: str) -> bool:
     return _OWN_DESCRIPTOR.fullmatch(path) is not None
 
 
-def _refusal(path: str, exc: OSError) -> OSError:
-    """The error for an ``open`` of the target that failed."""
+def _refusal(path: str, exc: OSError) -> OutputRefused | None:
+    """The refusal an ``open`` of the target that failed stands for, if any."""
     if exc.errno == errno.ELOOP:
         return OutputRefused(f"`{path}` is a symbolic link; keyward does not write through links "
                              "(give the file's own path)")
@@ -111,7 +114,7 @@ def _refusal(path: str, exc: OSError) -> OSError:
         except OSError:
             kind = "socket"
         return OutputRefused(f"`{path}` is a {kind}, not a regular file; not replacing it")
-    return exc
+    return None
 
 
 def _kind_name(mode: int) -> str:
