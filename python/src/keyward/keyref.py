@@ -16,10 +16,10 @@ import base64
 import binascii
 import json
 import os
-import tempfile
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
+from . import files
 from .errors import InvalidKeyReference
 from .protocol import is_valid_key_name
 
@@ -33,8 +33,6 @@ REFERENCE_VERSION = 1
 MAX_SOCKET_PATH_BYTES = 107
 #: A reference is a few hundred bytes; anything much larger is not one.
 MAX_REFERENCE_BYTES = 16 * 1024
-#: Mode of a written reference: world-readable, as it holds no secret.
-FILE_MODE = 0o644
 _LINE_WIDTH = 64
 
 
@@ -173,27 +171,16 @@ def load(path: str | os.PathLike[str]) -> KeyReference:
     return parse(data)
 
 
-def write(path: str | os.PathLike[str], ref: KeyReference) -> None:
-    """Writes ``ref`` to ``path`` atomically, mode 0644: a temporary file in the same folder,
-    fsynced, then renamed over ``path`` (replacing what was there), then the folder fsynced."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(dumps(ref))
-            f.flush()
-            os.fchmod(f.fileno(), FILE_MODE)
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def write(
+    path: str | os.PathLike[str], ref: KeyReference, *, check_existing: Callable[[bytes], None] | None = None
+) -> None:
+    """Writes ``ref`` to ``path`` with the ``--out`` rules of ``files.py``: a new file is 0644, an
+    existing regular file is replaced atomically keeping its owner, group and mode, a device or
+    FIFO is written through, a symbolic link, folder or missing folder is refused.
+    ``check_existing`` sees an existing file's bytes first and may refuse (``files.write_output``).
+
+    Raises:
+        OutputRefused: (an ``OSError``) the target is refused.
+        OSError: other I/O errors.
+    """
+    files.write_output(path, dumps(ref), check_existing=check_existing)

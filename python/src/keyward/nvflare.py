@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding as apadding
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from . import keyref, nvflare_compat
+from . import files, keyref, nvflare_compat
 from .client import KeywardClient
 from .errors import (
     AgentUnreachable,
@@ -399,11 +399,29 @@ def _compatible(command: str) -> str | None:
     return f"nvflare     {nvflare.__version__}: every name, attribute and call path the plug-in uses is present"
 
 
+def _writable_folder(target: str) -> str | None:
+    """Why ``install`` could not write its hook into ``target``, or None when it could."""
+    if not os.path.isdir(target):
+        return f"site-packages folder `{target}` does not exist"
+    if not os.access(target, os.W_OK | os.X_OK):
+        return f"site-packages folder `{target}` is not writable by this user"
+    return None
+
+
 def _cmd_install(args: argparse.Namespace) -> int:
     target = _target_dir(args)
     compatible = _compatible("install")
     if compatible is None:
         return 1
+    unwritable = _writable_folder(target)
+    if unwritable is not None:
+        print(f"keyward-nvflare: install refused: {unwritable}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        path = os.path.join(target, PTH_NAME)
+        print(f"dry run: install would write {path} ({len(pth_content())} bytes, mode 0644); nothing written")
+        print(compatible)
+        return 0
     path, changed = install_pth(target)
     print(f"{'installed' if changed else 'already installed'}: {path}")
     print(compatible)
@@ -466,15 +484,17 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return status
 
 
+def _out_name(out: str) -> str:
+    """``--out`` as given (``-`` and descriptor names), else absolute (for messages)."""
+    return out if out == "-" or files.is_own_descriptor(out) else os.path.abspath(out)
+
+
 def _cmd_sign_csr(args: argparse.Namespace) -> int:
     from cryptography import x509
 
     from . import enroll
 
-    out = os.path.abspath(args.out)
-    if os.path.lexists(out) and not args.force:
-        print(f"keyward-nvflare: `{out}` exists; pass --force to replace it", file=sys.stderr)
-        return 1
+    out = _out_name(args.out)
     try:
         root = enroll.load_root_ca(args.ca_dir)
         with open(args.csr, "rb") as f:
@@ -484,16 +504,22 @@ def _cmd_sign_csr(args: argparse.Namespace) -> int:
         print(f"keyward-nvflare: sign-csr refused `{args.csr}`: {exc}", file=sys.stderr)
         return 1
     pem = cert.public_bytes(serialization.Encoding.PEM)
-    _write_atomic(out, pem, 0o644)
+
+    def refuse_existing(_: bytes) -> None:
+        raise files.OutputRefused(f"`{out}` exists; pass --force to replace it")
+
+    files.write_output(out, pem, check_existing=None if args.force else refuse_existing)
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    print(f"issued      {out}")
-    print(f"subject     {cert.subject.rfc4514_string()}")
-    print(f"issuer      {cert.issuer.rfc4514_string()} ({root.source})")
-    print(f"serial      {cert.serial_number:x}")
-    print(f"valid       {cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()}")
-    print(f"san         DNS:{enroll.site_name_of(csr)}")
-    print(f"spki sha256 {_fingerprint(spki)}")
-    print("next (site admin): `keyward cert install <key> <cert>`, and put it in the kit as startup/client.crt")
+    report = sys.stderr if out == "-" else sys.stdout  # standard output holds the certificate
+    print(f"issued      {out}", file=report)
+    print(f"subject     {cert.subject.rfc4514_string()}", file=report)
+    print(f"issuer      {cert.issuer.rfc4514_string()} ({root.source})", file=report)
+    print(f"serial      {cert.serial_number:x}", file=report)
+    print(f"valid       {cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()}", file=report)
+    print(f"san         DNS:{enroll.site_name_of(csr)}", file=report)
+    print(f"spki sha256 {_fingerprint(spki)}", file=report)
+    print("next (site admin): `keyward cert install <key> <cert>`, and put it in the kit as startup/client.crt",
+          file=report)
     return 0
 
 
@@ -504,41 +530,18 @@ def _cmd_write_reference(args: argparse.Namespace) -> int:
     except keyref.InvalidKeyReference as exc:
         print(f"keyward-nvflare: write-reference: {exc}", file=sys.stderr)
         return 2
-    if os.path.lexists(out) and not args.force:
-        try:
-            with open(out, "rb") as f:
-                existing = f.read(1 << 20)
-        except OSError as exc:
-            print(f"keyward-nvflare: cannot read `{out}`: {exc.strerror or exc}", file=sys.stderr)
-            return 1
+
+    def refuse_unless_reference(existing: bytes) -> None:
         if b"PRIVATE KEY" in existing or not keyref.is_reference(existing):
-            print(f"keyward-nvflare: `{out}` exists and is not a key reference (a private key?): move it into the "
-                  "token with `keyward nvflare migrate`, or pass --force to replace it", file=sys.stderr)
-            return 1
-    keyref.write(out, ref)
-    print(f"wrote       {out} (key reference, mode 0644, no secret)")
+            raise files.OutputRefused(f"`{out}` exists and is not a key reference (a private key?): move it into "
+                                      "the token with `keyward nvflare migrate`, or pass --force to replace it")
+
+    keyref.write(out, ref, check_existing=None if args.force else refuse_unless_reference)
+    print(f"wrote       {out} (key reference, no secret)")
     print(f"socket      {ref.socket}")
     print(f"key         {ref.key}")
     print(f"check with: keyward-nvflare check {out} --cert {os.path.join(os.path.dirname(out), 'client.crt')}")
     return 0
-
-
-def _write_atomic(path: str, data: bytes, mode: int) -> None:
-    folder = os.path.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=".keyward-", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -555,6 +558,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--site-packages", metavar="DIR", help="another site-packages folder (default: this venv's purelib)"
         )
+    sub.choices["install"].add_argument(
+        "--dry-run", action="store_true",
+        help="make every check install makes (this NVFlare, the folder) and write nothing",
+    )
     p = sub.add_parser("check", help="load a key reference and ask the agent for hello and the public key")
     p.add_argument("reference", help="the key reference file (e.g. startup/client.key)")
     p.add_argument("--cert", help="also check that this certificate (e.g. startup/client.crt) matches the key")
@@ -568,7 +575,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the provisioning workspace's state folder (<workspace>/<project>/state: cert.json), or a "
                    "folder with rootCA.pem and rootCA.key")
     p.add_argument("--csr", required=True, metavar="FILE", help="the site's CSR (PEM), e.g. from `keyward csr`")
-    p.add_argument("--out", required=True, metavar="CERT", help="where to write the certificate (PEM)")
+    p.add_argument("--out", required=True, metavar="CERT",
+                   help="where to write the certificate (PEM; `-`: standard output; docs/nvflare-plugin.md, "
+                   "\"Where --out writes\")")
     p.add_argument("--days", type=int, default=360, help="validity in days (default 360, capped at the root's)")
     p.add_argument("--force", action="store_true", help="replace CERT if it exists")
     p = sub.add_parser("write-reference", help="write a key reference (e.g. startup/client.key) for a key in the agent")

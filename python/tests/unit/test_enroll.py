@@ -223,6 +223,24 @@ def test_sign_csr_command(root, site_key, tmp_path, capsys):
     assert "refused" in capsys.readouterr().err and not (tmp_path / "bad.crt").exists()
 
 
+def test_sign_csr_to_standard_output_or_through_a_link(root, site_key, tmp_path, capsys):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "cert.json").write_text(json.dumps({"root_cert": _pem(root.cert), "root_pri_key": _pem(root.key)}))
+    csr_file = tmp_path / "site-1.csr"
+    csr_file.write_bytes(_site_csr(site_key).public_bytes(serialization.Encoding.PEM))
+    args = ["sign-csr", "--ca-dir", str(state), "--csr", str(csr_file), "--out"]
+    assert main([*args, "-"]) == 0
+    printed = capsys.readouterr()
+    x509.load_pem_x509_certificate(printed.out.encode()).verify_directly_issued_by(root.cert)
+    assert printed.out.startswith("-----BEGIN CERTIFICATE-----") and "issued      -" in printed.err
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    (tmp_path / "link.crt").symlink_to(victim)
+    assert main([*args, str(tmp_path / "link.crt"), "--force"]) == 1
+    assert "is a symbolic link" in capsys.readouterr().err and victim.read_text() == "precious"
+
+
 def test_write_reference_command(site_key, tmp_path, capsys):
     out = tmp_path / "client.key"
     assert main(["write-reference", "--socket", "/run/keyward/agent.sock", "--key", "site-1", "--out", str(out)]) == 0

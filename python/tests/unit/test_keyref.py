@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from keyward import keyref
+from keyward import files, keyref
 from keyward.errors import InvalidKeyReference
 
 GOLDEN = (
@@ -123,10 +123,8 @@ def test_is_reference_only_for_a_begin_line_at_a_line_start():
     assert not keyref.is_reference(None)
 
 
-def test_write_is_atomic_0644_and_replaces_the_old_file(short_tmp):
+def test_write_gives_a_new_file_the_golden_bytes_and_mode_0644_under_umask_077(short_tmp):
     target = short_tmp / "client.key"
-    target.write_bytes(b"-----BEGIN RSA PRIVATE KEY-----\nsecret\n-----END RSA PRIVATE KEY-----\n")
-    os.chmod(target, 0o600)
     old_umask = os.umask(0o077)
     try:
         keyref.write(target, REF)
@@ -138,7 +136,18 @@ def test_write_is_atomic_0644_and_replaces_the_old_file(short_tmp):
     assert keyref.load(target) == REF
 
 
+def test_write_replaces_a_private_key_keeping_its_mode(short_tmp):
+    # What else a write does (links, devices, FIFOs, owners, races): test_files.py.
+    target = short_tmp / "client.key"
+    target.write_bytes(b"-----BEGIN RSA PRIVATE KEY-----\nsecret\n-----END RSA PRIVATE KEY-----\n")
+    os.chmod(target, 0o600)
+    keyref.write(target, REF)
+    assert target.read_bytes() == GOLDEN
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert sorted(p.name for p in short_tmp.iterdir()) == ["client.key"]
+
+
 def test_write_into_a_missing_folder_fails_and_leaves_nothing(short_tmp):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(files.OutputRefused, match="does not exist"):
         keyref.write(short_tmp / "missing" / "client.key", REF)
     assert list(short_tmp.iterdir()) == []
