@@ -213,13 +213,7 @@ def _nvflares(obj: Any) -> Any:
 
 
 def _check_authenticator_module(module: Any) -> list[str]:
-    problems: list[str] = []
-    for name, attrs in NAMES.items():
-        obj = getattr(module, name, None)
-        if obj is None:
-            problems.append(f"`{AUTHENTICATOR_MODULE}.{name}` is missing")
-            continue
-        problems += [f"`{AUTHENTICATOR_MODULE}.{name}.{a}` is missing" for a in attrs if not hasattr(obj, a)]
+    problems = _missing_names(module, AUTHENTICATOR_MODULE, NAMES)
     for (name, method), params in PARAMETERS.items():
         obj = _nvflares(getattr(module, name, None))
         if obj is not None and hasattr(obj, method):
@@ -296,12 +290,19 @@ def _check_module_names() -> list[str]:
         imported = _import(mod_name, found)
         if imported is None:
             continue
-        for name, attrs in names.items():
-            obj = getattr(imported, name, None)
-            if obj is None:
-                found.append(f"`{mod_name}.{name}` is missing")
-                continue
-            found += [f"`{mod_name}.{name}.{a}` is missing" for a in attrs if not _has(obj, a)]
+        found += _missing_names(imported, mod_name, names)
+    return found
+
+
+def _missing_names(module: Any, mod_name: str, names: dict[str, tuple[str, ...]]) -> list[str]:
+    """Each of ``names`` that ``module`` lacks, and each attribute its object lacks."""
+    found: list[str] = []
+    for name, attrs in names.items():
+        obj = getattr(module, name, None)
+        if obj is None:
+            found.append(f"`{mod_name}.{name}` is missing")
+            continue
+        found += [f"`{mod_name}.{name}.{a}` is missing" for a in attrs if not _has(obj, a)]
     return found
 
 

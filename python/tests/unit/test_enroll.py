@@ -202,14 +202,20 @@ def test_the_root_is_read_from_provisionings_cert_json_or_from_pem_files(root, t
         enroll.load_root_ca(tmp_path / "empty")
 
 
-def test_sign_csr_command(root, site_key, tmp_path, capsys):
+def _sign_csr_args(root, site_key, tmp_path) -> list[str]:
+    """``sign-csr`` with a provisioning state folder and a site CSR in ``tmp_path``, up to ``--out``."""
     state = tmp_path / "state"
     state.mkdir()
     (state / "cert.json").write_text(json.dumps({"root_cert": _pem(root.cert), "root_pri_key": _pem(root.key)}))
     csr_file = tmp_path / "site-1.csr"
     csr_file.write_bytes(_site_csr(site_key).public_bytes(serialization.Encoding.PEM))
+    return ["sign-csr", "--ca-dir", str(state), "--csr", str(csr_file), "--out"]
+
+
+def test_sign_csr_command(root, site_key, tmp_path, capsys):
     out = tmp_path / "site-1.crt"
-    args = ["sign-csr", "--ca-dir", str(state), "--csr", str(csr_file), "--out", str(out)]
+    args = [*_sign_csr_args(root, site_key, tmp_path), str(out)]
+    state = tmp_path / "state"
     assert main(args) == 0
     cert = x509.load_pem_x509_certificate(out.read_bytes())
     cert.verify_directly_issued_by(root.cert)
@@ -224,12 +230,7 @@ def test_sign_csr_command(root, site_key, tmp_path, capsys):
 
 
 def test_sign_csr_to_standard_output_or_through_a_link(root, site_key, tmp_path, capsys):
-    state = tmp_path / "state"
-    state.mkdir()
-    (state / "cert.json").write_text(json.dumps({"root_cert": _pem(root.cert), "root_pri_key": _pem(root.key)}))
-    csr_file = tmp_path / "site-1.csr"
-    csr_file.write_bytes(_site_csr(site_key).public_bytes(serialization.Encoding.PEM))
-    args = ["sign-csr", "--ca-dir", str(state), "--csr", str(csr_file), "--out"]
+    args = _sign_csr_args(root, site_key, tmp_path)
     assert main([*args, "-"]) == 0
     printed = capsys.readouterr()
     x509.load_pem_x509_certificate(printed.out.encode()).verify_directly_issued_by(root.cert)
