@@ -8,6 +8,7 @@ own `sub_start.sh`. The unchanged nvflare installs, as the control."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -23,7 +24,8 @@ import pytest
 from keyward import nvflare_compat
 from keyward.nvflare import PTH_NAME
 
-from federation import SITE, Processes, free_port, kit_command, nvflare_env, provision, wait_for_line
+from federation import (SITE, Processes, configure_server, free_port, kit_command, nvflare_env, provision,
+                        wait_for_line)
 from kwharness import make_linked_venv, run_python
 
 MISSING = "`nvflare.private.fed.authenticator.Authenticator._challenge_server` is missing"
@@ -171,5 +173,45 @@ def test_the_real_client_process_refuses_a_renamed_attribute_before_connecting(
                              out=short_tmp / "control.txt")
         wait_for_line(kit / "log.txt", "keyward: using key `site-1`", client, CLIENT_REFUSES_WITHIN_S, len(log))
         assert client.poll() is None, "the control client stopped"
+    finally:
+        procs.stop_all()
+
+
+def test_the_real_server_process_refuses_a_renamed_attribute_at_start(agent, nvflare_python, renamed_nvflare,
+                                                                        short_tmp):
+    """The server kit's own start (`sub_start.sh --once` -> NVFlare's `server_train`) with
+    `server.key` a key reference, in `clear` on loopback as behind `keyward server-tunnel`: with the
+    renamed copy first on PYTHONPATH it exits 78 at start with the reason in its `log.txt`, before
+    any client could register, and the agent is asked nothing. The same start on the real nvflare
+    serves."""
+    kit = provision(short_tmp / "prov", free_port(), security="tls")
+    configure_server(kit, short_tmp / "store")
+    startup = kit.server / "startup"
+    config = json.loads((startup / "fed_server.json").read_text())
+    config["servers"][0]["connection_security"] = "clear"
+    (startup / "fed_server.json").write_text(json.dumps(config, indent=2))
+    wrote = plugin(sys.executable, "write-reference", "--socket", agent.socket, "--key", "site-1",
+                   "--out", str(startup / "server.key"), "--force")
+    assert wrote.returncode == 0, wrote
+
+    env = {**nvflare_env(Path(nvflare_python).parent), "PYTHONPATH": renamed_nvflare}
+    before = len(agent.audit_records())
+    started = time.monotonic()
+    proc = subprocess.run(kit_command(kit.server), cwd=kit.server, env=env, capture_output=True, text=True,
+                          timeout=CLIENT_REFUSES_WITHIN_S + 30)
+    took = time.monotonic() - started
+    assert proc.returncode == nvflare_compat.EXIT_INCOMPATIBLE, (proc.returncode, proc.stdout[-3000:],
+                                                                 proc.stderr[-3000:])
+    assert took < CLIENT_REFUSES_WITHIN_S, took
+    log = (kit.server / "log.txt").read_text()
+    assert MISSING in log and "this process stops (exit 78)" in log, log[-3000:]
+    assert "Server started" not in log
+    assert len(agent.audit_records()) == before, "the agent was asked something"
+
+    procs = Processes()
+    try:
+        server = procs.start(kit_command(kit.server), cwd=kit.server, env=nvflare_env(Path(nvflare_python).parent),
+                             out=short_tmp / "control.txt")
+        wait_for_line(kit.server / "log.txt", "Server started", server, 60, len(log))
     finally:
         procs.stop_all()
