@@ -66,6 +66,21 @@ pub trait AgentSite {
         (msg_path, sig)
     }
 
+    /// A certificate for `key`: a CSR for `subject` made by `keyward csr` (signed in the token),
+    /// issued by `ca` with the OpenSSL `extensions`; returns its path (`<key>.crt`), not installed.
+    fn issue_certificate(&self, ca: &crate::TestCa, key: &str, subject: &str, extensions: &str) -> PathBuf {
+        let csr = self.path(&format!("{key}.csr"));
+        self.keyward_ok(&["csr", key, "--subject", subject, "--out", csr.to_str().expect("utf-8")]);
+        let crt = self.path(&format!("{key}.crt"));
+        ca.issue(&csr, &crt, extensions);
+        crt
+    }
+
+    /// Installs `crt` as `key`'s certificate (`keyward cert install`).
+    fn install_certificate(&self, key: &str, crt: &Path) {
+        self.keyward_ok(&["cert", "install", key, crt.to_str().expect("utf-8")]);
+    }
+
     /// Writes the key's public key PEM to a file and returns its path.
     fn public_pem(&self, name: &str) -> PathBuf {
         let path = self.path(&format!("{name}.pub.pem"));

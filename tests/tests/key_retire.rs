@@ -17,24 +17,11 @@ use serde_json::Value;
 
 /// Makes `key` with a CSR for `cn` and a certificate from `ca` (installed when `install`).
 fn key_with_certificate(site: &impl AgentSite, ca: &TestCa, key: &str, cn: &str, install: bool) {
-    let out = site.command().args(["key", "generate", key]).output().unwrap();
-    keyward_tests::tools::assert_success(&out, "keyward key generate");
-    let csr = site.path(&format!("{key}.csr"));
-    let subject = format!("CN={cn},O=nvidia");
-    let out =
-        site.command().args(["csr", key, "--subject", &subject, "--out", csr.to_str().unwrap()]).output().unwrap();
-    keyward_tests::tools::assert_success(&out, "keyward csr");
-    let crt = site.path(&format!("{key}.crt"));
-    ca.issue(&csr, &crt, &format!("subjectAltName=DNS:{cn}\n"));
+    site.keyward_ok(&["key", "generate", key]);
+    let crt = site.issue_certificate(ca, key, &format!("CN={cn},O=nvidia"), &format!("subjectAltName=DNS:{cn}\n"));
     if install {
-        install_certificate(site, key);
+        site.install_certificate(key, &crt);
     }
-}
-
-fn install_certificate(site: &impl AgentSite, key: &str) {
-    let crt = site.path(&format!("{key}.crt"));
-    let out = site.command().args(["cert", "install", key, crt.to_str().unwrap()]).output().unwrap();
-    keyward_tests::tools::assert_success(&out, "keyward cert install");
 }
 
 /// `keyward key retire`: exit code, stdout, stderr.
@@ -84,7 +71,7 @@ fn a_key_is_destroyed_only_after_its_successor_is_proven_and_its_audit_record_is
         retire_records(&site.audit_records()).iter().map(|r| r["outcome"].as_str().unwrap().to_owned()).collect();
     assert_eq!(refusals, ["policy_denied", "policy_denied", "invalid_request"]);
 
-    install_certificate(&site, "site-1-2");
+    site.install_certificate("site-1-2", &site.path("site-1-2.crt"));
     let (code, out, err) = retire(&site, "site-1", "site-1-2");
     assert_eq!(code, Some(0), "{err}");
     assert!(out.contains("retired `site-1`"), "{out}");

@@ -15,6 +15,7 @@ use keyward_protocol::{ErrorCode, Operation, Reply};
 use keyward_tests::checks::{openssl_verifies, pss_sigopts};
 use keyward_tests::pki::sign_pss_max_salt;
 use keyward_tests::tools::assert_success;
+use keyward_tests::AgentSite;
 use keyward_tests::{openssl, AgentProcess, Site, TestCa};
 
 struct Federation {
@@ -32,11 +33,8 @@ fn federation() -> Federation {
     let site = Site::new();
     site.generate("site-1", "rsa-2048");
     let ca = TestCa::new(site.hsm.dir.path(), "root");
-    let csr = site.path("site-1.csr");
-    site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1,O=nvidia", "--out", csr.to_str().unwrap()]);
-    let site_crt = site.path("site-1.crt");
-    ca.issue(&csr, &site_crt, "subjectAltName=DNS:site-1\n");
-    site.keyward_ok(&["cert", "install", "site-1", site_crt.to_str().unwrap()]);
+    let site_crt = site.issue_certificate(&ca, "site-1", "CN=site-1,O=nvidia", "subjectAltName=DNS:site-1\n");
+    site.install_certificate("site-1", &site_crt);
     let (server_key, server_crt) = ca.leaf("/CN=server1", "server", "subjectAltName=DNS:server1\n");
     site.append_config(&format!(
         "[keys.site-1.nvflare]\nroot_ca = \"{}\"\nserver_identity = \"server1\"\n",

@@ -15,6 +15,7 @@ use keyward_protocol::{ErrorCode, Operation, Reply};
 use keyward_tests::checks::{openssl_verifies, pss_sigopts};
 use keyward_tests::pki::sign_pss_max_salt;
 use keyward_tests::tools::assert_success;
+use keyward_tests::AgentSite;
 use keyward_tests::{openssl, AgentProcess, Site, TestCa};
 
 const TOKEN: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
@@ -32,11 +33,8 @@ fn project() -> Project {
     let site = Site::new();
     site.generate("server1", "rsa-2048");
     let ca = TestCa::new(site.hsm.dir.path(), "root");
-    let csr = site.path("server1.csr");
-    site.keyward_ok(&["csr", "server1", "--subject", "CN=server1", "--out", csr.to_str().unwrap()]);
-    let server_crt = site.path("server1.crt");
-    ca.issue(&csr, &server_crt, "subjectAltName=DNS:localhost\n");
-    site.keyward_ok(&["cert", "install", "server1", server_crt.to_str().unwrap()]);
+    let server_crt = site.issue_certificate(&ca, "server1", "CN=server1", "subjectAltName=DNS:localhost\n");
+    site.install_certificate("server1", &server_crt);
     let (client_key, client_crt) = ca.leaf("/CN=site-1/O=nvidia", "site-1", "subjectAltName=DNS:site-1\n");
     site.append_config(&format!("[keys.server1.nvflare_server]\nroot_ca = \"{}\"\n", ca.cert.display()));
     Project { site, ca, client_key, client_crt }

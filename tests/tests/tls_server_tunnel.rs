@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use keyward_tests::tls::free_port;
+use keyward_tests::AgentSite;
 use keyward_tests::{AgentProcess, Site, TestCa, TunnelProcess};
 
 const REQUEST: &[u8] = b"GET / HTTP/1.0\r\n\r\n";
@@ -72,11 +73,9 @@ impl ServerSite {
     fn new(algorithm: &str) -> Self {
         let site = Site::new();
         site.generate("server", algorithm);
-        let csr = site.path("server.csr");
-        site.keyward_ok(&["csr", "server", "--subject", "CN=server1", "--out", csr.to_str().unwrap()]);
         let ca = TestCa::new(&site.path(""), "root");
-        let crt = site.path("server.crt");
-        ca.issue(&csr, &crt, "subjectAltName=DNS:server1\nextendedKeyUsage=serverAuth\n");
+        let extensions = "subjectAltName=DNS:server1\nextendedKeyUsage=serverAuth\n";
+        let crt = site.issue_certificate(&ca, "server", "CN=server1", extensions);
         site.keyward_ok(&["cert", "install", "--server", "server", crt.to_str().unwrap()]);
         let client = ca.leaf("/CN=site-1/O=hospital-a", "site-1", "extendedKeyUsage=clientAuth\n");
         let agent = AgentProcess::start(&site);

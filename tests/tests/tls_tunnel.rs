@@ -41,12 +41,10 @@ impl<S: AgentSite> TlsSite<S> {
     /// The site's key, certificate, CA, server certificate and agent on `site`'s backend.
     fn on(site: S, algorithm: &str) -> Self {
         site.generate("site-1", algorithm);
-        let csr = site.path("site-1.csr");
-        site.keyward_ok(&["csr", "site-1", "--subject", "CN=site-1,O=hospital-a", "--out", csr.to_str().unwrap()]);
         let ca = TestCa::new(&site.path(""), "root");
-        let crt = site.path("site-1.crt");
-        ca.issue(&csr, &crt, "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n");
-        site.keyward_ok(&["cert", "install", "site-1", crt.to_str().unwrap()]);
+        let extensions = "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n";
+        let crt = site.issue_certificate(&ca, "site-1", "CN=site-1,O=hospital-a", extensions);
+        site.install_certificate("site-1", &crt);
         let (server_key, server_cert) =
             ca.leaf("/CN=server1", "server1", "subjectAltName=DNS:server1\nextendedKeyUsage=serverAuth\n");
         let agent = AgentProcess::start(&site);
