@@ -109,11 +109,7 @@ impl CertStore {
     /// certificate; none without one or when it does not parse. Read at each call: a
     /// certificate installed while the agent runs counts from the next call on.
     pub fn validity(&self, key: &KeyId) -> Option<(i64, i64)> {
-        let text = self.get(key)?;
-        let leaf = ::pem::parse_many(text.as_bytes()).ok()?.into_iter().find(|p| p.tag() == "CERTIFICATE")?;
-        let (_, cert) = X509Certificate::from_der(leaf.contents()).ok()?;
-        let v = cert.validity();
-        Some((v.not_before.timestamp(), v.not_after.timestamp()))
+        pem_validity(self.get(key)?.as_bytes())
     }
 
     /// Keys with an installed certificate (`<key>.pem`; kept `.previous.pem` copies are not).
@@ -284,4 +280,13 @@ fn check_leaf(usage: Usage, key: &KeyId, public: &PublicKey, cert: &X509Certific
         }
     }
     Ok(())
+}
+
+/// The validity (notBefore, notAfter; Unix seconds) of the first certificate in `pem_text`;
+/// none when there is none or it does not parse.
+pub fn pem_validity(pem_text: &[u8]) -> Option<(i64, i64)> {
+    let leaf = ::pem::parse_many(pem_text).ok()?.into_iter().find(|p| p.tag() == "CERTIFICATE")?;
+    let (_, cert) = X509Certificate::from_der(leaf.contents()).ok()?;
+    let v = cert.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }

@@ -239,21 +239,40 @@ pub fn birth_record(state_dir: &Path, key: &KeyId) -> PathBuf {
 /// # Errors
 /// File system errors.
 pub fn record_birth(state_dir: &Path, key: &KeyId) -> std::io::Result<()> {
+    write_birth(state_dir, key, SystemTime::now(), "generated in the key store")
+}
+
+/// Records the birth of an imported `key`: it is at least as old as the certificate that came
+/// with it (`not_before`, Unix seconds), and at least as old as the import. The key age is then
+/// a lower bound, which `max_key_age` can only underrate, never overrate.
+///
+/// # Errors
+/// File system errors.
+pub fn record_import(state_dir: &Path, key: &KeyId, not_before: Option<i64>) -> std::io::Result<()> {
+    let now = SystemTime::now();
+    let when = not_before
+        .and_then(|s| UNIX_EPOCH.checked_add(std::time::Duration::from_secs(u64::try_from(s).ok()?)))
+        .map_or(now, |cert| cert.min(now));
+    write_birth(state_dir, key, when, "imported: at least this old (its certificate's notBefore, or the import)")
+}
+
+/// The record: an RFC 3339 time on the first line, then what it means.
+fn write_birth(state_dir: &Path, key: &KeyId, when: SystemTime, meaning: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     let path = birth_record(state_dir, key);
     if let Some(dir) = path.parent() {
         std::fs::DirBuilder::new().mode(0o755).recursive(true).create(dir)?;
     }
-    let stamp = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+    let stamp = humantime::format_rfc3339_seconds(when).to_string();
     let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o644).open(&path)?;
-    file.write_all(format!("{stamp}\n").as_bytes())
+    file.write_all(format!("{stamp}\n{meaning}\n").as_bytes())
 }
 
-/// When `key` was generated (Unix seconds), if recorded.
+/// When `key` was generated (Unix seconds), if recorded (for an imported key: no later than).
 pub fn read_birth(state_dir: &Path, key: &KeyId) -> Option<i64> {
     let text = std::fs::read_to_string(birth_record(state_dir, key)).ok()?;
-    let when = humantime::parse_rfc3339(text.trim()).ok()?;
+    let when = humantime::parse_rfc3339(text.lines().next()?.trim()).ok()?;
     Some(secs(when.duration_since(UNIX_EPOCH).ok()?))
 }
 
@@ -296,6 +315,26 @@ mod tests {
         ] {
             assert!(c.policy().unwrap_err().contains(field), "{c:?}");
         }
+    }
+
+    #[test]
+    fn an_imported_key_is_as_old_as_its_certificate_or_its_import() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = now();
+        let (older, plain, future) =
+            (KeyId::new("older").unwrap(), KeyId::new("plain").unwrap(), KeyId::new("future").unwrap());
+        record_import(dir.path(), &older, Some(n - 400 * DAY)).unwrap();
+        record_import(dir.path(), &plain, None).unwrap();
+        record_import(dir.path(), &future, Some(n + DAY)).unwrap();
+        assert_eq!(read_birth(dir.path(), &older), Some(n - 400 * DAY));
+        for key in [&plain, &future] {
+            assert!((n..=n + 5).contains(&read_birth(dir.path(), key).unwrap()), "{key}");
+        }
+        let text = std::fs::read_to_string(birth_record(dir.path(), &older)).unwrap();
+        assert!(text.lines().nth(1).unwrap().starts_with("imported: at least this old"), "{text}");
+        // Never replaced: a second import of the name keeps the first record.
+        assert!(record_import(dir.path(), &older, None).is_err());
+        assert_eq!(read_birth(dir.path(), &older), Some(n - 400 * DAY));
     }
 
     #[test]

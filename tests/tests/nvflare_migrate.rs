@@ -70,6 +70,9 @@ fn migrate_moves_the_key_and_leaves_a_reference(site: &impl AgentSite, config: &
     assert_eq!(public.as_bytes(), cert_spki.as_slice());
     let config = std::fs::read_to_string(config).unwrap();
     assert!(config.contains("[keys.site-1.nvflare]") && config.contains("server_identity = \"server1\""), "{config}");
+    // Its age is recorded as a lower bound: the kit certificate's notBefore (or the import).
+    let birth = std::fs::read_to_string(site.path("state/keys/site-1.generated")).unwrap();
+    assert!(birth.lines().nth(1).is_some_and(|l| l.starts_with("imported: at least this old")), "{birth}");
 
     // The agent starts with the kit's trust and serves the NVFlare flow for the key.
     let _agent = AgentProcess::start(site);

@@ -96,7 +96,10 @@ pub fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
             );
             eprintln!("next: keyward csr {name} --subject \"CN=<site name>,O=<org>\" --out {name}.csr");
         }
-        KeyCommand::Import { name, from, destroy_source } => import(store.as_mut(), &name, &from, destroy_source)?,
+        KeyCommand::Import { name, from, destroy_source } => {
+            import(store.as_mut(), &name, &from, destroy_source)?;
+            note_import(&config.state_dir, &name, None);
+        }
         KeyCommand::List => {
             let certs = crate::certs::CertStore::new(config.cert_dir());
             let keys = store.list()?;
@@ -126,6 +129,14 @@ pub fn run(config: &Config, cmd: KeyCommand) -> Result<()> {
 
 /// Largest key file read (a PEM RSA-3072 key is about 2.5 kB).
 const MAX_KEY_BYTES: u64 = 64 << 10;
+
+/// Records an imported key's birth (renewal.rs): no later than `not_before`, its certificate's.
+/// A failure is a warning: the key is in the store, only its age stays unknown.
+pub(super) fn note_import(state_dir: &Path, name: &KeyId, not_before: Option<i64>) {
+    if let Err(e) = crate::renewal::record_import(state_dir, name, not_before) {
+        eprintln!("warning: `{name}` was imported, but its age is not recorded (its key age stays unknown): {e}");
+    }
+}
 
 fn import(store: &mut dyn KeyStore, name: &KeyId, from: &Path, destroy_source: bool) -> Result<()> {
     // With --destroy-source the file is opened once, without following links in its path,

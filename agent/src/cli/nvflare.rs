@@ -131,6 +131,7 @@ fn migrate(
             )
         },
     )?;
+    super::keys::note_import(&config.state_dir, &name, crate::certs::pem_validity(&kit.cert_pem).map(|v| v.0));
     eprintln!(
         "imported `{}` into {} as `{name}`; signature verified against {}",
         key_path.display(),
