@@ -240,3 +240,50 @@ fn metrics_listen_address_must_be_loopback() {
 fn keyward_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as f64
 }
+
+/// Many `status` requests at once fill the side thread's short queue with key listings. That
+/// is load, not a broken device: a health check that finds the queue full behind a job that
+/// moves learns nothing, and `status` and `keyward_backend_up` keep saying the backend is up.
+/// Before, the check counted a full queue as "no worker answered a health check within 10000
+/// ms" without waiting at all, and `status` said `down` (seen in the soak test).
+#[test]
+fn a_burst_of_status_requests_never_reports_a_healthy_backend_down() {
+    let site = Site::new();
+    site.generate("site-1", "rsa-2048");
+    let port = free_port();
+    site.append_config(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    let agent = AgentProcess::start(&site);
+    let until = Instant::now() + Duration::from_secs(4);
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            let socket = agent.socket().to_path_buf();
+            std::thread::spawn(move || {
+                let mut c = keyward_client::BlockingAgentClient::connect(&socket, Duration::from_secs(20)).unwrap();
+                let (mut asked, mut down) = (0, Vec::new());
+                while Instant::now() < until {
+                    let Reply::Status(s) = c.call(Operation::Status).unwrap() else { panic!("status reply") };
+                    asked += 1;
+                    if s.backend_health != "ok" {
+                        down.push(s.backend_error);
+                    }
+                }
+                (asked, down)
+            })
+        })
+        .collect();
+    let mut scrapes_down = 0;
+    while Instant::now() < until {
+        scrapes_down += usize::from(sample(&scrape(port), "keyward_backend_up{backend=\"pkcs11\"}") != Some(1.0));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (mut asked, mut down) = (0, Vec::new());
+    for client in clients {
+        let (a, d) = client.join().unwrap();
+        asked += a;
+        down.extend(d);
+    }
+    eprintln!("{asked} status requests from 16 clients in 4 s; {} said down; {scrapes_down} scrapes down", down.len());
+    assert!(asked > 100, "the burst was too small to fill the queue: {asked}");
+    assert!(down.is_empty(), "status said down under load: {:?}", &down[..down.len().min(3)]);
+    assert_eq!(scrapes_down, 0);
+}

@@ -23,6 +23,7 @@ pub use job::{BackendJob, JobOutput, ProfileChoice};
 pub use pool::{Session, SessionPool};
 
 use health::Monitor;
+pub use side::NotRun;
 use side::Side;
 
 /// The key stores, shared by every connection.
@@ -105,21 +106,38 @@ impl Back {
         result
     }
 
-    /// Runs `job` on the side thread, waiting at most `wait`; `None` when it is busy or did
-    /// not answer in time.
-    pub fn run_aside(&self, job: BackendJob<'static>, wait: Duration) -> Option<Result<JobOutput, StoreError>> {
+    /// Runs `job` on the side thread, waiting at most `wait`.
+    ///
+    /// # Errors
+    /// [`NotRun`]: busy, or no answer in time (`NoAnswer` too while shutting down).
+    pub fn run_aside(&self, job: BackendJob<'static>, wait: Duration) -> Result<Result<JobOutput, StoreError>, NotRun> {
         // Cloned out of the lock: a caller waiting for its answer must not hold up another.
-        let side = self.side.lock().unwrap_or_else(PoisonError::into_inner).clone()?;
+        let side = self.side.lock().unwrap_or_else(PoisonError::into_inner).clone().ok_or(NotRun::NoAnswer)?;
         side.run(job, wait)
     }
 
-    /// The monitor's check: one `check` job on the side thread, its outcome (or the lack
-    /// of one within the request timeout) recorded like any request's.
-    fn check_health(&self) {
+    /// A health check on the side thread: `Some(up)` when it says something about the
+    /// backend; `None` when the side thread is only busy with jobs that move (a full queue
+    /// behind a job younger than the request timeout), which says nothing either way. No
+    /// answer within the timeout, or a queue stuck behind an older job, is `Some(false)`
+    /// and marks the backend down, as a failed request does.
+    pub fn probe(&self) -> Option<bool> {
         match self.run_aside(BackendJob::Check, self.timeout) {
-            Some(result) => self.observed.record(&result),
-            None => self.observed.record_no_answer(u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX)),
+            Ok(result) => {
+                self.observed.record(&result);
+                Some(result.is_ok())
+            }
+            Err(NotRun::Busy { running_for }) if running_for < self.timeout => None,
+            Err(_) => {
+                self.observed.record_no_answer(u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX));
+                Some(false)
+            }
         }
+    }
+
+    /// The monitor's check ([`Back::probe`]).
+    fn check_health(&self) {
+        let _ = self.probe();
     }
 
     /// The request timeout.

@@ -18,7 +18,6 @@ use tokio_util::task::TaskTracker;
 
 use super::exposition::{render, Snapshot};
 use super::Stats;
-use crate::daemon::back::BackendJob;
 use crate::daemon::Agent;
 
 /// Largest request head read (request line and headers).
@@ -138,10 +137,15 @@ fn route(head: &[u8]) -> Route {
 async fn snapshot(agent: &Arc<Agent>) -> Snapshot {
     // On the side thread, as the health monitor's checks: a stuck session holds up no scrape
     // for longer than the request timeout.
+    // A side thread only busy with other jobs (many `status` requests) tells nothing: the
+    // agent's combined view of the backend answers then.
     let checker = Arc::clone(agent);
-    let checked =
-        tokio::task::spawn_blocking(move || checker.back.run_aside(BackendJob::Check, checker.back.timeout())).await;
-    let backend_up = matches!(checked, Ok(Some(Ok(_))));
+    let probed = tokio::task::spawn_blocking(move || checker.back.probe()).await;
+    let backend_up = match probed {
+        Ok(Some(up)) => up,
+        Ok(None) => agent.back.health().up,
+        Err(_) => false,
+    };
     let rules = agent.rules.load();
     let now = crate::renewal::now();
     let (mut certificates, mut renewal, mut key_ages) = (Vec::new(), Vec::new(), Vec::new());
