@@ -21,9 +21,9 @@ use keyward_core::{Backend, BackendHealth, StoreError, StoreInfo};
 pub use health::{Observed, CHECK_INTERVAL};
 pub use job::{BackendJob, JobOutput, ProfileChoice};
 pub use pool::{Session, SessionPool};
+pub use side::NotRun;
 
 use health::Monitor;
-pub use side::NotRun;
 use side::Side;
 
 /// The key stores, shared by every connection.

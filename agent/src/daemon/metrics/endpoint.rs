@@ -136,9 +136,8 @@ fn route(head: &[u8]) -> Route {
 
 async fn snapshot(agent: &Arc<Agent>) -> Snapshot {
     // On the side thread, as the health monitor's checks: a stuck session holds up no scrape
-    // for longer than the request timeout.
-    // A side thread only busy with other jobs (many `status` requests) tells nothing: the
-    // agent's combined view of the backend answers then.
+    // for longer than the request timeout. A side thread only busy with other jobs (many
+    // `status` requests) tells nothing: the agent's combined view of the backend answers then.
     let checker = Arc::clone(agent);
     let probed = tokio::task::spawn_blocking(move || checker.back.probe()).await;
     let backend_up = match probed {
