@@ -510,16 +510,18 @@ def _cmd_sign_csr(args: argparse.Namespace) -> int:
 
     files.write_output(out, pem, check_existing=None if args.force else refuse_existing)
     spki = cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    report = sys.stderr if out == "-" else sys.stdout  # standard output holds the certificate
-    print(f"issued      {out}", file=report)
-    print(f"subject     {cert.subject.rfc4514_string()}", file=report)
-    print(f"issuer      {cert.issuer.rfc4514_string()} ({root.source})", file=report)
-    print(f"serial      {cert.serial_number:x}", file=report)
-    print(f"valid       {cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()}", file=report)
-    print(f"san         DNS:{enroll.site_name_of(csr)}", file=report)
-    print(f"spki sha256 {_fingerprint(spki)}", file=report)
-    print("next (site admin): `keyward cert install <key> <cert>`, and put it in the kit as startup/client.crt",
-          file=report)
+    report = [
+        f"issued      {out}",
+        f"subject     {cert.subject.rfc4514_string()}",
+        f"issuer      {cert.issuer.rfc4514_string()} ({root.source})",
+        f"serial      {cert.serial_number:x}",
+        f"valid       {cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()}",
+        f"san         DNS:{enroll.site_name_of(csr)}",
+        f"spki sha256 {_fingerprint(spki)}",
+        "next (site admin): `keyward cert install <key> <cert>`, and put it in the kit as startup/client.crt",
+    ]
+    # With `--out -` standard output holds the certificate, so the report goes to stderr.
+    print("\n".join(report), file=sys.stderr if out == "-" else sys.stdout)
     return 0
 
 
