@@ -282,18 +282,15 @@ fn an_nvflare_request_zip_with_a_tpm_key_is_verified_before_approval() {
 #[test]
 fn the_tpm_does_not_certify_a_public_key_loaded_from_outside() {
     use base64::Engine as _;
-    use tss_esapi::abstraction::{ek, AsymmetricAlgorithmSelection};
     use tss_esapi::attributes::ObjectAttributesBuilder;
     use tss_esapi::constants::SessionType;
-    use tss_esapi::handles::AuthHandle;
     use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
     use tss_esapi::interface_types::ecc::EccCurve;
-    use tss_esapi::interface_types::key_bits::RsaKeyBits;
     use tss_esapi::interface_types::resource_handles::Hierarchy;
-    use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+    use tss_esapi::interface_types::session_handles::AuthSession;
     use tss_esapi::structures::{
-        Data, Digest, EccParameter, EccPoint, EccScheme, EncryptedSecret, HashScheme, IdObject, PublicBuilder,
-        PublicEccParametersBuilder, SignatureScheme, SymmetricDefinition,
+        Data, Digest, EccParameter, EccPoint, EccScheme, HashScheme, PublicBuilder, PublicEccParametersBuilder,
+        SignatureScheme, SymmetricDefinition,
     };
 
     let maker = TpmMaker::new();
@@ -324,30 +321,11 @@ fn the_tpm_does_not_certify_a_public_key_loaded_from_outside() {
         })
         .unwrap()
         .key_handle;
-    let ek = ek::create_ek_object_2(&mut ctx, AsymmetricAlgorithmSelection::Rsa(RsaKeyBits::Rsa2048), None).unwrap();
-    let session = policy_session(&mut ctx);
-    ctx.execute_with_nullauth_session(|c| {
-        let policy = PolicySession::try_from(session).unwrap();
-        c.policy_secret(
-            policy,
-            AuthHandle::Endorsement,
-            Default::default(),
-            Default::default(),
-            Default::default(),
-            None,
-        )
-    })
-    .unwrap();
-    let (blob, encrypted) = (
-        IdObject::try_from(b64("credential_blob")).unwrap(),
-        EncryptedSecret::try_from(b64("encrypted_secret")).unwrap(),
-    );
-    let nonce = ctx
-        .execute_with_sessions((Some(AuthSession::Password), Some(session), None), |c| {
-            c.activate_credential(ak, ek, blob, encrypted)
-        })
-        .unwrap();
-    ctx.flush_context(ek.into()).unwrap();
+    let credential = keyward_tpm::attest::Credential {
+        credential_blob: b64("credential_blob"),
+        encrypted_secret: b64("encrypted_secret"),
+    };
+    let nonce = keyward_tpm::attest::activate_credential(&mut ctx, ak, &credential).unwrap();
 
     let software = p256::SecretKey::random(&mut rand::rngs::OsRng);
     let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&software.public_key(), false);
@@ -381,7 +359,7 @@ fn the_tpm_does_not_certify_a_public_key_loaded_from_outside() {
         .build()
         .unwrap();
     let loaded = ctx.execute_without_session(|c| c.load_external_public(external, Hierarchy::Owner)).unwrap();
-    let qualifying = Data::try_from(nonce.value().to_vec()).unwrap();
+    let qualifying = Data::try_from(nonce).unwrap();
     // With a password (TPM_RC_AUTH_TYPE: adminWithPolicy wants a policy) and with the
     // empty policy (TPM_RC_AUTH_UNAVAILABLE: no policy for a public-only object).
     for (admin_session, code) in [(AuthSession::Password, 0x124), (policy_session(&mut ctx), 0x12f)] {

@@ -84,7 +84,7 @@ fn flush(ctx: &mut Context, handle: impl Into<ObjectHandle>) {
 
 /// Recovers the credential with the EK: the EK's policy is PolicySecret(TPM_RH_ENDORSEMENT)
 /// (TCG EK Credential Profile, template L-1), satisfied with the (empty) endorsement auth.
-fn activate(ctx: &mut Context, ak: KeyHandle, credential: &Credential) -> Result<Vec<u8>, TpmError> {
+pub(crate) fn activate(ctx: &mut Context, ak: KeyHandle, credential: &Credential) -> Result<Vec<u8>, TpmError> {
     let blob = IdObject::try_from(credential.credential_blob.clone())
         .map_err(TpmError::call("reading the credential blob"))?;
     let secret = EncryptedSecret::try_from(credential.encrypted_secret.clone())

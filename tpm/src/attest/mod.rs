@@ -35,6 +35,20 @@ pub fn attestation_key_template() -> Result<tss_esapi::structures::Public, tss_e
     evidence::ak_template()
 }
 
+/// The TPM's side of the credential exchange: TPM2_ActivateCredential of `credential` for the
+/// attestation key `ak`, with the endorsement key's policy satisfied; returns the challenge's
+/// secret. (`keyward attest answer` uses it; a test plays a dishonest site with it.)
+///
+/// # Errors
+/// The TPM calls' errors (another TPM's credential: `TPM2_ActivateCredential failed`).
+pub fn activate_credential(
+    ctx: &mut tss_esapi::Context,
+    ak: tss_esapi::handles::KeyHandle,
+    credential: &Credential,
+) -> Result<Vec<u8>, crate::TpmError> {
+    evidence::activate(ctx, ak, credential)
+}
+
 /// A TPM's identity for attestation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttestationIdentity {
