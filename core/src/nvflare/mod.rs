@@ -27,6 +27,8 @@ mod error;
 mod keyref;
 mod nonce;
 mod server;
+#[cfg(test)]
+mod test_pki;
 
 pub use client::{challenge_reply_message, token_message, ClientRegistration, ClientTrust, VerifiedClient};
 pub use error::ChallengeError;

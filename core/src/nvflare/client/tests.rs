@@ -5,46 +5,10 @@
 
 use std::time::SystemTime;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-use rsa::pkcs8::EncodePrivateKey;
-use rsa::signature::{RandomizedSigner, SignatureEncoding};
+use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 
 use super::*;
-
-struct Pki {
-    ca_pem: String,
-    issuer: rcgen::Issuer<'static, KeyPair>,
-}
-
-fn rsa_key() -> (rsa::RsaPrivateKey, KeyPair) {
-    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-    let pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap();
-    let pair = KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap();
-    (key, pair)
-}
-
-fn project_ca(name: &str) -> Pki {
-    let (_, pair) = rsa_key();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&pair).unwrap();
-    Pki { ca_pem: cert.pem(), issuer: rcgen::Issuer::new(params, pair) }
-}
-
-fn client_cert(pki: &Pki, cn: &str, tweak: impl FnOnce(&mut CertificateParams)) -> (rsa::RsaPrivateKey, String) {
-    let (key, pair) = rsa_key();
-    let mut params = CertificateParams::new(vec![cn.to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    tweak(&mut params);
-    (key, params.signed_by(&pair, &pki.issuer).unwrap().pem())
-}
-
-fn pss_sign(key: &rsa::RsaPrivateKey, msg: &[u8]) -> Vec<u8> {
-    let signer = rsa::pss::SigningKey::<sha2::Sha256>::new_with_salt_len(key.clone(), 222);
-    signer.sign_with_rng(&mut rand::thread_rng(), msg).to_vec()
-}
+use crate::nvflare::test_pki::{leaf_cert as client_cert, project_ca, pss_sign};
 
 const SERVER_NONCE: &str = "3f2504e0-4f89-41d3-9a0c-0305e82c3301";
 

@@ -6,51 +6,10 @@
 use std::time::SystemTime;
 
 use base64::Engine;
-use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
-use rsa::pkcs8::EncodePrivateKey;
-use rsa::signature::{RandomizedSigner, SignatureEncoding};
+use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose};
 
 use super::*;
-
-struct Pki {
-    ca_pem: String,
-    issuer: rcgen::Issuer<'static, KeyPair>,
-}
-
-fn rsa_key() -> (rsa::RsaPrivateKey, KeyPair) {
-    let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
-    let pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap();
-    let pair = KeyPair::from_pkcs8_pem_and_sign_algo(&pem, &rcgen::PKCS_RSA_SHA256).unwrap();
-    (key, pair)
-}
-
-fn project_ca(name: &str) -> Pki {
-    project_ca_with(name, |_| {})
-}
-
-fn project_ca_with(name: &str, tweak: impl FnOnce(&mut CertificateParams)) -> Pki {
-    let (_, pair) = rsa_key();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    tweak(&mut params);
-    params.distinguished_name.push(DnType::CommonName, name);
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
-    let cert = params.self_signed(&pair).unwrap();
-    Pki { ca_pem: cert.pem(), issuer: rcgen::Issuer::new(params, pair) }
-}
-
-fn server_cert(pki: &Pki, cn: &str, tweak: impl FnOnce(&mut CertificateParams)) -> (rsa::RsaPrivateKey, String) {
-    let (key, pair) = rsa_key();
-    let mut params = CertificateParams::new(vec![cn.to_owned()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, cn);
-    tweak(&mut params);
-    (key, params.signed_by(&pair, &pki.issuer).unwrap().pem())
-}
-
-fn pss_sign(key: &rsa::RsaPrivateKey, msg: &[u8], salt: usize) -> Vec<u8> {
-    let signer = rsa::pss::SigningKey::<sha2::Sha256>::new_with_salt_len(key.clone(), salt);
-    signer.sign_with_rng(&mut rand::thread_rng(), msg).to_vec()
-}
+use crate::nvflare::test_pki::{leaf_cert as server_cert, project_ca, project_ca_with, pss_sign, pss_sign_with_salt};
 
 const NONCE: &str = "0f8fad5b-d9cb-469f-a165-70867728950e";
 
@@ -63,13 +22,13 @@ fn a_genuine_reply_verifies_and_its_token_signature_too() {
     let pki = project_ca("example_project");
     let (key, cert) = server_cert(&pki, "server1", |_| {});
     let trust = ServerTrust::new(pki.ca_pem.as_bytes(), "server1").unwrap();
-    let sig = pss_sign(&key, format!("server1{NONCE}").as_bytes(), 222);
+    let sig = pss_sign(&key, format!("server1{NONCE}").as_bytes());
     let server = check(&trust, &cert, "server1", &sig).unwrap();
     assert_eq!(server.cn, "server1");
 
     let token = "6f1d2b3e-2a6b-4d0e-9a37-3c1f7e8d9b10";
     let token_sig =
-        base64::engine::general_purpose::STANDARD.encode(pss_sign(&key, format!("site-1{token}").as_bytes(), 222));
+        base64::engine::general_purpose::STANDARD.encode(pss_sign(&key, format!("site-1{token}").as_bytes()));
     assert_eq!(server.verify_token("site-1", token, &token_sig), Ok(()));
     assert_eq!(server.verify_token("site-2", token, &token_sig), Err(ChallengeError::BadTokenSignature));
     assert_eq!(
@@ -83,12 +42,12 @@ fn every_class_of_forged_reply_is_refused_with_its_own_error() {
     let pki = project_ca("example_project");
     let trust = ServerTrust::new(pki.ca_pem.as_bytes(), "server1").unwrap();
     let (key, cert) = server_cert(&pki, "server1", |_| {});
-    let good_sig = pss_sign(&key, format!("server1{NONCE}").as_bytes(), 222);
+    let good_sig = pss_sign(&key, format!("server1{NONCE}").as_bytes());
 
     // Another project's CA issued an otherwise perfect certificate.
     let rogue = project_ca("example_project");
     let (rogue_key, rogue_cert) = server_cert(&rogue, "server1", |_| {});
-    let rogue_sig = pss_sign(&rogue_key, format!("server1{NONCE}").as_bytes(), 222);
+    let rogue_sig = pss_sign(&rogue_key, format!("server1{NONCE}").as_bytes());
     assert!(matches!(check(&trust, &rogue_cert, "server1", &rogue_sig), Err(ChallengeError::Untrusted(_))));
 
     // The reply claims another server name than the one configured.
@@ -102,7 +61,7 @@ fn every_class_of_forged_reply_is_refused_with_its_own_error() {
     // A certificate for another name, claiming the configured one: the message names the
     // configured identity and the certificate's CN (not the reply's claim as "expected").
     let (other_key, other_cert) = server_cert(&pki, "server2", |_| {});
-    let other_sig = pss_sign(&other_key, format!("server1{NONCE}").as_bytes(), 222);
+    let other_sig = pss_sign(&other_key, format!("server1{NONCE}").as_bytes());
     let presented = check(&trust, &other_cert, "server1", &other_sig).unwrap_err();
     assert!(matches!(presented, ChallengeError::CertificateNameMismatch { .. }));
     assert_eq!(
@@ -115,20 +74,20 @@ fn every_class_of_forged_reply_is_refused_with_its_own_error() {
         p.not_before = rcgen::date_time_ymd(2020, 1, 1);
         p.not_after = rcgen::date_time_ymd(2021, 1, 1);
     });
-    let old_sig = pss_sign(&old_key, format!("server1{NONCE}").as_bytes(), 222);
+    let old_sig = pss_sign(&old_key, format!("server1{NONCE}").as_bytes());
     assert_eq!(check(&trust, &old_cert, "server1", &old_sig), Err(ChallengeError::Expired));
 
     // EKU present without serverAuth; KU present without digitalSignature.
     let (eku_key, eku_cert) =
         server_cert(&pki, "server1", |p| p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth]);
-    let eku_sig = pss_sign(&eku_key, format!("server1{NONCE}").as_bytes(), 222);
+    let eku_sig = pss_sign(&eku_key, format!("server1{NONCE}").as_bytes());
     assert!(matches!(check(&trust, &eku_cert, "server1", &eku_sig), Err(ChallengeError::Usage(_))));
     let (ku_key, ku_cert) = server_cert(&pki, "server1", |p| p.key_usages = vec![KeyUsagePurpose::KeyEncipherment]);
-    let ku_sig = pss_sign(&ku_key, format!("server1{NONCE}").as_bytes(), 222);
+    let ku_sig = pss_sign(&ku_key, format!("server1{NONCE}").as_bytes());
     assert!(matches!(check(&trust, &ku_cert, "server1", &ku_sig), Err(ChallengeError::Usage(_))));
 
     // A signature over another nonce, a corrupted one, and one by another key.
-    let stale = pss_sign(&key, b"server1another-nonce", 222);
+    let stale = pss_sign(&key, b"server1another-nonce");
     assert_eq!(check(&trust, &cert, "server1", &stale), Err(ChallengeError::BadServerSignature));
     let mut corrupt = good_sig.clone();
     corrupt[5] ^= 0x40;
@@ -138,7 +97,7 @@ fn every_class_of_forged_reply_is_refused_with_its_own_error() {
     // Garbage instead of a certificate.
     assert!(matches!(check(&trust, "not pem", "server1", &good_sig), Err(ChallengeError::Malformed(_))));
     // And the genuine one, last, still passes — with salt 32 as a TPM would make it.
-    let tpm_style = pss_sign(&key, format!("server1{NONCE}").as_bytes(), 32);
+    let tpm_style = pss_sign_with_salt(&key, format!("server1{NONCE}").as_bytes(), 32);
     assert!(check(&trust, &cert, "server1", &tpm_style).is_ok());
 }
 
@@ -150,7 +109,7 @@ fn an_expired_root_ca_is_refused() {
     });
     let (key, cert) = server_cert(&pki, "server1", |_| {});
     let trust = ServerTrust::new(pki.ca_pem.as_bytes(), "server1").unwrap();
-    let sig = pss_sign(&key, format!("server1{NONCE}").as_bytes(), 222);
+    let sig = pss_sign(&key, format!("server1{NONCE}").as_bytes());
     assert_eq!(check(&trust, &cert, "server1", &sig), Err(ChallengeError::Expired));
 }
 
