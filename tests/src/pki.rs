@@ -89,3 +89,19 @@ pub fn sign_pss_max_salt(dir: &Path, key: &Path, msg: &[u8]) -> Vec<u8> {
     assert_success(&openssl(&args), "PSS signature");
     std::fs::read(&sig).expect("signature file")
 }
+
+/// Whether `sig` over `msg` verifies, with OpenSSL, against `cert`'s public key as NVFlare's
+/// `verify_content` checks it: RSA-PSS, SHA-256, MGF1-SHA-256, salt 222 (RSA-2048's maximum).
+/// Temp files go in `dir`.
+pub fn verify_pss_max_salt(dir: &Path, cert: &Path, msg: &[u8], sig: &[u8]) -> bool {
+    let tag = rand::random::<u32>();
+    let (m, sg, p) = (dir.join(format!("vm{tag}")), dir.join(format!("vs{tag}")), dir.join(format!("vp{tag}.pem")));
+    std::fs::write(&m, msg).expect("message file");
+    std::fs::write(&sg, sig).expect("signature file");
+    assert_success(
+        &openssl(&["x509", "-in", s(cert), "-pubkey", "-noout", "-out", s(&p)]),
+        "public key of the certificate",
+    );
+    let options = crate::checks::pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256");
+    crate::checks::openssl_verifies(&p, &m, &sg, "-sha256", &options)
+}

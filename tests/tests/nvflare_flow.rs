@@ -12,11 +12,10 @@ use base64::Engine;
 use keyward_client::{AgentClient, ClientError};
 use keyward_core::KeyId;
 use keyward_protocol::{ErrorCode, Operation, Reply};
-use keyward_tests::checks::{openssl_verifies, pss_sigopts};
 use keyward_tests::pki::sign_pss_max_salt;
 use keyward_tests::tools::assert_success;
 use keyward_tests::AgentSite;
-use keyward_tests::{openssl, AgentProcess, Site, TestCa};
+use keyward_tests::{AgentProcess, Site, TestCa};
 
 struct Federation {
     site: Site,
@@ -73,14 +72,7 @@ fn refused(result: Result<Reply, ClientError>) -> ErrorCode {
 }
 
 fn verify_with_openssl(site: &Site, cert: &Path, msg: &[u8], sig: &[u8]) -> bool {
-    let (m, s, p) = (site.path("vm"), site.path("vs"), site.path("vp.pem"));
-    std::fs::write(&m, msg).unwrap();
-    std::fs::write(&s, sig).unwrap();
-    assert_success(
-        &openssl(&["x509", "-in", cert.to_str().unwrap(), "-pubkey", "-noout", "-out", p.to_str().unwrap()]),
-        "pubkey",
-    );
-    openssl_verifies(&p, &m, &s, "-sha256", &pss_sigopts("rsa_pss_saltlen:222", "rsa_mgf1_md:sha256"))
+    keyward_tests::pki::verify_pss_max_salt(site.hsm.dir.path(), cert, msg, sig)
 }
 
 fn runtime() -> tokio::runtime::Runtime {
