@@ -16,6 +16,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pytest
 from cryptography import x509
@@ -24,6 +25,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from keyward import KeywardClient, errors
+
+if TYPE_CHECKING:
+    from federation import Processes
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 INIT_SCRIPT = REPO_ROOT / "scripts" / "init-softhsm-token.sh"
@@ -242,6 +246,21 @@ def stop_agent(agent: Agent) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)
+
+
+def tear_down_federation(base: Path, procs: "Processes", agents: "Iterable[Agent | None]", tpm: Any = None) -> None:
+    """Stops what a live-federation fixture started, in order: NVFlare's processes and their job
+    processes, the agents, swtpm (``tpm``); then removes ``base``."""
+    from federation import Processes
+
+    procs.stop_all()
+    Processes.stop_job_processes(base)
+    for agent in agents:
+        if agent is not None:
+            stop_agent(agent)
+    if tpm is not None:
+        tpm.stop()
+    shutil.rmtree(base, ignore_errors=True)
 
 
 def run_python(code: str, *, python: str = sys.executable, env: dict[str, str] | None = None,

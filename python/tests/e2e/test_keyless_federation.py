@@ -25,7 +25,6 @@ Run alone with `pytest -m federation python/tests/e2e/test_keyless_federation.py
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ import pytest
 
 from federation import (ADMIN, SERVER, Kit, Processes, configure_server, free_port, kit_command, nvflare_env,
                         provision, submit_job, wait_for_line, write_job)
-from kwharness import Agent, prepare_agent, start_agent, stop_agent
+from kwharness import Agent, prepare_agent, start_agent, tear_down_federation
 from test_distributed_provisioning import Swtpm, prepare_tpm_agent
 from test_live_federation import ADMIN_KEY, JOB_LIMIT_S, REGISTER_LIMIT_S
 from test_mtls_tunnel_federation import point_at
@@ -140,13 +139,7 @@ def keyless() -> Iterator[Federation]:
         wait_for_line(kit.server / "log.txt", "Server started", server, 60)
         yield fed
     finally:
-        procs.stop_all()
-        Processes.stop_job_processes(base)
-        for agent in agents.values():
-            stop_agent(agent)
-        if tpm is not None:
-            tpm.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        tear_down_federation(base, procs, agents.values(), tpm)
 
 
 def test_a_whole_mtls_federation_runs_a_job_with_no_private_key_file_anywhere(keyless):

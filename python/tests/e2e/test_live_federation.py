@@ -47,7 +47,7 @@ from keyward.nvflare import PTH_NAME
 from federation import (ADMIN, REGISTERED, SITE, Kit, Processes, configure_server, free_port, kit_command,
                         linked_venv, nvflare_env, private_key_files, provision, submit_job, wait_for_line,
                         write_job)
-from kwharness import Agent, prepare_agent, start_agent, stop_agent
+from kwharness import Agent, prepare_agent, start_agent, tear_down_federation
 
 pytestmark = pytest.mark.federation
 
@@ -180,11 +180,7 @@ def federation() -> Iterator[Federation]:
         wait_for_line(kit.server / "log.txt", "Server started", server, 60)
         yield Federation(base, kit, agent, client_python, procs, server, plain_site)
     finally:
-        procs.stop_all()
-        Processes.stop_job_processes(base)
-        if agent is not None:
-            stop_agent(agent)
-        shutil.rmtree(base, ignore_errors=True)
+        tear_down_federation(base, procs, [agent])
 
 
 def test_the_site_registers_through_the_agent_and_the_admins_signed_job_runs_to_completion(federation):

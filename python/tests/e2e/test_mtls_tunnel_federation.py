@@ -35,7 +35,7 @@ import pytest
 from keyward.nvflare import PTH_NAME
 from federation import (REGISTERED, SITE, Kit, Processes, configure_server, free_port, kit_command,
                         linked_venv, nvflare_env, provision, submit_job, wait_for_line, write_job)
-from kwharness import Agent, prepare_agent, start_agent, stop_agent
+from kwharness import Agent, prepare_agent, start_agent, tear_down_federation
 from test_live_federation import JOB_LIMIT_S, migrate_site
 
 pytestmark = pytest.mark.federation
@@ -119,11 +119,7 @@ def federation(request) -> Iterator[Federation]:
         wait_for_line(kit.server / "log.txt", "Server started", server, 60)
         yield Federation(base, kit, agent, client_python, procs, tunnel_log, scheme)
     finally:
-        procs.stop_all()
-        Processes.stop_job_processes(base)
-        if agent is not None:
-            stop_agent(agent)
-        shutil.rmtree(base, ignore_errors=True)
+        tear_down_federation(base, procs, [agent])
 
 
 def test_a_clear_client_registers_and_runs_a_job_through_the_tunnel_to_an_mtls_server(federation):

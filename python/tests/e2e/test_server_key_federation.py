@@ -42,7 +42,7 @@ from keyward.nvflare import PTH_NAME
 from federation import (ADMIN, REGISTERED, SERVER, SITE, Kit, Processes, configure_server, free_port, kit_command,
                         linked_venv, nvflare_env, private_key_files, provision, submit_job, wait_for_line,
                         write_job)
-from kwharness import Agent, prepare_agent, start_agent, stop_agent
+from kwharness import Agent, prepare_agent, start_agent, tear_down_federation
 from test_live_federation import ADMIN_KEY, JOB_LIMIT_S, REGISTER_LIMIT_S, migrate_site
 
 pytestmark = pytest.mark.federation
@@ -126,11 +126,7 @@ def server_key() -> Iterator[Federation]:
         wait_for_line(kit.server / "log.txt", "Server started", server, 60)
         yield fed
     finally:
-        procs.stop_all()
-        Processes.stop_job_processes(base)
-        if agent is not None:
-            stop_agent(agent)
-        shutil.rmtree(base, ignore_errors=True)
+        tear_down_federation(base, procs, [agent])
 
 
 def test_the_server_key_in_the_token_registers_the_site_and_runs_a_job(server_key):
@@ -212,11 +208,7 @@ def grpc_mtls() -> Iterator[Federation]:
         wait_for_line(kit.server / "log.txt", "Server started", server, 60)
         yield fed
     finally:
-        procs.stop_all()
-        Processes.stop_job_processes(base)
-        if agent is not None:
-            stop_agent(agent)
-        shutil.rmtree(base, ignore_errors=True)
+        tear_down_federation(base, procs, [agent])
 
 
 def test_a_grpc_client_in_mtls_signs_its_handshakes_in_the_agent_without_a_tunnel(grpc_mtls):
