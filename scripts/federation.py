@@ -116,16 +116,23 @@ class FederationError(RuntimeError):
     """A step of the federation failed; the message says which and where to look."""
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
     """A random port below Linux's ephemeral range (32768-60999), which outgoing connections'
-    source ports and their TIME_WAIT leftovers crowd, that binds right now."""
+    source ports and their TIME_WAIT leftovers crowd, that binds right now and that this process
+    never handed out before (a server given it may not have bound it yet)."""
     while True:
         port = random.randrange(20000, 32000)
+        if port in _handed_out:
+            continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("0.0.0.0", port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
 
 

@@ -4,7 +4,7 @@
 //! killed and restarted on the same state and ports, like a rebooted machine.
 //! [`TpmSite`]: a keyward config for it written by `keyward init --backend tpm`.
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,15 +20,9 @@ pub struct Swtpm {
     child: Option<Child>,
 }
 
-/// A port P below the ephemeral range with P and P+1 free right now (the caller retries if
-/// it loses a race).
+/// A port P below the ephemeral range with P and P+1 free right now.
 fn free_port_pair() -> u16 {
-    loop {
-        let port = crate::tls::free_port();
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port + 1)).is_ok() {
-            return port;
-        }
-    }
+    crate::tls::free_ports(2)
 }
 
 impl Swtpm {

@@ -14,12 +14,23 @@ use std::time::{Duration, Instant};
 pub const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A loopback port below the ephemeral range that was free a moment ago (a random port
-/// that binds on every address, released again); the caller retries if it loses a race.
+/// that binds on every address, released again), never one this process handed out before:
+/// tests run in parallel, and two of them given the same free port race to bind it.
 pub fn free_port() -> u16 {
+    free_ports(1)
+}
+
+/// The first of `count` consecutive ports, each as [`free_port`] gives one.
+pub fn free_ports(count: u16) -> u16 {
+    static HANDED_OUT: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
     loop {
-        let port = rand::Rng::gen_range(&mut rand::thread_rng(), TEST_PORTS);
-        if TcpListener::bind(("0.0.0.0", port)).is_ok() {
-            return port;
+        let first = rand::Rng::gen_range(&mut rand::thread_rng(), TEST_PORTS.start..TEST_PORTS.end - count);
+        let ports = first..first + count;
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ports.clone().all(|p| !handed_out.contains(&p) && TcpListener::bind(("0.0.0.0", p)).is_ok()) {
+            handed_out.extend(ports);
+            return first;
         }
     }
 }
